@@ -1,0 +1,120 @@
+"""The frozen configuration of a run, and the parsers for its compact option syntaxes.
+
+Everything the core needs arrives in these records, so the library never reads argv, env or
+click: the CLI builds them, tests and notebooks build them directly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import UsageError
+
+OnConflict = Literal["last", "first", "opt-out-wins", "reject"]
+ON_CONFLICT_CHOICES: tuple[str, ...] = ("last", "first", "opt-out-wins", "reject")
+
+DEFAULT_BASE_URL = "https://app.logisapp.ca"
+
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A budget: at most `limit` requests in any sliding window of `period` seconds."""
+
+    limit: int
+    period: float
+
+    def __str__(self) -> str:
+        for unit, secs in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+            if self.period == secs:
+                return f"{self.limit}/{unit}"
+        return f"{self.limit}/{self.period:g}s"
+
+    def duration_for(self, requests: int) -> float:
+        """Seconds needed to send `requests` from a fresh budget: the first window is a burst."""
+        if requests <= self.limit:
+            return 0.0
+        full_windows = (requests - 1) // self.limit
+        return full_windows * self.period
+
+
+def parse_rate(text: str) -> Rate:
+    """Parse `N/PERIOD`, PERIOD being s, m, h, d, or a number of seconds like `10s` or `90`."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([smhd]?)\s*", text or "")
+    if not m or int(m.group(1)) <= 0:
+        raise UsageError(f"--rate {text!r}: expected N/PERIOD such as 2500/h, 100/m or 50/10s")
+    count, number, unit = int(m.group(1)), m.group(2), m.group(3) or "s"
+    if not number and not m.group(3):
+        raise UsageError(f"--rate {text!r}: missing PERIOD (s, m, h, d or seconds)")
+    period = (float(number) if number else 1.0) * _UNIT_SECONDS[unit]
+    if period <= 0:
+        raise UsageError(f"--rate {text!r}: PERIOD must be positive")
+    return Rate(count, period)
+
+
+def parse_duration(text: str) -> float:
+    """Parse a duration such as `90`, `45s`, `30m`, `2h`, `1h30m` or `1d` into seconds."""
+    s = (text or "").strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", s)
+    if not parts or "".join(n + u for n, u in parts) != s.replace(" ", ""):
+        raise UsageError(f"duration {text!r}: expected e.g. 90s, 30m, 2h, 1h30m or 1d")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def format_duration(seconds: float) -> str:
+    """A human duration: `11 h 29 min`, `4 min 10 s`, `12 s`, `0 s`."""
+    seconds = max(0, int(round(seconds)))
+    days, rem = divmod(seconds, 86400)
+    hours, rem = divmod(rem, 3600)
+    minutes, secs = divmod(rem, 60)
+    if days:
+        return f"{days} d {hours} h {minutes} min"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s"
+    return f"{secs} s"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How input files are read and their columns found."""
+
+    column_map: tuple[tuple[str, str], ...] = ()  # (field, column) pairs from --map
+    encoding: str | None = None
+    set_state: bool | None = None  # --set-state: override the desired state on every row
+    default_target: str | None = None  # --default-target: fill empty targets
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """What decides which rows become requests. A resume must use the same values."""
+
+    on_conflict: OnConflict = "last"
+    max_invalid: float = 50.0  # percent
+    skip_confirmed: bool = True
+    allow_resubscribe: bool = False
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """How requests are sent: budget, pacing, retries, breakers. May change on resume."""
+
+    base_url: str = DEFAULT_BASE_URL
+    rate: Rate = field(default_factory=lambda: Rate(2500, 3600.0))
+    max_rps: float = 10.0
+    concurrency: int = 4
+    timeout: float = 30.0
+    max_attempts: int = 5
+    daily_limit: int | None = None
+    max_requests: int | None = None
+    stop_after: float | None = None
+    halt_after: int = 50
+    canary: int = 0
+    insecure: bool = False
+    outage_limit: float = 15 * 60.0  # give up after this long with every request failing
