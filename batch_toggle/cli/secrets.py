@@ -1,0 +1,32 @@
+"""Where the API key comes from, and the environment hygiene around it.
+
+The key never comes from argv (it would show in `ps` and shell history). Once read it is dropped
+from the process environment so that no child process or crash reporter inherits it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from batch_toggle.errors import UsageError
+
+ENV_KEY = "LOGIS_API_KEY"
+
+
+def read_api_key(key_file: Path | None, warn: Callable[[str], None]) -> str | None:
+    """The key from --api-key-file or LOGIS_API_KEY (file wins); None when neither is set."""
+    from_env = os.environ.pop(ENV_KEY, None)
+    if os.environ.pop("SSLKEYLOGFILE", None) is not None:
+        warn("warning: SSLKEYLOGFILE is set and ignored: it would write TLS secrets to disk")
+    if key_file is not None:
+        try:
+            key = key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"--api-key-file {key_file}: {exc.strerror or exc}") from exc
+        if not key:
+            raise UsageError(f"--api-key-file {key_file}: the file is empty")
+        return key
+    key = (from_env or "").strip()
+    return key or None

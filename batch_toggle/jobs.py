@@ -1,0 +1,253 @@
+"""The three jobs (validate, run, audit) as library calls: load -> plan -> send -> report.
+
+The CLI and notebooks call these with a frozen JobConfig and receive a JobResult; output to a
+person goes through the Hooks the caller passes, so the core never prints.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import platform
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from . import __version__, vocab
+from .config import LoadOptions, PlanOptions, SendOptions, format_duration
+from .errors import ExitCode, worst_exit
+from .ingest import LoadedInput, load_inputs
+from .normalize import normalize
+from .plan import Plan, build_plan
+from .report import (
+    check_writable, default_report_path, render_summary_table, summary_path, write_json,
+    write_table,
+)
+from .results import (
+    UnitResults, assemble, count_by, describe_sources, rejects_table, row_refs, statuses_present,
+)
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """How the core talks to whoever runs it. Defaults are silent."""
+
+    notice: Callable[[str], None] = lambda _msg: None  # one line for a person (stderr)
+    event: Callable[[str, dict[str, Any]], None] = lambda _kind, _data: None  # --events
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything one job needs; built by the CLI or by a caller of the library."""
+
+    inputs: tuple[str, ...]
+    command: str = "validate"  # validate | run | audit
+    load: LoadOptions = field(default_factory=LoadOptions)
+    plan: PlanOptions = field(default_factory=PlanOptions)
+    send: SendOptions = field(default_factory=SendOptions)
+    dry_run: bool = False
+    report_path: Path | None = None
+    rejects_path: Path | None = None
+    state_path: Path | None = None
+    use_state: bool = True  # False: no state store at all (tests, one-off rehearsals)
+    resume: bool = False
+    retry_failed: bool = False
+    sandbox: bool = False
+    api_key: str | None = field(default=None, repr=False)  # never printed, logged or stored
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A loaded, normalised and planned job, before anything is sent."""
+
+    config: JobConfig
+    run_id: str
+    started: datetime
+    loaded: LoadedInput
+    norm: pa.Table
+    plan: Plan
+    report_path: Path
+
+
+@dataclass(frozen=True)
+class JobResult:
+    exit_code: ExitCode
+    run_id: str
+    report_path: Path
+    summary: dict[str, Any]
+    report: pa.Table
+
+
+def new_run_id(now: datetime) -> str:
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def prepare(config: JobConfig, ledger: Any = None, hooks: Hooks = Hooks(),
+            *, stdin: Any = None) -> Prepared:
+    """Read, normalise and plan; raises InputError/UsageError/TooManyInvalid (exit 2)."""
+    started = datetime.now(UTC)
+    report_path = config.report_path or default_report_path(config.inputs[0], started)
+    check_writable(report_path)
+    if config.rejects_path is not None:
+        check_writable(config.rejects_path)
+    loaded = load_inputs(config.inputs, config.load, stdin=stdin)
+    for warning in loaded.warnings:
+        hooks.notice(f"warning: {warning}")
+    norm = normalize(loaded.fields, set_state=config.load.set_state,
+                     default_target=config.load.default_target)
+    plan = build_plan(norm, lambda rows: row_refs(loaded, rows), config.plan, ledger)
+    return Prepared(config, new_run_id(started), started, loaded, norm, plan, report_path)
+
+
+def plan_cost(prepared: Prepared) -> dict[str, Any]:
+    """What the plan will spend, stated before any request (SPEC section 4)."""
+    send = prepared.config.send
+    needed = prepared.plan.requests_needed
+    seconds = send.rate.duration_for(needed, send.max_rps)
+    return {
+        "requests_needed": needed,
+        "estimated_duration_s": round(seconds, 1),
+        "estimated_duration": format_duration(seconds),
+        "rate": str(send.rate),
+    }
+
+
+def cost_line(cost: dict[str, Any], rate_limit: int) -> str:
+    needed = cost["requests_needed"]
+    noun = "request" if needed == 1 else "requests"
+    burst = f" (the first {rate_limit:,} in a burst)" if needed > rate_limit else ""
+    return (f"{needed:,} {noun}: about {cost['estimated_duration']} at {cost['rate']}{burst}")
+
+
+def client_only(prepared: Prepared) -> bool:
+    targets = set(prepared.plan.units.update_target)
+    return targets == {"client"}
+
+
+CLIENT_ONLY_NOTE = ("this file targets only `client`: each request changes the client's default "
+                    "for future jobs; jobs that exist keep their own setting")
+
+
+def announce_plan(prepared: Prepared, hooks: Hooks) -> dict[str, Any]:
+    cost = plan_cost(prepared)
+    hooks.notice(f"plan: {prepared.loaded.raw.num_rows:,} rows -> "
+                 f"{cost_line(cost, prepared.config.send.rate.limit)}")
+    if client_only(prepared):
+        hooks.notice(f"note: {CLIENT_ONLY_NOTE}")
+    hooks.event("plan", {"run_id": prepared.run_id, "rows": prepared.loaded.raw.num_rows, **cost})
+    return cost
+
+
+def exit_code_for(statuses: set[str], stop_exit: ExitCode | None = None) -> ExitCode:
+    codes = {stop_exit} if stop_exit is not None else set()
+    if statuses & vocab.PROBLEM_STATUSES:
+        codes.add(ExitCode.ROW_PROBLEMS)
+    return worst_exit(codes)
+
+
+def finish(prepared: Prepared, units: UnitResults, hooks: Hooks, *, stop_exit: ExitCode | None,
+           extra: dict[str, Any]) -> JobResult:
+    """Assemble and write the report, the summary and the rejects; decide the exit code."""
+    report = assemble(prepared.loaded, prepared.norm, prepared.plan, units, prepared.run_id)
+    statuses = statuses_present(report) if report.num_rows else set()
+    exit_code = exit_code_for(statuses, stop_exit)
+    config = prepared.config
+    digest = write_table(report, prepared.report_path)
+    summary = build_summary(prepared, report, exit_code, digest, extra)
+    if config.rejects_path is not None:
+        rejects = rejects_table(prepared.loaded, report)
+        write_table(rejects, config.rejects_path)
+        summary["rejects"] = {"path": str(config.rejects_path), "rows": rejects.num_rows}
+    write_json(summary, summary_path(prepared.report_path))
+    hooks.notice(render_summary_table(summary))
+    hooks.event("finish", {"run_id": prepared.run_id, "exit_code": int(exit_code),
+                           "verdict": summary["verdict"], "counts": summary["counts_by_status"]})
+    return JobResult(exit_code, prepared.run_id, prepared.report_path, summary, report)
+
+
+_VERDICTS = {
+    ExitCode.OK: "ok: every row is in its desired state or needs nothing",
+    ExitCode.ROW_PROBLEMS: "attention: some rows are invalid, in conflict, failed or mismatched",
+    ExitCode.USAGE: "refused: nothing was sent",
+    ExitCode.ABORTED: "aborted: the API refused the key or the run halted; resumable",
+    ExitCode.STOPPED: "stopped early: resumable",
+    ExitCode.INTERRUPTED: "interrupted: resumable",
+}
+
+
+def build_summary(prepared: Prepared, report: pa.Table, exit_code: ExitCode, digest: str,
+                  extra: dict[str, Any]) -> dict[str, Any]:
+    """The compliance evidence filed beside the report."""
+    config = prepared.config
+    finished = datetime.now(UTC)
+    summary: dict[str, Any] = {
+        "tool": "batch-toggle",
+        "version": __version__,
+        "command": config.command + (" --dry-run" if config.dry_run else ""),
+        "run_id": prepared.run_id,
+        "started_at": prepared.started.isoformat(timespec="seconds"),
+        "finished_at": finished.isoformat(timespec="seconds"),
+        "duration_s": round((finished - prepared.started).total_seconds(), 3),
+        "user": _user(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "inputs": list(describe_sources(prepared.loaded)),
+        "options": options_record(config),
+        "rows": report.num_rows,
+        "counts_by_status": count_by(report["status"]),
+        "counts_by_error_code": count_by(report["error_code"]),
+        "plan": plan_cost(prepared),
+        "requests_sent": 0,
+        "responses_429": 0,
+        "retries": 0,
+        "budget_used": 0,
+        "exit_code": int(exit_code),
+        "verdict": _VERDICTS[exit_code],
+        "client_only": client_only(prepared),
+        "notes": [CLIENT_ONLY_NOTE] if client_only(prepared) else [],
+        "report": {"path": str(prepared.report_path), "format": prepared.report_path.suffix[1:],
+                   "sha256": digest},
+    }
+    summary.update(extra)
+    return summary
+
+
+def options_record(config: JobConfig) -> dict[str, Any]:
+    """The options that shaped the run, for the evidence file (never the key)."""
+    send = config.send
+    return {
+        "map": dict(config.load.column_map), "set_state": config.load.set_state,
+        "default_target": config.load.default_target, "encoding": config.load.encoding,
+        "on_conflict": config.plan.on_conflict, "max_invalid": config.plan.max_invalid,
+        "skip_confirmed": config.plan.skip_confirmed,
+        "allow_resubscribe": config.plan.allow_resubscribe,
+        "base_url": "sandbox" if config.sandbox else send.base_url, "rate": str(send.rate),
+        "max_rps": send.max_rps, "concurrency": send.concurrency, "timeout": send.timeout,
+        "max_attempts": send.max_attempts, "daily_limit": send.daily_limit,
+        "max_requests": send.max_requests, "stop_after": send.stop_after,
+        "halt_after": send.halt_after, "canary": send.canary, "resume": config.resume,
+        "retry_failed": config.retry_failed, "dry_run": config.dry_run,
+    }
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def validate(config: JobConfig, hooks: Hooks = Hooks(), *, ledger: Any = None,
+             stdin: Any = None) -> JobResult:
+    """Load, normalise, validate, dedupe and report what would happen; sends nothing."""
+    prepared = prepare(config, ledger, hooks, stdin=stdin)
+    announce_plan(prepared, hooks)
+    units = UnitResults.uniform(prepared.plan.requests_needed, vocab.DRY_RUN)
+    return finish(prepared, units, hooks, stop_exit=None, extra={})
+

@@ -1,0 +1,37 @@
+"""The state store's ledger, as the planner sees it.
+
+validate and --dry-run read it (never write it) so they predict `unchanged` and
+`resubscribe_blocked` exactly as `run` would.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .plan import LedgerView
+from .store import StateStore, default_state_path
+
+if TYPE_CHECKING:
+    from .jobs import JobConfig
+
+_COLUMNS = ["job_id", "update_target", "do_notify_sms", "review_key_hash", "entity_id"]
+
+
+def ledger_view(store: StateStore) -> LedgerView | None:
+    """What the store confirmed; None when it knows nothing yet."""
+    confirmed = store.ledger_table(confirmed_only=True)
+    clients = store.job_clients()
+    if confirmed.num_rows == 0 and not clients:
+        return None
+    return LedgerView(confirmed=confirmed.select(_COLUMNS), job_clients=clients,
+                      hash_review_key=store.review_key_hash)
+
+
+def read_ledger(config: JobConfig) -> LedgerView | None:
+    """Open the configured store read-only, if it exists, and view its ledger."""
+    if not config.use_state:
+        return None
+    path = config.state_path or default_state_path()
+    if not path.exists():
+        return None
+    return ledger_view(StateStore.open(path, readonly=True))
