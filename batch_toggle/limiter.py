@@ -1,0 +1,333 @@
+"""The request budget: at most N requests in ANY sliding window of PERIOD, as the server sees it.
+
+Why not a token bucket: a bucket of capacity N refilled at N/PERIOD lets almost 2N through one
+window (a full bucket, then the refill). Why not a plain log of send times: it repeats the first
+burst exactly one window later, and latency or clock skew shift the arrivals into the server's
+window. So a *slot* is held from the moment a request is sent until its response (or timeout),
+plus PERIOD, plus a safety margin; a request may be sent only while fewer than N slots are held.
+
+Proof sketch: suppose N+1 requests arrive at the server inside one window [t, t+P]. Each was sent
+no later than its arrival (<= t+P) and answered no earlier than its arrival (>= t), so each slot
+is held over [send, t+P]. When the last of them was sent, the other N were already held: the
+limiter would have refused. The margin (2% of PERIOD, at least 50 ms) absorbs clock skew between
+us and the server and makes every boundary strict.
+
+`SlidingWindow` is the pure bookkeeping (float times on a monotonic clock, no asyncio);
+`Budget` is the async gate the sender awaits: the hourly window, an optional daily window, the
+`--max-rps` smoothing and the global 429 pause, with the clock and sleep injected for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from .config import Rate, SendOptions
+
+DAY = 86400.0
+MIN_MARGIN = 0.05  # seconds
+MARGIN_FRACTION = 0.02  # of PERIOD
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[object]]
+OnWait = Callable[[str, float], object]
+
+# Why the head of the queue waits (Budget.waiting, on_wait): the hourly budget, the daily budget,
+# the --max-rps smoothing, or a 429 pause.
+WAIT_BUDGET, WAIT_DAILY, WAIT_RPS, WAIT_PAUSE = "budget", "daily", "rps", "pause"
+
+
+def default_margin(period: float) -> float:
+    """The safety margin added to every held slot: about 2% of PERIOD, at least 50 ms."""
+    return max(MARGIN_FRACTION * period, MIN_MARGIN)
+
+
+class SlidingWindow:
+    """At most `limit` slots held at once; a released slot stays held `period + margin` longer.
+
+    Pure: every method takes `now` (a monotonic float) and nothing sleeps. Slots in flight (sent,
+    no response yet) never expire on their own; released and seeded slots expire at a known time.
+    """
+
+    def __init__(self, limit: int, period: float, margin: float | None = None) -> None:
+        if limit <= 0 or period <= 0:
+            raise ValueError("limit and period must be positive")
+        self.limit = limit
+        self.period = period
+        self.margin = default_margin(period) if margin is None else margin
+        self._in_flight: dict[int, float] = {}  # slot id -> send time
+        self._expiries: list[float] = []  # heap of expiry times of released/seeded slots
+        self._ids = itertools.count(1)
+
+    @property
+    def hold(self) -> float:
+        """How long a slot stays held after its response: PERIOD plus the margin."""
+        return self.period + self.margin
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._in_flight)
+
+    def held(self, now: float) -> int:
+        """Slots held at `now` (in flight, or answered less than `hold` ago)."""
+        self._prune(now)
+        return len(self._in_flight) + len(self._expiries)
+
+    def available_at(self, now: float) -> float:
+        """The earliest time a new slot can be taken: `now` if one is free, `inf` if only a
+        response can free one (every held slot is in flight)."""
+        excess = self.held(now) - self.limit  # >= 0: blocked until excess + 1 slots expire
+        if excess < 0:
+            return now
+        if len(self._expiries) <= excess:
+            return math.inf
+        return heapq.nsmallest(excess + 1, self._expiries)[-1]
+
+    def acquire(self, now: float) -> int:
+        """Take a slot at `now` (the send time); it is held until `release`. Returns its id."""
+        if self.available_at(now) > now:
+            raise RuntimeError("no free slot: check available_at() first")
+        slot = next(self._ids)
+        self._in_flight[slot] = now
+        return slot
+
+    def release(self, slot: int, now: float) -> None:
+        """The response (or timeout, or error) for `slot` arrived at `now`: the slot expires at
+        `now + period + margin`. Releasing an unknown or already released slot does nothing."""
+        if self._in_flight.pop(slot, None) is not None:
+            heapq.heappush(self._expiries, now + self.hold)
+
+    def seed(self, held_until: Iterable[float]) -> None:
+        """Slots held by earlier runs, as expiry times on this clock (see `wall_to_expiries`)."""
+        for expiry in held_until:
+            if math.isfinite(expiry):
+                heapq.heappush(self._expiries, expiry)
+
+    def send_time(self, now: float, index: int, latency: float = 0.0) -> float:
+        """When the `index`-th (0-based) of the next requests could be sent, from this window
+        alone, assuming each response takes `latency`: the budget's own ETA, not a recent rate."""
+        self._prune(now)
+        # In-flight slots: assume their answers arrive `latency` from now.
+        ends = sorted(self._expiries + [now + latency + self.hold] * len(self._in_flight))
+        free = [now] * max(0, self.limit - len(ends))
+        first_round = (free + [max(now, e) for e in ends])[-self.limit :]
+        rounds, position = divmod(index, self.limit)
+        return first_round[position] + rounds * (latency + self.hold)
+
+    def _prune(self, now: float) -> None:
+        while self._expiries and self._expiries[0] <= now:
+            heapq.heappop(self._expiries)
+
+
+def wall_to_expiries(
+    sends: Iterable[tuple[float, float | None]],
+    *,
+    now_wall: float,
+    now_mono: float,
+    hold: float,
+    timeout: float,
+) -> list[float]:
+    """Convert (wall_sent, wall_done or None) pairs recorded by earlier runs into expiry times
+    on this run's monotonic clock, for `SlidingWindow.seed`.
+
+    A request with no recorded completion is taken as answered at `sent + timeout` (the latest
+    it can have been answered). A wall time in the future (the wall clock went back since) is
+    taken as now, so such a jump stalls the run by at most one window and never lets it burst.
+    Slots already expired are dropped.
+    """
+    expiries = []
+    for sent, done in sends:
+        sent = min(sent, now_wall)
+        end = min(done, now_wall) if done is not None else sent + timeout
+        expiry = now_mono + (end - now_wall) + hold
+        if expiry > now_mono:
+            expiries.append(expiry)
+    return expiries
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """Permission to send one request: the slots it holds and when it was granted (monotonic)."""
+
+    slot: int
+    daily_slot: int | None
+    sent_at: float
+
+
+class Budget:
+    """The async gate every request passes: hourly window, optional daily window, `--max-rps`
+    smoothing, and a global pause after a 429.
+
+    Fairness: waiters queue on one FIFO lock; only the head of the queue sleeps on the clock (no
+    thundering herd), takes its slot and passes the turn to the next. Cancellation: a waiter
+    cancelled while queued or sleeping holds no slot yet; a slot is taken synchronously right
+    before `acquire` returns, so nothing can leak between the two. Use `async with budget.slot()`
+    so that the slot is released even when the request is cancelled.
+    """
+
+    def __init__(
+        self,
+        rate: Rate,
+        *,
+        max_rps: float,
+        daily_limit: int | None = None,
+        margin: float | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        on_wait: OnWait | None = None,
+    ) -> None:
+        self.rate = rate
+        self.hourly = SlidingWindow(rate.limit, rate.period, margin)
+        self.daily = SlidingWindow(daily_limit, DAY) if daily_limit else None
+        self._clock, self._sleep, self._on_wait = clock, sleep, on_wait
+        self._base_interval = 1.0 / max_rps if max_rps and max_rps > 0 else 0.0
+        # Slowing down after repeated 429s never goes below the budget's even pace.
+        self._slowest_interval = max(self._base_interval, rate.period / rate.limit)
+        self._interval = self._base_interval
+        self._last_send: float | None = None
+        self._paused_until = -math.inf
+        self._turn = asyncio.Lock()
+        self._freed = asyncio.Event()
+        self.waiting: str | None = None  # why the head of the queue waits, for progress
+        self.sent = 0  # requests granted by this budget
+
+    @classmethod
+    def from_options(
+        cls,
+        options: SendOptions,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        on_wait: OnWait | None = None,
+    ) -> Budget:
+        """The budget a run's `SendOptions` ask for (rate, max_rps, daily_limit)."""
+        return cls(
+            options.rate, max_rps=options.max_rps, daily_limit=options.daily_limit,
+            clock=clock, sleep=sleep, on_wait=on_wait,
+        )
+
+    async def acquire(self) -> Ticket:
+        """Wait until every constraint allows one more request, then take its slots."""
+        async with self._turn:
+            while True:
+                now = self._clock()
+                at, reason = self._ready_at(now)
+                if at <= now:
+                    return self._take(now)  # synchronous: no await between take and return
+                await self._wait(at, now, reason)
+
+    def release(self, ticket: Ticket) -> None:
+        """The response (or timeout/error) for `ticket` arrived now. Idempotent."""
+        now = self._clock()
+        self.hourly.release(ticket.slot, now)
+        if self.daily is not None and ticket.daily_slot is not None:
+            self.daily.release(ticket.daily_slot, now)
+        self._freed.set()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[Ticket]:
+        """`async with budget.slot() as ticket:` send inside; released on exit, whatever happens."""
+        ticket = await self.acquire()
+        try:
+            yield ticket
+        finally:
+            self.release(ticket)
+
+    def pause_until(self, t: float) -> None:
+        """After a 429: nobody sends before monotonic time `t` (a later pause wins)."""
+        self._paused_until = max(self._paused_until, t)
+
+    def slow_down(self) -> None:
+        """429s repeat: the key may be shared, so double the spacing between sends, up to the
+        budget's even pace (PERIOD / N)."""
+        doubled = self._interval * 2 if self._interval > 0 else self._slowest_interval / 16
+        self._interval = min(doubled, self._slowest_interval)
+
+    def recover(self) -> None:
+        """A response that was not a 429: ease the spacing back towards `--max-rps`."""
+        self._interval = max(self._base_interval, self._interval * 0.9)
+
+    @property
+    def interval(self) -> float:
+        """The current minimum spacing between two sends, in seconds."""
+        return self._interval
+
+    @property
+    def paused_until(self) -> float | None:
+        """The end of the current 429 pause, or None."""
+        return self._paused_until if self._paused_until > self._clock() else None
+
+    def next_send_at(self) -> float:
+        """The earliest monotonic time a new request could be sent (inf: awaiting responses)."""
+        return self._ready_at(self._clock())[0]
+
+    def seed(
+        self, sends: Iterable[tuple[float, float | None]], *, now_wall: float, timeout: float
+    ) -> None:
+        """Honour requests recorded by earlier runs sharing the state store: (wall_sent,
+        wall_done or None) pairs, converted to this clock (see `wall_to_expiries`)."""
+        sends = list(sends)
+        for window in (self.hourly, self.daily):
+            if window is not None:
+                window.seed(wall_to_expiries(
+                    sends, now_wall=now_wall, now_mono=self._clock(), hold=window.hold,
+                    timeout=timeout,
+                ))
+
+    def eta_seconds(self, remaining_requests: int, latency: float = 0.0) -> float:
+        """Seconds until the last of `remaining_requests` more requests can be sent, from the
+        budget's own state (held slots, windows, spacing, pause), not from the recent rate."""
+        if remaining_requests <= 0:
+            return 0.0
+        now = self._clock()
+        last = remaining_requests - 1
+        start = max(now, self._paused_until)
+        times = [self.hourly.send_time(start, last, latency), start]
+        if self.daily is not None:
+            times.append(self.daily.send_time(start, last, latency))
+        if self._interval > 0:
+            first = start
+            if self._last_send is not None:
+                first = max(start, self._last_send + self._interval)
+            times.append(first + last * self._interval)
+        return max(times) - now
+
+    def _ready_at(self, now: float) -> tuple[float, str]:
+        """When the next request may go, and which constraint decides it."""
+        candidates = [
+            (self.hourly.available_at(now), WAIT_BUDGET), (self._paused_until, WAIT_PAUSE)
+        ]
+        if self.daily is not None:
+            candidates.append((self.daily.available_at(now), WAIT_DAILY))
+        if self._last_send is not None:
+            candidates.append((self._last_send + self._interval, WAIT_RPS))
+        return max(candidates, key=lambda c: c[0])
+
+    def _take(self, now: float) -> Ticket:
+        daily_slot = self.daily.acquire(now) if self.daily is not None else None
+        ticket = Ticket(self.hourly.acquire(now), daily_slot, now)
+        self._last_send = now
+        self.sent += 1
+        return ticket
+
+    async def _wait(self, at: float, now: float, reason: str) -> None:
+        """Sleep until `at`, or, when only a response can free a slot, until one is released.
+        The caller re-checks every constraint afterwards, so waking early or late is safe."""
+        self.waiting = reason
+        if self._on_wait is not None:
+            self._on_wait(reason, at)
+        try:
+            if math.isinf(at):
+                self._freed.clear()
+                await self._freed.wait()
+            else:
+                await self._sleep(at - now)
+        finally:
+            self.waiting = None
