@@ -88,6 +88,8 @@ class SlidingWindow:
             return now
         if len(self._expiries) <= excess:
             return math.inf
+        if excess == 0:  # the usual case: the heap's head, O(1)
+            return self._expiries[0]
         return heapq.nsmallest(excess + 1, self._expiries)[-1]
 
     def acquire(self, now: float) -> int:

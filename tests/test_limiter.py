@@ -376,6 +376,25 @@ def test_a_cancelled_waiter_takes_no_slot_and_does_not_block_the_queue() -> None
     run(main)
 
 
+def test_cancelling_a_waiter_queued_behind_the_head_keeps_the_order_of_the_rest() -> None:
+    async def main() -> list[int]:
+        b = budget(Rate(1, 1.0))
+        order: list[int] = []
+
+        async def one(i: int) -> None:
+            async with b.slot():
+                order.append(i)
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(5)]
+        await asyncio.sleep(0.5)
+        tasks[2].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert b.hourly.in_flight == 0 and b.sent == 4
+        return order
+
+    assert run(main) == [0, 1, 3, 4]
+
+
 def test_a_waiter_cancelled_while_sleeping_for_budget_takes_no_slot() -> None:
     async def main() -> None:
         b = budget(Rate(1, 10.0))
