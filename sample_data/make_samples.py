@@ -243,8 +243,7 @@ def expected(pairs: list[tuple[dict[str, str], dict]]) -> dict[str, Any]:
         else:
             entry.update(status="invalid", error_code=k["error_code"])
         if "job_id" in k:
-            entry.update(job_id=k["job_id"], update_target=k["update_target"]
-                         if "update_target" in k else "job")
+            entry.update(job_id=k["job_id"], update_target=k.get("update_target", "job"))
         rows.append(entry)
     return {
         "file": "optouts_2026_11.csv (and .parquet: same rows)",

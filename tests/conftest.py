@@ -1,0 +1,153 @@
+"""Shared fixtures: the Logis sandbox in-process and on a real loopback socket.
+
+    def test_x(sandbox_app): ...                      # in-process Starlette app (default config)
+    def test_y(make_sandbox_app): app = make_sandbox_app(hourly_limit=3, clock=fake)
+    def test_z(sandbox_server): sandbox_server.base_url, .state(), .requests(), .set_faults(...)
+    def test_w(make_sandbox_server): srv = make_sandbox_server(window=2.0, hourly_limit=5)
+
+Every server listens on 127.0.0.1, port 0 (ephemeral), with a bounded readiness wait; it is
+stopped when the test ends. The seed is the shipped `sample_data/sandbox_seed.csv`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from batch_toggle.sandbox import DEFAULT_API_KEY, SandboxConfig, Seed, create_app, load_seed
+from batch_toggle.sandbox.world import SeedJob, World
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO / "sample_data"
+SEED_PATH = SAMPLE_DATA / "sandbox_seed.csv"
+SANDBOX_KEY = DEFAULT_API_KEY
+
+
+class SandboxHandle:
+    """A running sandbox as tests see it: its URL, its key, and its introspection routes."""
+
+    def __init__(self, base_url: str, app: Starlette, config: SandboxConfig) -> None:
+        self.base_url = base_url
+        self.app = app
+        self.config = config
+        self.api_key = config.api_keys[0] if config.api_keys else SANDBOX_KEY
+        self._http = httpx.Client(base_url=base_url, timeout=10.0)
+
+    @property
+    def world(self) -> World:
+        """The live world (same process): read it only when no request is in flight."""
+        return self.app.state.world
+
+    @property
+    def jobs(self) -> tuple[SeedJob, ...]:
+        """The seed's jobs, review keys included, in seed order."""
+        return self.world.seed.jobs
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = self._http.request(method, path, json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def state(self) -> dict[str, Any]:
+        """{"jobs": [{"id", "client", "do_notify_sms"}], "clients": [{"id", "do_notify_sms"}]}"""
+        return self._call("GET", "/_sandbox/state")
+
+    def job_state(self, job_id: str) -> bool:
+        return next(j["do_notify_sms"] for j in self.state()["jobs"] if j["id"] == job_id)
+
+    def client_state(self, client_id: str) -> bool:
+        return next(c["do_notify_sms"] for c in self.state()["clients"] if c["id"] == client_id)
+
+    def requests(self, since: int = 0) -> list[dict[str, Any]]:
+        """Every request received (from index `since`): t, method, path, key_hint, job_id,
+        update_target, do_notify_sms, status, error, fault, counted."""
+        return self._call("GET", f"/_sandbox/requests?since={since}")["requests"]
+
+    def set_faults(self, **changes: Any) -> dict[str, Any]:
+        """e.g. set_faults(error_rate=0.5), set_faults(scripted={job_id: ["503", "reset"]})."""
+        return self._call("POST", "/_sandbox/faults", changes)
+
+    def set_limits(self, **changes: Any) -> dict[str, Any]:
+        """e.g. set_limits(hourly_limit=3, window=1.0, daily_limit=10)."""
+        return self._call("POST", "/_sandbox/limits", changes)
+
+    def set_key(self, key: str, active: bool = True, allow_public_track: bool = True) -> None:
+        """Add a key or change its flags (e.g. deactivate the key mid-run)."""
+        self._call("POST", "/_sandbox/keys",
+                   {"key": key, "active": active, "allow_public_track": allow_public_track})
+
+    def reset(self) -> None:
+        """Back to the seed; logs, budgets, faults and keys as configured."""
+        self._call("POST", "/_sandbox/reset")
+
+    def close(self) -> None:
+        self._http.close()
+
+
+@pytest.fixture(scope="session")
+def sandbox_seed() -> Seed:
+    """The shipped seed, parsed once per session."""
+    return load_seed(SEED_PATH)
+
+
+@pytest.fixture
+def sandbox_config() -> Callable[..., SandboxConfig]:
+    """Factory: sandbox_config(**overrides) -> SandboxConfig on the shipped seed."""
+
+    def make(**overrides: Any) -> SandboxConfig:
+        overrides.setdefault("seed", SEED_PATH)
+        return SandboxConfig(**overrides)
+
+    return make
+
+
+@pytest.fixture
+def make_sandbox_app(
+    sandbox_seed: Seed, sandbox_config: Callable[..., SandboxConfig]
+) -> Callable[..., Starlette]:
+    """Factory: make_sandbox_app(clock=None, **config_overrides) -> in-process app."""
+
+    def make(clock: Callable[[], float] | None = None, **overrides: Any) -> Starlette:
+        config = sandbox_config(**overrides)
+        seed = sandbox_seed if Path(config.seed or "") == SEED_PATH else None
+        return create_app(config, seed=seed, clock=clock)
+
+    return make
+
+
+@pytest.fixture
+def sandbox_app(make_sandbox_app: Callable[..., Starlette]) -> Starlette:
+    """An in-process sandbox with the default config; its world is `app.state.world`."""
+    return make_sandbox_app()
+
+
+@pytest.fixture
+def make_sandbox_server(
+    make_sandbox_app: Callable[..., Starlette],
+) -> Iterator[Callable[..., SandboxHandle]]:
+    """Factory: make_sandbox_server(clock=None, **config_overrides) -> SandboxHandle on a real
+    uvicorn at 127.0.0.1 (ephemeral port); stopped at the end of the test."""
+    from batch_toggle.sandbox import serve_in_thread
+
+    with contextlib.ExitStack() as stack:
+
+        def make(clock: Callable[[], float] | None = None, **overrides: Any) -> SandboxHandle:
+            app = make_sandbox_app(clock=clock, **overrides)
+            base_url = stack.enter_context(serve_in_thread(app=app, ready_timeout=10.0))
+            handle = SandboxHandle(base_url, app, app.state.config)
+            stack.callback(handle.close)
+            return handle
+
+        yield make
+
+
+@pytest.fixture
+def sandbox_server(make_sandbox_server: Callable[..., SandboxHandle]) -> SandboxHandle:
+    """A sandbox with the default config on a real loopback socket."""
+    return make_sandbox_server()
