@@ -26,11 +26,21 @@ from .ingest import LoadedInput, load_inputs
 from .normalize import normalize
 from .plan import Plan, build_plan
 from .report import (
-    check_writable, default_report_path, render_summary_table, summary_path, write_json,
+    check_writable,
+    default_report_path,
+    render_summary_table,
+    summary_path,
+    write_json,
     write_table,
 )
 from .results import (
-    UnitResults, assemble, count_by, describe_sources, rejects_table, row_refs, statuses_present,
+    UnitResults,
+    assemble,
+    count_by,
+    describe_sources,
+    rejects_table,
+    row_refs,
+    statuses_present,
 )
 
 
@@ -40,6 +50,10 @@ class Hooks:
 
     notice: Callable[[str], None] = lambda _msg: None  # one line for a person (stderr)
     event: Callable[[str, dict[str, Any]], None] = lambda _kind, _data: None  # --events
+    progress: Callable[[dict[str, Any]], None] = lambda _snapshot: None  # progress bar
+
+
+SILENT = Hooks()
 
 
 @dataclass(frozen=True)
@@ -88,9 +102,9 @@ def new_run_id(now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
-def prepare(config: JobConfig, ledger: Any = None, hooks: Hooks = Hooks(),
-            *, stdin: Any = None) -> Prepared:
-    """Read, normalise and plan; raises InputError/UsageError/TooManyInvalid (exit 2)."""
+def load(config: JobConfig, hooks: Hooks = SILENT, *,
+         stdin: Any = None) -> tuple[datetime, Path, LoadedInput, pa.Table]:
+    """Pre-flight the output paths, then read and normalise; raises InputError/UsageError."""
     started = datetime.now(UTC)
     report_path = config.report_path or default_report_path(config.inputs[0], started)
     check_writable(report_path)
@@ -101,8 +115,20 @@ def prepare(config: JobConfig, ledger: Any = None, hooks: Hooks = Hooks(),
         hooks.notice(f"warning: {warning}")
     norm = normalize(loaded.fields, set_state=config.load.set_state,
                      default_target=config.load.default_target)
+    return started, report_path, loaded, norm
+
+
+def prepare(config: JobConfig, ledger: Any = None, hooks: Hooks = SILENT, *, stdin: Any = None,
+            ledger_for: Callable[[LoadedInput], Any] | None = None,
+            run_id: str | None = None) -> Prepared:
+    """Read, normalise and plan. `ledger_for` picks the ledger once the inputs are known
+    (a resume checks their hashes first). Raises InputError/UsageError/TooManyInvalid (exit 2)."""
+    started, report_path, loaded, norm = load(config, hooks, stdin=stdin)
+    if ledger_for is not None:
+        ledger = ledger_for(loaded)
     plan = build_plan(norm, lambda rows: row_refs(loaded, rows), config.plan, ledger)
-    return Prepared(config, new_run_id(started), started, loaded, norm, plan, report_path)
+    return Prepared(config, run_id or new_run_id(started), started, loaded, norm, plan,
+                    report_path)
 
 
 def plan_cost(prepared: Prepared) -> dict[str, Any]:
@@ -243,7 +269,7 @@ def _user() -> str:
         return str(os.getuid())
 
 
-def validate(config: JobConfig, hooks: Hooks = Hooks(), *, ledger: Any = None,
+def validate(config: JobConfig, hooks: Hooks = SILENT, *, ledger: Any = None,
              stdin: Any = None) -> JobResult:
     """Load, normalise, validate, dedupe and report what would happen; sends nothing."""
     prepared = prepare(config, ledger, hooks, stdin=stdin)

@@ -17,10 +17,20 @@ if TYPE_CHECKING:
 _COLUMNS = ["job_id", "update_target", "do_notify_sms", "review_key_hash", "entity_id"]
 
 
-def ledger_view(store: StateStore) -> LedgerView | None:
-    """What the store confirmed; None when it knows nothing yet."""
+def ledger_view(store: StateStore, exclude_run: str | None = None) -> LedgerView | None:
+    """What the store confirmed; None when it knows nothing yet.
+
+    A resume excludes what its own run learnt: those units keep their stored outcomes instead
+    of turning `unchanged`, and the plan stays the one the run began with.
+    """
     confirmed = store.ledger_table(confirmed_only=True)
     clients = store.job_clients()
+    if exclude_run is not None and confirmed.num_rows:
+        import pyarrow.compute as pc
+        mine = pc.equal(confirmed["run_id"], exclude_run)
+        learnt = set(confirmed.filter(mine)["job_id"].to_pylist())
+        confirmed = confirmed.filter(pc.invert(mine))
+        clients = {j: c for j, c in clients.items() if j not in learnt}
     if confirmed.num_rows == 0 and not clients:
         return None
     return LedgerView(confirmed=confirmed.select(_COLUMNS), job_clients=clients,

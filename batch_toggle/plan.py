@@ -175,7 +175,8 @@ def _dedupe(norm: pa.Table, valid: np.ndarray, options: PlanOptions,
         rows.message[r] = "rows for this job and target carry different review keys; none sent"
     for r in bad_rows[~rk_conflict[grp[bad[grp]]]]:
         rows.code[r] = "conflicting_state"
-        rows.message[r] = "rows for this job and target ask for different states (--on-conflict reject)"
+        rows.message[r] = ("rows for this job and target ask for different states "
+                           "(--on-conflict reject)")
     good = ~bad
     rep_rows = srt_rows[rep_pos]
     member = good[grp] & (np.arange(len(srt_rows)) != rep_pos[grp])
@@ -220,11 +221,13 @@ def _apply_ledger(norm: pa.Table, reps: np.ndarray, options: PlanOptions, ledger
         r = int(reps[i])
         if confirmed is False and desired and not options.allow_resubscribe:
             _mark_unit(rows, r, CONFLICT, "resubscribe_blocked",
-                       "an earlier run confirmed this opt-out; --allow-resubscribe to turn SMS back on")
+                       "an earlier run confirmed this opt-out; "
+                       "--allow-resubscribe to turn SMS back on")
             keep[i] = False
         elif (options.skip_confirmed and confirmed == desired
               and rk_hash == ledger.hash_review_key(keys[i])):
-            _mark_unit(rows, r, UNCHANGED, None, "already confirmed in this state by an earlier run")
+            _mark_unit(rows, r, UNCHANGED, None,
+                       "already confirmed in this state by an earlier run")
             rows.entity[r], rows.known[r] = entity, bool(confirmed)
             keep[i] = False
     return reps[keep]

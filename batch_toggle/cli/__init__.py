@@ -15,13 +15,20 @@ import click
 
 from batch_toggle import __version__
 from batch_toggle.config import (
-    DEFAULT_BASE_URL, ON_CONFLICT_CHOICES, LoadOptions, PlanOptions, SendOptions,
-    parse_duration, parse_rate,
+    DEFAULT_BASE_URL,
+    ON_CONFLICT_CHOICES,
+    LoadOptions,
+    PlanOptions,
+    SendOptions,
+    parse_duration,
+    parse_rate,
 )
 from batch_toggle.errors import BatchToggleError, ExitCode, UsageError
+from batch_toggle.events import EventLog
 from batch_toggle.jobs import Hooks, JobConfig
 from batch_toggle.vocab import FIELDS
 
+from .progress import ProgressBar
 from .secrets import read_api_key
 
 EPILOG_VALIDATE = """\b
@@ -95,6 +102,51 @@ def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options of the commands that talk to Logis (run, audit)."""
+    decorators = [
+        click.option("--base-url", envvar="LOGIS_BASE_URL", default=DEFAULT_BASE_URL,
+                     show_default=True, help="Logis base URL (env LOGIS_BASE_URL)."),
+        click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Read the API key from this file (else env LOGIS_API_KEY; never argv)."),
+        click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+                     help="Requests in flight at once."),
+        click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0,
+                     show_default=True, metavar="SECONDS", help="Per-request timeout."),
+        click.option("--max-attempts", type=click.IntRange(1, 100), default=5,
+                     show_default=True,
+                     help="Attempts per row on 5xx, timeouts and network errors."),
+        click.option("--resume", is_flag=True,
+                     help="Continue the latest unfinished run with the same inputs and plan "
+                          "options (starts a new run when there is none)."),
+        click.option("--retry-failed", is_flag=True,
+                     help="With --resume: also re-send rows that failed with retryable true."),
+        click.option("--max-requests", type=click.IntRange(min=1), metavar="N",
+                     help="Stop cleanly after N requests (exit 4, resumable)."),
+        click.option("--stop-after", metavar="DURATION",
+                     help="Stop cleanly after this long, e.g. 55m (exit 4, resumable)."),
+        click.option("--canary", type=click.IntRange(min=0), default=0, metavar="N",
+                     help="Send N units first; go on only if none failed permanently."),
+        click.option("--halt-after", type=click.IntRange(min=1), default=50, show_default=True,
+                     metavar="N", help="Halt after N consecutive rows fail with the same "
+                                       "permanent error (exit 3)."),
+        click.option("--daily-limit", type=click.IntRange(min=1), metavar="N",
+                     help="Also never exceed N requests in any 24 h."),
+        click.option("--insecure", is_flag=True,
+                     help="Allow a plain http:// base URL that is not loopback."),
+        click.option("--sandbox", is_flag=True,
+                     help="Run against the in-process Logis simulator seeded with sample_data/ "
+                          "(no network, no key needed)."),
+        click.option("--events", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Append one JSON line per event (plan, rows, pauses, finish)."),
+        click.option("--progress/--no-progress", default=None,
+                     help="Progress bar on stderr (default: on when stderr is a terminal)."),
+    ]
+    for decorator in reversed(decorators):
+        fn = decorator(fn)
+    return fn
+
+
 def build_config(command: str, opts: dict[str, Any], **extra: Any) -> JobConfig:
     """One frozen JobConfig from parsed options (no I/O here)."""
     state = opts.get("set_state")
@@ -130,14 +182,24 @@ def build_config(command: str, opts: dict[str, Any], **extra: Any) -> JobConfig:
     )
 
 
-def make_hooks(opts: dict[str, Any]) -> Hooks:
+def make_hooks(opts: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None,
+               events: Callable[[str, dict[str, Any]], None] | None = None) -> Hooks:
     quiet = bool(opts.get("quiet"))
 
     def notice(message: str) -> None:
         if not quiet:
             click.echo(message, err=True)
 
-    return Hooks(notice=notice)
+    return Hooks(notice=notice, progress=progress or (lambda _s: None),
+                 event=events or (lambda _k, _d: None))
+
+
+def _want_progress(opts: dict[str, Any]) -> bool:
+    if opts.get("quiet"):
+        return False
+    if opts.get("progress") is not None:
+        return bool(opts["progress"])
+    return sys.stderr.isatty()
 
 
 def guarded(fn: Callable[[], int]) -> None:
@@ -174,6 +236,54 @@ def validate(**opts: Any) -> None:
     def body() -> int:
         config = build_config("validate", opts)
         result = run_validate(config, make_hooks(opts), ledger=read_ledger(config))
+        return int(result.exit_code)
+
+    guarded(body)
+
+
+EPILOG_RUN = """\b
+Examples:
+  # monthly compliance opt-out import: a canary first, then the rest
+  batch-toggle run optouts.csv --canary 20 --rejects reports/fix-me.csv
+  # rehearse against the built-in simulator (no key, no network)
+  batch-toggle run sample_data/optouts_2026_11.csv --sandbox
+  # cron, every hour until done (one line starts, continues and finishes the job)
+  batch-toggle run big.csv --resume --max-requests 2400
+"""
+
+
+@main.command(epilog=EPILOG_RUN)
+@input_options
+@send_options
+@click.option("--dry-run", is_flag=True,
+              help="Plan and report only (statuses dry_run); no network, no key needed.")
+def run(**opts: Any) -> None:
+    """Plan, send the toggles to Logis, and write the report (one row per input row)."""
+    from batch_toggle.ledger import read_ledger
+    from batch_toggle.live import run as run_live
+
+    def body() -> int:
+        needs_key = not (opts.get("dry_run") or opts.get("sandbox"))
+        key = read_api_key(opts.get("api_key_file"), lambda m: click.echo(m, err=True))
+        if needs_key and not key:
+            raise UsageError("no API key: set LOGIS_API_KEY or use --api-key-file "
+                             "(or try --dry-run / --sandbox)")
+        config = build_config("run", opts, dry_run=bool(opts.get("dry_run")),
+                              sandbox=bool(opts.get("sandbox")), resume=bool(opts.get("resume")),
+                              retry_failed=bool(opts.get("retry_failed")), api_key=key)
+        bar = ProgressBar(_want_progress(opts))
+        events = EventLog(opts["events"]) if opts.get("events") else None
+        try:
+            hooks = make_hooks(opts, bar, events)
+            if config.dry_run:
+                from batch_toggle.jobs import validate as run_validate
+                result = run_validate(config, hooks, ledger=read_ledger(config))
+            else:
+                result = run_live(config, hooks)
+        finally:
+            bar.close()
+            if events is not None:
+                events.close()
         return int(result.exit_code)
 
     guarded(body)

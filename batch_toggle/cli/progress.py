@@ -1,0 +1,35 @@
+"""The tqdm progress bar: rows done/total, requests, 429s, failures, and an ETA from the budget.
+
+tqdm's own ETA extrapolates the recent rate, which is wrong for a budget-bound run (a burst of
+2,500 then an hour's wait); the postfix carries the budget's ETA instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tqdm import tqdm
+
+from batch_toggle.config import format_duration
+
+
+class ProgressBar:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: tqdm | None = None
+
+    def __call__(self, snap: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            self._bar = tqdm(total=snap["total"], unit="row", dynamic_ncols=True, leave=True,
+                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {postfix}")
+        self._bar.n = snap["done"]
+        waiting = f" waiting:{snap['waiting']}" if snap.get("waiting") else ""
+        self._bar.set_postfix_str(
+            f"req={snap['requests']} 429={snap['responses_429']} fail={snap['failures']} "
+            f"eta~{format_duration(snap['eta_s'])}{waiting}", refresh=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,302 @@
+"""The live run: state store and lock, resume, the HTTP client, the canary, then the runner.
+
+Ends in the same `finish` as validate, so a live run's report has the same shape and the same
+one-row-per-input-row guarantee whatever stopped it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from . import vocab
+from .committer import Committer, Finished
+from .errors import ExitCode, InputError, UsageError
+from .jobs import SILENT, Hooks, JobConfig, JobResult, Prepared, announce_plan, finish, prepare
+from .ledger import ledger_view
+from .limiter import DAY, Budget
+from .outcome import Outcome
+from .results import UnitResults
+from .runner import Counters, RunHooks, Runner
+from .store import RunRecord, StateStore, default_state_path
+
+SANDBOX_BASE_URL = "http://sandbox.invalid"
+
+
+def check_base_url(url: str, insecure: bool) -> None:
+    """Refuse plain http to anything but loopback: the key and review keys would travel bare."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--base-url {url!r}: expected an http(s) URL such as "
+                         "https://app.logisapp.ca")
+    if parts.scheme == "http" and not insecure and not _is_loopback(parts.hostname):
+        raise UsageError(f"--base-url {url!r}: plain http sends the API key unencrypted; use "
+                         "https, a loopback address, or --insecure")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plan_key(config: JobConfig) -> str:
+    """The options that shape the plan; a resume must match them."""
+    return json.dumps({
+        "map": sorted(config.load.column_map), "set_state": config.load.set_state,
+        "default_target": config.load.default_target, "on_conflict": config.plan.on_conflict,
+    }, sort_keys=True)
+
+
+def input_names(config: JobConfig) -> list[str]:
+    return [name if name == "-" else os.path.abspath(name) for name in config.inputs]
+
+
+@contextmanager
+def open_store(config: JobConfig) -> Iterator[StateStore | None]:
+    """The run's store, locked. --sandbox without --state gets a throwaway one, so rehearsals
+    never spend the real key's recorded budget nor teach the real ledger."""
+    if not config.use_state:
+        yield None
+        return
+    tmp = None
+    path = config.state_path
+    if path is None and config.sandbox:
+        tmp = tempfile.mkdtemp(prefix="batch-toggle-sandbox-")
+        path = Path(tmp) / "state.sqlite"
+    store = StateStore.open(path or default_state_path())
+    try:
+        yield store
+    finally:
+        store.close()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(config: JobConfig, hooks: Hooks = SILENT, *, stdin: Any = None,
+        transport: httpx.AsyncBaseTransport | None = None) -> JobResult:
+    """Plan, send the toggles, write the report. See SPEC sections 5 and 6."""
+    if config.dry_run:
+        from .jobs import validate
+        return validate(config, hooks, stdin=stdin)
+    if config.sandbox:
+        config = replace(config, send=replace(config.send, base_url=SANDBOX_BASE_URL),
+                         api_key=config.api_key or _sandbox_key())
+    check_base_url(config.send.base_url, config.send.insecure or config.sandbox)
+    if not config.api_key:
+        raise UsageError("no API key: set LOGIS_API_KEY or use --api-key-file")
+    with open_store(config) as store:
+        return _run_locked(config, hooks, store, stdin, transport)
+
+
+def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin: Any,
+                transport: httpx.AsyncBaseTransport | None) -> JobResult:
+    resumed: list[RunRecord] = []
+
+    def ledger_for(loaded: Any) -> Any:
+        if store is None:
+            return None
+        if config.resume:
+            record = _find_resumable(config, store, loaded, hooks)
+            if record is not None:
+                resumed.append(record)
+        return ledger_view(store, exclude_run=resumed[0].run_id if resumed else None)
+
+    prepared = prepare(config, hooks=hooks, stdin=stdin, ledger_for=ledger_for)
+    if resumed:
+        prepared = replace(prepared, run_id=resumed[0].run_id)
+    if store is not None:
+        store.acquire_lock(prepared.run_id, owner=f"batch-toggle run {' '.join(config.inputs)}")
+        _record_start(config, store, prepared, resumed)
+    announce_plan(prepared, hooks)
+    previous = _previous_outcomes(store, prepared, bool(resumed))
+    todo = _todo(prepared, previous, config.retry_failed)
+    if resumed:
+        hooks.notice(f"resume: run {prepared.run_id}: {len(previous):,} units already have an "
+                     f"outcome, {len(todo):,} to send")
+    runner, counters = asyncio.run(_send(config, hooks, store, prepared, todo, transport))
+    outcomes = {**previous, **runner.committer.outcomes}
+    units = UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
+                                      runner.unsent_outcome())
+    stop_exit = runner.stop.exit_code if runner.stop else None
+    extra = _send_summary(runner, counters, config)
+    result = finish(prepared, units, hooks, stop_exit=stop_exit, extra=extra)
+    if store is not None:
+        store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
+                         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                         counts=result.summary["counts_by_status"])
+    if runner.committer.error is not None:
+        hooks.notice(f"warning: the state store stopped accepting outcomes: "
+                     f"{runner.committer.error}")
+    return result
+
+
+def _find_resumable(config: JobConfig, store: StateStore, loaded: Any,
+                    hooks: Hooks) -> RunRecord | None:
+    record = store.find_unfinished_run(input_names(config), plan_key(config))
+    if record is None:
+        hooks.notice("resume: no unfinished run with these inputs and plan options; "
+                     "starting a new run")
+        return None
+    for (_name, digest), source in zip(record.inputs, loaded.sources, strict=True):
+        if digest != source.sha256:
+            raise InputError(source.name, f"its content changed since run {record.run_id} "
+                             "began; resume refused (see `batch-toggle status`)")
+    return record
+
+
+def _record_start(config: JobConfig, store: StateStore, prepared: Prepared,
+                  resumed: list[RunRecord]) -> None:
+    from .jobs import options_record
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    if resumed:
+        store.mark_resumed(prepared.run_id, resumed_at=now, options=options_record(config))
+        return
+    inputs = [(name, s.sha256) for name, s in zip(input_names(config), prepared.loaded.sources,
+                                                   strict=True)]
+    store.create_run(prepared.run_id, command="run", inputs=inputs, plan_key=plan_key(config),
+                     options=options_record(config), total_rows=prepared.loaded.raw.num_rows,
+                     started_at=now)
+
+
+def _previous_outcomes(store: StateStore | None, prepared: Prepared,
+                       resumed: bool) -> dict[int, Outcome]:
+    """Earlier outcomes of a resumed run, by unit index of the new plan."""
+    if store is None or not resumed:
+        return {}
+    by_row = store.load_outcomes(prepared.run_id)
+    unit_of = {int(r): i for i, r in enumerate(prepared.plan.units.row)}
+    return {unit_of[row]: o for row, o in by_row.items() if row in unit_of}
+
+
+def _todo(prepared: Prepared, previous: dict[int, Outcome], retry_failed: bool) -> list[int]:
+    def wanted(unit: int) -> bool:
+        done = previous.get(unit)
+        if done is None or not done.is_final:
+            return True
+        return retry_failed and done.status == vocab.FAILED and bool(done.retryable)
+
+    return [u for u in range(prepared.plan.requests_needed) if wanted(u)]
+
+
+def _sandbox_key() -> str:
+    from .sandbox import SandboxConfig
+    return SandboxConfig().api_keys[0]
+
+
+def make_client(config: JobConfig,
+                transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """One client for the run: keep-alive, a pool sized to --concurrency, no redirects (the key
+    header and body would follow them), TLS verification always on."""
+    if transport is None and config.sandbox:
+        from .sandbox import SandboxConfig, create_app
+        transport = httpx.ASGITransport(app=create_app(SandboxConfig()))
+    n = config.send.concurrency
+    return httpx.AsyncClient(
+        transport=transport, timeout=httpx.Timeout(config.send.timeout),
+        limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+        follow_redirects=False, verify=True,
+    )
+
+
+def _budget(config: JobConfig, store: StateStore | None) -> Budget:
+    budget = Budget.from_options(config.send)
+    if store is not None:
+        longest = DAY if config.send.daily_limit else config.send.rate.period
+        now = time.time()
+        store.prune_sends(now - 2 * longest - config.send.timeout)
+        budget.seed(store.recent_sends(now - longest - config.send.timeout - 60),
+                    now_wall=now, timeout=config.send.timeout)
+    return budget
+
+
+async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepared: Prepared,
+                todo: list[int], transport: httpx.AsyncBaseTransport | None,
+                ) -> tuple[Runner, Counters]:
+    budget = _budget(config, store)
+
+    def committed(finished: Finished) -> None:
+        runner.counters.units_done += 1
+        hooks.progress(runner.progress_snapshot())
+        hooks.event("row", {"unit": finished.unit, "row": finished.row,
+                            "status": finished.outcome.status,
+                            "error_code": finished.outcome.error_code})
+
+    committer = Committer(store, prepared.run_id, on_committed=committed)
+    async with make_client(config, transport) as client:
+        runner = Runner(prepared.plan.units, client=client, api_key=config.api_key or "",
+                        options=config.send, budget=budget, committer=committer,
+                        hooks=RunHooks(notice=hooks.notice, event=hooks.event),
+                        review_key_hash=store.review_key_hash if store is not None else None,
+                        run_id=prepared.run_id)
+        committer.start()
+        try:
+            with runner.signals():
+                await _drive(runner, todo, config, hooks)
+        finally:
+            runner.close()
+            await committer.close()
+    return runner, runner.counters
+
+
+async def _drive(runner: Runner, todo: list[int], config: JobConfig, hooks: Hooks) -> None:
+    """The canary first (when asked), then the rest."""
+    n = config.send.canary
+    if n <= 0 or len(todo) <= n:
+        await runner.run(todo)
+        return
+    await runner.run(todo[:n])
+    await runner.committer.flush()
+    bad = [u for u in todo[:n] if _permanent_failure(runner.committer.outcomes.get(u))]
+    for u in todo[:n]:
+        o = runner.committer.outcomes.get(u)
+        hooks.notice(f"canary: {runner.units.job_id[u]} {runner.units.update_target[u]}: "
+                     f"{o.status if o else 'not sent'}"
+                     f"{' (' + o.error_code + ')' if o and o.error_code else ''}")
+    if bad:
+        from .runner import Stop
+        runner.request_stop(Stop("halted", ExitCode.ROW_PROBLEMS,
+                                 f"canary: {len(bad)} of {n} units failed permanently; "
+                                 "nothing more was sent"))
+        return
+    if runner.stop is None:
+        await runner.run(todo[n:])
+
+
+def _permanent_failure(outcome: Outcome | None) -> bool:
+    return outcome is not None and (
+        outcome.status == vocab.MISMATCH
+        or (outcome.status == vocab.FAILED and not outcome.retryable))
+
+
+def _send_summary(runner: Runner, counters: Counters, config: JobConfig) -> dict[str, Any]:
+    extra: dict[str, Any] = {
+        "requests_sent": counters.requests,
+        "responses_429": counters.responses_429,
+        "retries": counters.retries,
+        "budget_used": {"requests": counters.requests, "rate": str(config.send.rate)},
+    }
+    if runner.stop is not None:
+        extra["stopped"] = {"code": runner.stop.code, "message": runner.stop.message,
+                            "resume_after": runner.stop.resume_after}
+    return extra
+
+
+__all__ = ["run", "check_base_url", "make_client", "plan_key"]

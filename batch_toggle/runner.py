@@ -1,0 +1,432 @@
+"""The async send loop: workers take units, ask the budget, call Logis, hand outcomes on.
+
+A fixed set of worker tasks pulls from one queue (a task per row would cost gigabytes for a big
+file). Every wait (budget, backoff, 429 pause) races the stop event, so SIGINT, an abort or
+--stop-after end the run promptly; requests already in flight finish within --timeout. Units
+never raise: each ends with a final Outcome or stays unsent, and the report fills the unsent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import httpx
+
+from . import __version__, vocab
+from .classify import Verdict, classify_exception, classify_response
+from .committer import Committer, Finished
+from .config import SendOptions
+from .errors import ExitCode
+from .limiter import Budget, Ticket
+from .outcome import Outcome
+from .plan import Units
+from .retry import (
+    HaltDetector,
+    OutageDetector,
+    RateLimitStreak,
+    backoff_delay,
+    is_network_failure,
+)
+from .store import LedgerUpdate
+
+TOGGLE_PATH = "/api/apikeys/toggle_sms_notifications"
+MAX_BODY = 1 << 20  # a reply larger than this is not a Logis object
+T = TypeVar("T")
+
+# Exit precedence among stops (SPEC section 9): an interrupt outranks an abort, and so on.
+_STOP_RANK = {ExitCode.INTERRUPTED: 0, ExitCode.ABORTED: 1, ExitCode.STOPPED: 2,
+              ExitCode.ROW_PROBLEMS: 3}
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why a run stopped before its queue was empty; `code` marks the unsent rows."""
+
+    code: str
+    exit_code: ExitCode
+    message: str
+    resume_after: str | None = None
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    responses_429: int = 0
+    retries: int = 0
+    failures: int = 0
+    units_done: int = 0
+    units_total: int = 0
+
+
+@dataclass
+class RunHooks:
+    """Callbacks the runner reports through (progress bars, --events, stderr notices)."""
+
+    committed: Callable[[Finished, Counters], None] = lambda _f, _c: None
+    notice: Callable[[str], None] = lambda _m: None
+    event: Callable[[str, dict[str, Any]], None] = lambda _k, _d: None
+
+
+@dataclass
+class _Clocks:
+    """Injectable time: monotonic for intervals, wall for timestamps, sleep for waits."""
+
+    mono: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class Runner:
+    """Sends a plan's units; one Runner per run (it may be called twice, e.g. after a canary)."""
+
+    def __init__(self, units: Units, *, client: httpx.AsyncClient, api_key: str,
+                 options: SendOptions, budget: Budget, committer: Committer,
+                 hooks: RunHooks | None = None, clocks: _Clocks | None = None,
+                 review_key_hash: Callable[[str], str] | None = None, run_id: str = "") -> None:
+        self.units = units
+        self.client = client
+        self.options = options
+        self.budget = budget
+        self.committer = committer
+        self.hooks = hooks or RunHooks()
+        self.clocks = clocks or _Clocks()
+        self.counters = Counters()
+        self.stop: Stop | None = None
+        self._hash = review_key_hash
+        self._run_id = run_id
+        self._url = options.base_url.rstrip("/") + TOGGLE_PATH
+        self._headers = {"LOGIS-API-KEY": api_key, "Content-Type": "application/json",
+                         "User-Agent": f"batch-toggle/{__version__}"}
+        self._stop_event = asyncio.Event()
+        self._cond = asyncio.Condition()
+        self._ready: deque[int] = deque()
+        self._waiting_on: dict[int, list[int]] = {}
+        self._in_flight: set[int] = set()
+        self._started = 0
+        self._deadline: asyncio.Task[None] | None = None
+        self._client_of: dict[int, str | None] = {}
+        self._streak = RateLimitStreak(options.rate.period)
+        self._halt = HaltDetector(options.halt_after)
+        self._outage = OutageDetector.for_concurrency(options.concurrency, options.outage_limit)
+
+    # --- public -------------------------------------------------------------------------
+
+    async def run(self, todo: Sequence[int]) -> None:
+        """Send `todo` (unit indices, in send order) until done or stopped."""
+        self._enqueue(todo)
+        self.counters.units_total += len(todo)
+        workers = [asyncio.create_task(self._worker()) for _ in range(self.options.concurrency)]
+        self._deadline = self._deadline_task() or self._deadline
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    def close(self) -> None:
+        """The run is over: a --stop-after that has not fired must not fire now."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+
+    def request_stop(self, stop: Stop) -> None:
+        """Stop taking units; the first stop of the highest rank decides the exit code."""
+        if self.stop is None or _STOP_RANK[stop.exit_code] < _STOP_RANK[self.stop.exit_code]:
+            self.stop = stop
+        self._stop_event.set()
+        asyncio.get_running_loop().create_task(self._notify())
+
+    def progress_snapshot(self) -> dict[str, Any]:
+        """What a progress bar shows: rows done/total, requests, 429s, failures, budget ETA."""
+        c = self.counters
+        remaining = max(0, c.units_total - c.units_done)
+        return {"done": c.units_done, "total": c.units_total, "requests": c.requests,
+                "responses_429": c.responses_429, "failures": c.failures,
+                "retries": c.retries, "waiting": self.budget.waiting,
+                "eta_s": self.budget.eta_seconds(remaining)}
+
+    def unsent_outcome(self) -> Outcome:
+        """What a unit that was never completed reports."""
+        if self.stop is None:
+            return Outcome(vocab.NOT_ATTEMPTED, "interrupted", "the run ended before this row")
+        return Outcome(vocab.NOT_ATTEMPTED, self.stop.code, self.stop.message)
+
+    @contextlib.contextmanager
+    def signals(self) -> Any:
+        """SIGINT/SIGTERM stop the run cleanly (exit 130) instead of killing it."""
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.request_stop, Stop(
+                    "interrupted", ExitCode.INTERRUPTED,
+                    f"interrupted by {sig.name}; resume with --resume"))
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    # --- queue --------------------------------------------------------------------------
+
+    def _enqueue(self, todo: Sequence[int]) -> None:
+        pending = set(todo)
+        for u in todo:
+            dep = int(self.units.after[u])
+            if dep >= 0 and dep in pending:
+                self._waiting_on.setdefault(dep, []).append(u)
+            else:
+                self._ready.append(u)
+
+    async def _next(self) -> int | None:
+        async with self._cond:
+            while True:
+                if self.stop is not None:
+                    return None
+                if self._ready:
+                    unit = self._ready.popleft()
+                    self._in_flight.add(unit)
+                    return unit
+                if not self._in_flight:
+                    return None
+                await self._cond.wait()
+
+    async def _release(self, unit: int, requeue: bool) -> None:
+        """A unit leaves a worker: back to the front of the queue, or done (freeing its
+        dependents, which go first: their natural place was right after it)."""
+        async with self._cond:
+            self._in_flight.discard(unit)
+            if requeue:
+                self._ready.appendleft(unit)
+            else:
+                self._ready.extendleft(reversed(self._waiting_on.pop(unit, [])))
+            self._cond.notify_all()
+
+    async def _notify(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
+
+    # --- workers ------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while (unit := await self._next()) is not None:
+            requeue = False
+            try:
+                result = await self._send_unit(unit)
+                if isinstance(result, Outcome):
+                    self._finish(unit, result)
+                requeue = result == "requeue"
+            finally:
+                await self._release(unit, requeue and self.stop is None)
+
+    async def _send_unit(self, unit: int) -> Outcome | str | None:
+        """Try one unit until it has a final outcome ("requeue" after a 429; None if stopped)."""
+        attempts = 0
+        while True:
+            verdict, sent_at, latency = await self._exchange(unit)
+            if verdict is None:
+                return None
+            self.hooks.event("request", {"unit": unit, "kind": verdict.kind,
+                                         "http_status": verdict.http_status})
+            if verdict.kind == "rate_limited":
+                self._on_429(verdict)
+                return "requeue"
+            self._streak.reset()
+            self.budget.recover()
+            self._outage.record(is_network_failure(verdict), self.clocks.mono())
+            if verdict.kind != "retry":
+                return self._final(unit, verdict, attempts + 1, sent_at, latency)
+            if self._outage.in_outage:
+                if not await self._ride_out_outage():
+                    return None
+                continue  # an outage does not use up the row's attempts
+            attempts += 1
+            if attempts >= self.options.max_attempts:
+                return self._final(unit, verdict, attempts, sent_at, latency)
+            self.counters.retries += 1
+            if not await self._wait(backoff_delay(attempts, self.clocks.rng)):
+                return None
+
+    async def _exchange(self, unit: int) -> tuple[Verdict | None, str, float]:
+        """One request through the budget. (None, ...) when the run stopped first."""
+        if self._over_request_limit():
+            return None, "", 0.0
+        ticket = await self._acquire()
+        if ticket is None:
+            return None, "", 0.0
+        self._started += 1
+        wall = self.clocks.wall()
+        sent_at = datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+        send_id = self.committer.send_started(wall)
+        t0 = self.clocks.mono()
+        try:
+            verdict = await self._put(unit)
+        finally:
+            self.budget.release(ticket)
+            self.committer.send_done(send_id, wall, self.clocks.wall())
+        self.counters.requests += 1
+        return verdict, sent_at, (self.clocks.mono() - t0) * 1000.0
+
+    async def _put(self, unit: int) -> Verdict:
+        u = self.units
+        target, desired = u.update_target[unit], bool(u.do_notify_sms[unit])
+        body = {"job_id": u.job_id[unit], "review_key": u.review_key[unit],
+                "do_notify_sms": "true" if desired else "false", "update_target": target}
+        try:
+            async with asyncio.timeout(self.options.timeout):
+                async with self.client.stream("PUT", self._url, json=body,
+                                              headers=self._headers) as response:
+                    content = await _read_capped(response)
+                    return classify_response(response.status_code, response.headers, content,
+                                             target=target, desired=desired)
+        except TimeoutError:
+            return classify_exception(httpx.ReadTimeout(
+                f"no complete reply within {self.options.timeout:g} s"))
+        except httpx.HTTPError as exc:
+            return classify_exception(exc)
+
+    def _over_request_limit(self) -> bool:
+        limit = self.options.max_requests
+        if limit is not None and self._started >= limit:
+            self.request_stop(Stop("budget_exhausted", ExitCode.STOPPED,
+                                   f"--max-requests {limit} reached; resume with --resume"))
+            return True
+        return False
+
+    # --- outcomes -----------------------------------------------------------------------
+
+    def _final(self, unit: int, v: Verdict, attempts: int, sent_at: str,
+               latency: float) -> Outcome:
+        outcome = Outcome(
+            status=v.status or vocab.FAILED, error_code=v.error_code, error_message=v.message,
+            retryable=v.retryable, http_status=v.http_status, attempts=attempts,
+            entity_id=v.entity_id, confirmed_do_notify_sms=v.confirmed, sent_at=sent_at,
+            latency_ms=round(latency, 1),
+        )
+        self._client_of[unit] = v.client_id
+        if v.kind == "abort":
+            self.request_stop(Stop("aborted", ExitCode.ABORTED,
+                                   f"run aborted: {v.error_code} ({v.message or 'no reason'})"))
+        elif v.kind == "permanent" and self._halt.record(v.error_code):
+            self.request_stop(Stop("halted", ExitCode.ABORTED,
+                                   f"halted: {self.options.halt_after} rows in a row failed with "
+                                   f"{v.error_code}; check the file's columns and the account"))
+        elif v.kind in ("ok", "mismatch"):
+            self._halt.record(None)
+        return outcome
+
+    def _finish(self, unit: int, outcome: Outcome) -> None:
+        u = self.units
+        ledger = None
+        if outcome.confirmed_do_notify_sms is not None and self._hash is not None:
+            ledger = LedgerUpdate(
+                job_id=u.job_id[unit], update_target=u.update_target[unit],
+                do_notify_sms=outcome.confirmed_do_notify_sms,
+                review_key_hash=self._hash(u.review_key[unit]), entity_id=outcome.entity_id,
+                client_id=self._client_of.pop(unit, None), confirmed_at=outcome.sent_at or "",
+                run_id=self._run_id,
+            )
+        if outcome.status == vocab.FAILED:
+            self.counters.failures += 1
+        self.committer.put(Finished(unit, int(u.row[unit]), outcome, ledger))
+
+    # --- waits --------------------------------------------------------------------------
+
+    def _on_429(self, v: Verdict) -> None:
+        """Every worker pauses; the unit goes back to the queue. Not a failed attempt."""
+        self.counters.responses_429 += 1
+        decision = self._streak.on_429(v, self.clocks.wall())
+        if decision.end_run is not None:
+            wait = decision.resume_after or self.options.rate.period
+            when = datetime.fromtimestamp(self.clocks.wall() + wait, UTC)
+            stamp = when.isoformat(timespec="seconds")
+            self.request_stop(Stop(decision.end_run, ExitCode.STOPPED,
+                                   f"{decision.reason}; resume with --resume after {stamp}",
+                                   resume_after=stamp))
+            return
+        self.budget.pause_until(self.clocks.mono() + decision.delay)
+        if self._streak.count > 1:
+            self.budget.slow_down()  # 429s repeat: the key may be shared with other traffic
+        self.hooks.event("pause", {"reason": "429", "seconds": round(decision.delay, 3),
+                                   "source": decision.source})
+
+    async def _ride_out_outage(self) -> bool:
+        """Every recent request failed on the network: pause the run, probe, give up later."""
+        if self._outage.exhausted(self.clocks.mono()):
+            self.request_stop(Stop("network_error", ExitCode.STOPPED,
+                                   "the API has been unreachable for "
+                                   f"{self.options.outage_limit / 60:g} min; resume with --resume"))
+            return False
+        delay = self._outage.probe_delay()
+        self.hooks.event("pause", {"reason": "outage", "seconds": delay})
+        self.budget.pause_until(self.clocks.mono() + delay)
+        return self.stop is None
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep unless the run stops first. False when it stopped."""
+        if seconds > 0:
+            await self._race(self.clocks.sleep(seconds))
+        return self.stop is None
+
+    async def _race(self, coro: Coroutine[Any, Any, T]) -> T | None:
+        """Await `coro` unless the stop event comes first (then cancel it and return None)."""
+        if self.stop is not None:
+            coro.close()
+            return None
+        task = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(self._stop_event.wait())
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+
+    async def _acquire(self) -> Ticket | None:
+        """A budget ticket, or None when the run stops first (a ticket granted at the same
+        moment as the stop is given back unused)."""
+        ticket = await self._race(self.budget.acquire())
+        if ticket is not None and self.stop is not None:
+            self.budget.release(ticket)
+            return None
+        return ticket
+
+    def _deadline_task(self) -> asyncio.Task[None] | None:
+        """--stop-after counts from the first call of run(), canary included."""
+        if self.options.stop_after is None or self._deadline is not None:
+            return None
+
+        async def expire() -> None:
+            await self.clocks.sleep(self.options.stop_after or 0.0)
+            self.request_stop(Stop("budget_exhausted", ExitCode.STOPPED,
+                                   f"--stop-after {self.options.stop_after:g} s reached; "
+                                   "resume with --resume"))
+
+        return asyncio.create_task(expire())
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    """The body, or its first MAX_BODY bytes and one more (the classifier sees it is too big)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            break
+    return b"".join(chunks)
