@@ -288,10 +288,6 @@ def _translated(
     return wrapper
 
 
-def _bool(value: int | None) -> bool | None:
-    return None if value is None else bool(value)
-
-
 def _int(value: bool | None) -> int | None:
     return None if value is None else int(value)
 
