@@ -1,0 +1,89 @@
+"""Virtual time for async tests: an event loop whose clock jumps instead of waiting.
+
+    from helpers_time import run_virtual, vclock
+
+    async def main():
+        await asyncio.sleep(3600)      # returns at once; vclock() is now 3600.0
+    run_virtual(main)
+
+Timers (asyncio.sleep, asyncio.timeout, call_later) advance the loop's clock to the next
+deadline as soon as no callback is ready, so an hour of backoff takes microseconds. Work in
+other threads (run_in_executor, e.g. a SQLite commit) is waited for in real time when nothing
+else is scheduled, bounded by `real_wait`, after which the loop declares a deadlock instead of
+hanging the test run. The same approach as tests/test_limiter.py, plus that thread handling and
+an asyncio.run-style cleanup of leftover tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class _AdvancingSelector(selectors.SelectSelector):
+    """Never block on a timer: jump the loop's virtual clock forward by the timeout instead."""
+
+    def __init__(self, loop: VirtualTimeLoop, real_wait: float) -> None:
+        super().__init__()
+        self._loop = loop
+        self._real_wait = real_wait
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        ready = super().select(0)  # I/O already there (e.g. a worker thread's wake-up)
+        if ready:
+            return ready
+        if timeout is None:
+            # Nothing scheduled: only another thread can make progress. Wait for it in real
+            # time, but never forever.
+            ready = super().select(self._real_wait)
+            if not ready:
+                raise RuntimeError(f"deadlock: nothing ready, no timer, and no thread woke "
+                                   f"the loop within {self._real_wait:g} s")
+            return ready
+        self._loop.now += max(0.0, timeout)
+        return []
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop whose time only moves when every task is waiting on a timer."""
+
+    def __init__(self, real_wait: float = 10.0) -> None:
+        self.now = 0.0
+        super().__init__(selector=_AdvancingSelector(self, real_wait))
+
+    def time(self) -> float:
+        return self.now
+
+
+def run_virtual(factory: Callable[[], Coroutine[Any, Any, T]], *, real_wait: float = 10.0) -> T:
+    """Run `factory()` to completion on a fresh VirtualTimeLoop; like asyncio.run, cancel
+    whatever tasks are left and shut down async generators and the default executor."""
+    loop = VirtualTimeLoop(real_wait)
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(factory())
+    finally:
+        try:
+            _cancel_all_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+
+def vclock() -> float:
+    """The running loop's (virtual) time: use as a monotonic clock."""
+    return asyncio.get_running_loop().time()
