@@ -25,7 +25,7 @@ from .faults import Fault, parse_fault
 from .world import Seed, SeedError, World, load_seed
 
 if TYPE_CHECKING:
-    from .server import SandboxServerError, run_server, serve_in_thread
+    from .server import SandboxServerError, SandboxThread, run_server, serve_in_thread
 
 __all__ = [
     "DEFAULT_API_KEY",
@@ -33,6 +33,7 @@ __all__ = [
     "Fault",
     "SandboxConfig",
     "SandboxServerError",
+    "SandboxThread",
     "Seed",
     "SeedError",
     "World",
@@ -45,7 +46,7 @@ __all__ = [
     "serve_in_thread",
 ]
 
-_SERVER_NAMES = ("SandboxServerError", "run_server", "serve_in_thread")
+_SERVER_NAMES = ("SandboxServerError", "SandboxThread", "run_server", "serve_in_thread")
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,7 @@ import json
 import math
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -81,6 +82,49 @@ class Sandbox:
 
     def __init__(self, world: World) -> None:
         self.world = world
+        # Replies held by a "timeout" fault: a server shutdown must not wait for them.
+        self._stalls: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._stalls_lock = threading.Lock()
+
+    def abort_stalls(self) -> None:
+        """Drop every reply a timeout fault is holding (thread-safe; called on shutdown)."""
+        with self._stalls_lock:
+            stalls = list(self._stalls)
+        for loop, event in stalls:
+            with contextlib.suppress(RuntimeError):  # that loop is already closed
+                loop.call_soon_threadsafe(event.set)
+
+    async def _stall(self, request: Request, response: Response, delay: float) -> Response:
+        """Hold the reply `delay` seconds; give up early when the client hangs up, and drop
+        the connection when the server shuts down.
+
+        In-process the client cannot time out on its own (ASGITransport has no timeouts), so
+        after the delay raise what httpx raises when a read times out.
+        """
+        if _uvicorn_transport(request) is None:
+            await asyncio.sleep(delay)
+            import httpx
+
+            raise httpx.ReadTimeout("sandbox fault: the reply did not come in time")
+        stall = (asyncio.get_running_loop(), asyncio.Event())
+        with self._stalls_lock:
+            self._stalls.add(stall)
+        hangup = asyncio.ensure_future(_disconnected(request))
+        shutdown = asyncio.ensure_future(stall[1].wait())
+        try:
+            done, _ = await asyncio.wait({hangup, shutdown}, timeout=delay,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            with self._stalls_lock:
+                self._stalls.discard(stall)
+            for task in (hangup, shutdown):
+                task.cancel()
+            await asyncio.gather(hangup, shutdown, return_exceptions=True)
+        if shutdown in done:
+            return await _drop_connection(request)
+        if hangup in done:
+            return _NoResponse()
+        return response
 
     # --- Logis endpoints ------------------------------------------------------------------
 
@@ -188,7 +232,7 @@ class Sandbox:
             return await _drop_connection(request)
         if fault is not None and fault.kind == "timeout":
             status, entry["status"] = entry["status"], None
-            response = await _stall(request, response, world.faults.config.timeout_delay_s)
+            response = await self._stall(request, response, world.faults.config.timeout_delay_s)
             if not isinstance(response, _NoResponse):
                 entry["status"] = status  # the late reply did go out
         return response
@@ -350,31 +394,16 @@ async def _drop_connection(request: Request) -> Response:
     return _NoResponse()
 
 
-async def _stall(request: Request, response: Response, delay: float) -> Response:
-    """Hold the reply `delay` seconds; give up early when the client hangs up.
-
-    In-process the client cannot time out on its own (ASGITransport has no timeouts), so after
-    the delay raise what httpx raises when a read times out.
-    """
-    if _uvicorn_transport(request) is None:
-        await asyncio.sleep(delay)
-        import httpx
-
-        raise httpx.ReadTimeout("sandbox fault: the reply did not come in time")
-    if await _wait_disconnect(request, delay):
-        return _NoResponse()
-    return response
+async def _disconnected(request: Request) -> None:
+    """Return once the client has hung up (uvicorn's receive() says http.disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _wait_disconnect(request: Request, timeout: float) -> bool:
     """True once the client has disconnected, False if `timeout` passes first."""
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
     try:
-        await asyncio.wait_for(disconnected(), timeout)
+        await asyncio.wait_for(_disconnected(request), timeout)
     except TimeoutError:
         return False
     return True
@@ -411,4 +440,5 @@ def create_app(
     app = Starlette(routes=routes)
     app.state.world = world
     app.state.config = config
+    app.state.sandbox = sandbox
     return app

@@ -66,6 +66,13 @@ def run_server(
         raise SandboxServerError(f"the sandbox could not listen on {host}:{port}")
 
 
+def _abort_stalls(app: Any) -> None:
+    """Let replies held by "timeout" faults go (dropped), so a shutdown does not wait on them."""
+    sandbox = getattr(getattr(app, "state", None), "sandbox", None)
+    if sandbox is not None:
+        sandbox.abort_stalls()
+
+
 class _ReadyServer(uvicorn.Server):
     """A uvicorn Server that says when it is listening."""
 
@@ -76,12 +83,70 @@ class _ReadyServer(uvicorn.Server):
         self._on_ready = on_ready
         self._host = host
 
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        _abort_stalls(self.config.app)
+        super().handle_exit(sig, frame)
+
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
         if self.started and not self.should_exit:
             if self._on_ready is not None:
                 self._on_ready(base_url_of(self, self._host))
             self.ready.set()
+
+
+class SandboxThread:
+    """A sandbox served by uvicorn in a daemon thread: start() -> base URL, stop().
+
+    Stopping takes uvicorn about 0.2 s (its tick and a grace sleep); to stop many at once,
+    call request_stop() on each, then stop() on each.
+    """
+
+    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app, self.host, self.port = app, host, port
+        # log_config=None: leave the process's logging alone (uvicorn's errors still propagate).
+        self.server = _ReadyServer(_uvicorn_config(app, host, port, log_config=None), None, host)
+        self.thread = threading.Thread(target=self._run, name=f"sandbox-{host}:{port}",
+                                       daemon=True)
+        self.base_url: str | None = None
+
+    def _run(self) -> None:
+        # uvicorn calls sys.exit() when it cannot bind; in a thread that is only noise (start()
+        # reports it), so swallow it here.
+        with contextlib.suppress(SystemExit):
+            self.server.run()
+
+    def start(self, ready_timeout: float = 10.0) -> str:
+        """Start and wait (at most `ready_timeout` s) until it listens; its base URL."""
+        self.thread.start()
+        deadline = time.monotonic() + ready_timeout
+        while not self.server.ready.wait(0.02):
+            if not self.thread.is_alive():
+                raise SandboxServerError(f"the sandbox could not listen on {self.host}:{self.port}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise SandboxServerError(
+                    f"the sandbox did not start listening on {self.host}:{self.port} "
+                    f"within {ready_timeout:g} s"
+                )
+        self.base_url = base_url_of(self.server, self.host)
+        return self.base_url
+
+    def request_stop(self) -> None:
+        _abort_stalls(self.app)
+        self.server.should_exit = True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully; force it after `timeout` s; SandboxServerError if it still runs."""
+        self.request_stop()
+        if not self.thread.is_alive():
+            return
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                raise SandboxServerError("the sandbox server thread did not stop")
 
 
 @contextlib.contextmanager
@@ -102,30 +167,8 @@ def serve_in_thread(
     `stop_timeout` seconds. Pass `app` to serve an app you built (and inspect its world).
     """
     app = app if app is not None else create_app(config or SandboxConfig(), clock=clock)
-    # log_config=None: leave the process's logging alone (uvicorn's errors still propagate).
-    server = _ReadyServer(_uvicorn_config(app, host, port, log_config=None), None, host)
-    thread = threading.Thread(target=server.run, name=f"sandbox-{host}:{port}", daemon=True)
-    thread.start()
+    served = SandboxThread(app, host, port)
     try:
-        _wait_ready(server, thread, ready_timeout, host, port)
-        yield base_url_of(server, host)
+        yield served.start(ready_timeout)
     finally:
-        server.should_exit = True
-        thread.join(stop_timeout)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(stop_timeout)
-
-
-def _wait_ready(server: Any, thread: threading.Thread, timeout: float, host: str,
-                port: int) -> None:
-    """Block until the server listens; bounded, and fails fast if its thread died."""
-    deadline = time.monotonic() + timeout
-    while not server.ready.wait(0.02):
-        if not thread.is_alive():
-            raise SandboxServerError(f"the sandbox could not listen on {host}:{port}")
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            raise SandboxServerError(
-                f"the sandbox did not start listening on {host}:{port} within {timeout:g} s"
-            )
+        served.stop(stop_timeout)

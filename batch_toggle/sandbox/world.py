@@ -176,12 +176,17 @@ class Key:
 # --- budget -------------------------------------------------------------------------------
 
 
+EDGE_SLACK = 1e-6  # seconds: far below any real clock's jitter, far above float rounding
+
+
 @dataclass
 class SlidingLog:
     """At most `limit` counted events in any half-open window (t - window, t].
 
-    An event at time s leaves the window at s + window exactly, so a request arriving then is
-    accepted: the Retry-After derived from `wait` is therefore never too short.
+    An event at time s leaves the window at s + window (less EDGE_SLACK), so a request arriving
+    then is accepted and a Retry-After derived from `wait` is never too short. The slack absorbs
+    float rounding: a client that adds a whole Retry-After to its clock can land a rounding
+    error short of the exact edge (the property test found it).
     """
 
     limit: int
@@ -189,7 +194,7 @@ class SlidingLog:
     times: deque[float] = field(default_factory=deque)
 
     def prune(self, now: float) -> None:
-        edge = now - self.window
+        edge = now - self.window + EDGE_SLACK
         while self.times and self.times[0] <= edge:
             self.times.popleft()
 
@@ -204,19 +209,15 @@ class SlidingLog:
         if excess < 0:
             return 0.0
         # The (excess+1) oldest must leave; the log is sorted because the clock is monotonic.
-        return max(0.0, self.times[excess] + self.window - now)
+        return max(0.0, self.times[excess] + self.window - EDGE_SLACK - now)
 
     def record(self, now: float) -> None:
         self.times.append(now)
 
 
 def retry_after_seconds(wait: float) -> int:
-    """Whole seconds a client must wait, rounded up (and at least 1) so it is not refused again.
-
-    A microsecond of slack: a wait of exactly 5 s says 6, because a client adding 5 to a float
-    clock can land a rounding error short of the edge (found by the property test).
-    """
-    return max(1, math.ceil(wait + 1e-6))
+    """Whole seconds a client must wait, rounded up (and at least 1) so it is not refused again."""
+    return max(1, math.ceil(wait))
 
 
 @dataclass
