@@ -23,7 +23,7 @@ def ledger_view(store: StateStore, exclude_run: str | None = None) -> LedgerView
     A resume excludes what its own run learnt: those units keep their stored outcomes instead
     of turning `unchanged`, and the plan stays the one the run began with.
     """
-    confirmed = store.ledger_table(confirmed_only=True)
+    confirmed = store.ledger_table(confirmed_only=True, columns=[*_COLUMNS, "run_id"])
     clients = store.job_clients()
     if exclude_run is not None and confirmed.num_rows:
         import pyarrow.compute as pc
