@@ -115,6 +115,7 @@ class Runner:
         self._started = 0
         self._deadline: asyncio.Task[None] | None = None
         self._client_of: dict[int, str | None] = {}
+        self._attempts: dict[int, int] = {}  # failed attempts of units re-queued after a 429
         self._streak = RateLimitStreak(options.rate.period)
         self._halt = HaltDetector(options.halt_after)
         self._outage = OutageDetector.for_concurrency(options.concurrency, options.outage_limit)
@@ -234,7 +235,7 @@ class Runner:
 
     async def _send_unit(self, unit: int) -> Outcome | str | None:
         """Try one unit until it has a final outcome ("requeue" after a 429; None if stopped)."""
-        attempts = 0
+        attempts = self._attempts.pop(unit, 0)
         while True:
             verdict, sent_at, latency = await self._exchange(unit)
             if verdict is None:
@@ -243,6 +244,8 @@ class Runner:
                                          "http_status": verdict.http_status})
             if verdict.kind == "rate_limited":
                 self._on_429(verdict)
+                if attempts:
+                    self._attempts[unit] = attempts  # a 429 neither uses up nor resets them
                 return "requeue"
             self._streak.reset()
             self.budget.recover()
@@ -266,6 +269,11 @@ class Runner:
             return None, "", 0.0
         ticket = await self._acquire()
         if ticket is None:
+            return None, "", 0.0
+        # Check again: other workers passed the first check while this one waited for the
+        # budget, and may have used up --max-requests since (no await from here to the count).
+        if self._over_request_limit():
+            self.budget.release(ticket)
             return None, "", 0.0
         self._started += 1
         wall = self.clocks.wall()
@@ -320,24 +328,27 @@ class Runner:
         if v.kind == "abort":
             self.request_stop(Stop("aborted", ExitCode.ABORTED,
                                    f"run aborted: {v.error_code} ({v.message or 'no reason'})"))
-        elif v.kind == "permanent" and self._halt.record(v.error_code):
+        elif self._halt.record(v.error_code):  # any other final outcome breaks the streak
             self.request_stop(Stop("halted", ExitCode.ABORTED,
                                    f"halted: {self.options.halt_after} rows in a row failed with "
                                    f"{v.error_code}; check the file's columns and the account"))
-        elif v.kind in ("ok", "mismatch"):
-            self._halt.record(None)
         return outcome
 
     def _finish(self, unit: int, outcome: Outcome) -> None:
         u = self.units
         ledger = None
+        client_id = self._client_of.pop(unit, None)
         if outcome.confirmed_do_notify_sms is not None and self._hash is not None:
+            # Only an `updated` row confirms a state we asked for. A mismatch is what the server
+            # showed instead: an observation, which must not become a "confirmed opt-out" that
+            # blocks the next run from asking again (nor skip it as already confirmed).
+            confirmed = outcome.status == vocab.UPDATED
             ledger = LedgerUpdate(
                 job_id=u.job_id[unit], update_target=u.update_target[unit],
                 do_notify_sms=outcome.confirmed_do_notify_sms,
-                review_key_hash=self._hash(u.review_key[unit]), entity_id=outcome.entity_id,
-                client_id=self._client_of.pop(unit, None), confirmed_at=outcome.sent_at or "",
-                run_id=self._run_id,
+                review_key_hash=self._hash(u.review_key[unit]) if confirmed else None,
+                entity_id=outcome.entity_id, client_id=client_id,
+                confirmed_at=outcome.sent_at or "", run_id=self._run_id, observed=not confirmed,
             )
         if outcome.status == vocab.FAILED:
             self.counters.failures += 1
