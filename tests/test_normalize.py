@@ -88,6 +88,22 @@ def test_sliced_clean_chunks_are_checked_at_their_own_offset() -> None:
     assert normalize(fields).column("error_code").to_pylist() == ["invalid_job_id"]
 
 
+def test_a_few_bad_rows_in_a_long_clean_column() -> None:
+    # Clean pieces are kept as they are, messy ones rewritten: the result must line up.
+    n = 70_000
+    job_ids = pa.chunked_array([pa.repeat(pa.scalar(JOB), n)])
+    messy = pa.chunked_array([job_ids.chunk(0).slice(0, n - 2), pa.array([JOB.upper(), "x"])])
+    fields = pa.table({"job_id": messy, "review_key": pa.repeat(pa.scalar(KEY), n),
+                       "do_notify_sms": pa.repeat(pa.scalar("1"), n),
+                       "update_target": pa.repeat(pa.scalar("job"), n)})
+    out = normalize(fields)
+    assert out.num_rows == n
+    assert out.column("job_id").null_count == 1
+    assert out.column("job_id")[n - 2].as_py() == JOB
+    codes = out.column("error_code")
+    assert codes.null_count == n - 1 and codes[n - 1].as_py() == "invalid_job_id"
+
+
 # --- UUIDs ----------------------------------------------------------------------------------
 
 SPELLINGS = [
