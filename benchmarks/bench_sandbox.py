@@ -1,0 +1,125 @@
+"""How many requests per second the sandbox serves on this machine, with no faults.
+
+    .venv/bin/python benchmarks/bench_sandbox.py [--seconds 3] [--concurrency 4 16]
+
+The server runs in its own process (uvicorn, as `batch-toggle sandbox` runs it) so that client
+and server do not share a GIL; the client is httpx.AsyncClient with a fixed set of workers
+sending toggles (PUT, target job) round the seed's jobs. Also measured: the in-process app
+through httpx.ASGITransport (what `run --sandbox` uses). Prints one JSON line.
+
+The figure tells later benchmarks whether the sandbox could be their bottleneck: the real
+Logis budget is 2,500 requests an hour, so anything above a few hundred per second is plenty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from batch_toggle.sandbox import SandboxConfig, create_app, load_seed  # noqa: E402
+
+SEED = REPO / "sample_data" / "sandbox_seed.csv"
+TOGGLE = "/api/apikeys/toggle_sms_notifications"
+KEY = "sandbox-key"
+UNLIMITED = 10**9
+
+SERVER = f"""
+import sys
+from batch_toggle.sandbox import SandboxConfig, run_server
+config = SandboxConfig(seed={str(SEED)!r}, hourly_limit={UNLIMITED})
+run_server(config, "127.0.0.1", 0, on_ready=lambda url: print(url, flush=True))
+"""
+
+
+async def load(client: httpx.AsyncClient, bodies: list[dict[str, str]], concurrency: int,
+               seconds: float, warmup: float) -> float:
+    """Requests per second over `seconds`, after `warmup` seconds not counted."""
+    start = time.perf_counter()
+    counting_from = start + warmup
+    deadline = counting_from + seconds
+    counted = 0
+    errors = 0
+
+    async def worker(offset: int) -> None:
+        nonlocal counted, errors
+        i = offset
+        while (now := time.perf_counter()) < deadline:
+            response = await client.put(TOGGLE, json=bodies[i % len(bodies)],
+                                        headers={"LOGIS-API-KEY": KEY})
+            i += concurrency
+            if response.status_code != 200:
+                errors += 1
+            if now >= counting_from:
+                counted += 1
+
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    if errors:
+        raise RuntimeError(f"{errors} requests were not answered 200")
+    return counted / seconds
+
+
+def start_server() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()  # the server prints its URL once listening
+    if not line.startswith("http://"):
+        proc.kill()
+        raise RuntimeError(f"the sandbox did not start: {line!r}")
+    return proc, line
+
+
+async def measure(args: argparse.Namespace) -> dict[str, object]:
+    seed = load_seed(SEED)
+    bodies = [{"job_id": j.job_id, "review_key": j.review_key, "do_notify_sms": "false",
+               "update_target": "job"} for j in seed.jobs]
+    socket_rps: dict[str, float] = {}
+    proc, base_url = start_server()
+    try:
+        for c in args.concurrency:
+            limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+            async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=10) as client:
+                socket_rps[str(c)] = round(await load(client, bodies, c, args.seconds, 0.5))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    inproc_rps: dict[str, float] = {}
+    for c in args.concurrency:
+        app = create_app(SandboxConfig(hourly_limit=UNLIMITED), seed=seed)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
+            inproc_rps[str(c)] = round(await load(client, bodies, c, args.seconds, 0.3))
+    return {
+        "benchmark": "sandbox_requests_per_second",
+        "socket_rps": socket_rps,
+        "inprocess_rps": inproc_rps,
+        "seconds_per_point": args.seconds,
+        "request": "PUT toggle_sms_notifications, target job, 200, no faults",
+        "client": f"httpx {httpx.__version__} AsyncClient, keep-alive",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 16])
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(measure(args))))
+
+
+if __name__ == "__main__":
+    main()
