@@ -18,7 +18,11 @@ Decisions worth knowing (SPEC section 3 is silent on them):
   with no trailing ".0" (1.0 -> "1", so a pandas 0/1 column saved as float still reads as a state),
   timestamps -> ISO 8601 ("2024-01-02T03:04:05", "...Z", "...+01:00"), nested -> JSON text.
 - Encodings: UTF-8 with or without BOM, UTF-16 with a BOM (Excel's "Unicode text"), else cp1252
-  with a warning; a BOM'd UTF-8 file with invalid bytes is an error, not cp1252.
+  with a warning; a BOM'd UTF-8 file with invalid bytes is an error, not cp1252. `--encoding`
+  applies to the text formats (CSV family, JSONL, stdin); Parquet and XLSX carry their own.
+- Speed: the CSV fast path is pyarrow's reader on the file's own bytes (no copy for UTF-8);
+  a file it refuses (ragged rows, a last row spanning lines) is re-read with Python's csv module,
+  about ten times slower.
 """
 
 from __future__ import annotations
@@ -239,7 +243,9 @@ def _read_file(path: str) -> bytes:
 
 
 def _read_stdin(stdin: BinaryIO | None) -> bytes:
-    stream = stdin if stdin is not None else sys.stdin.buffer
+    stream = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        raise InputError(STDIN_NAME, "no standard input to read")
     try:
         return stream.read()
     except (OSError, ValueError) as exc:
@@ -357,8 +363,11 @@ def _parse_delimited(
         if sniff_only:
             raise InputError(name, _UNKNOWN_FORMAT)
         delimiter = "\t" if prefer_tab else ","
-    header = next((r for r in csv.reader(io.StringIO(sample, newline=""), delimiter=delimiter)
-                   if r), None)
+    try:
+        reader = csv.reader(io.StringIO(sample, newline=""), delimiter=delimiter)
+        header = next((r for r in reader if r), None)
+    except csv.Error as exc:
+        raise InputError(name, f"cannot parse the header: {exc}") from exc
     if header is None:
         raise InputError(name, "file is empty (no header row)")
 
