@@ -117,6 +117,7 @@ class Runner:
         self._client_of: dict[int, str | None] = {}
         self._attempts: dict[int, int] = {}  # failed attempts of units re-queued after a 429
         self._streak = RateLimitStreak(options.rate.period)
+        self._last_429 = -float("inf")
         self._halt = HaltDetector(options.halt_after)
         self._outage = OutageDetector.for_concurrency(options.concurrency, options.outage_limit)
 
@@ -195,6 +196,8 @@ class Runner:
     async def _next(self) -> int | None:
         async with self._cond:
             while True:
+                if self.committer.error is not None and self.stop is None:
+                    self._store_failed(self.committer.error)
                 if self.stop is not None:
                     return None
                 if self._ready:
@@ -237,7 +240,7 @@ class Runner:
         """Try one unit until it has a final outcome ("requeue" after a 429; None if stopped)."""
         attempts = self._attempts.pop(unit, 0)
         while True:
-            verdict, sent_at, latency = await self._exchange(unit)
+            verdict, sent_at, latency, sent_mono = await self._exchange(unit)
             if verdict is None:
                 return None
             self.hooks.event("request", {"unit": unit, "kind": verdict.kind,
@@ -247,8 +250,11 @@ class Runner:
                 if attempts:
                     self._attempts[unit] = attempts  # a 429 neither uses up nor resets them
                 return "requeue"
-            self._streak.reset()
-            self.budget.recover()
+            if sent_mono > self._last_429:
+                # Only an answer to a request sent after the last 429 shows the limit lifted;
+                # replies to requests already in flight must not reset the backoff.
+                self._streak.reset()
+                self.budget.recover()
             self._outage.record(is_network_failure(verdict), self.clocks.mono())
             if verdict.kind != "retry":
                 return self._final(unit, verdict, attempts + 1, sent_at, latency)
@@ -263,30 +269,41 @@ class Runner:
             if not await self._wait(backoff_delay(attempts, self.clocks.rng)):
                 return None
 
-    async def _exchange(self, unit: int) -> tuple[Verdict | None, str, float]:
-        """One request through the budget. (None, ...) when the run stopped first."""
+    async def _exchange(self, unit: int) -> tuple[Verdict | None, str, float, float]:
+        """One request through the budget: (verdict, sent_at, latency_ms, monotonic send time).
+        The verdict is None when the run stopped first."""
         if self._over_request_limit():
-            return None, "", 0.0
+            return None, "", 0.0, 0.0
         ticket = await self._acquire()
         if ticket is None:
-            return None, "", 0.0
+            return None, "", 0.0, 0.0
         # Check again: other workers passed the first check while this one waited for the
         # budget, and may have used up --max-requests since (no await from here to the count).
         if self._over_request_limit():
             self.budget.release(ticket)
-            return None, "", 0.0
+            return None, "", 0.0, 0.0
         self._started += 1
         wall = self.clocks.wall()
         sent_at = datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
-        send_id = self.committer.send_started(wall)
         t0 = self.clocks.mono()
+        try:
+            # Recorded before it leaves: a run killed mid-request still leaves its budget use
+            # on record. If that cannot be recorded, the request is not sent.
+            send_id = self.committer.send_started(wall)
+        except Exception as exc:  # noqa: BLE001 - the store's failure stops the run
+            self.budget.release(ticket)
+            self._store_failed(exc)
+            return None, "", 0.0, 0.0
         try:
             verdict = await self._put(unit)
         finally:
             self.budget.release(ticket)
-            self.committer.send_done(send_id, wall, self.clocks.wall())
+            try:
+                self.committer.send_done(send_id, wall, self.clocks.wall())
+            except Exception as exc:  # noqa: BLE001
+                self._store_failed(exc)
         self.counters.requests += 1
-        return verdict, sent_at, (self.clocks.mono() - t0) * 1000.0
+        return verdict, sent_at, (self.clocks.mono() - t0) * 1000.0, t0
 
     async def _put(self, unit: int) -> Verdict:
         u = self.units
@@ -354,11 +371,19 @@ class Runner:
             self.counters.failures += 1
         self.committer.put(Finished(unit, int(u.row[unit]), outcome, ledger))
 
+    def _store_failed(self, exc: BaseException) -> None:
+        """The state store stopped accepting writes: sending on would spend budget on work
+        that a resume cannot see. Stop; the report still shows every outcome so far."""
+        self.request_stop(Stop("interrupted", ExitCode.STOPPED,
+                               f"the state store failed ({exc}); nothing more was sent; "
+                               "fix it and run again with --resume"))
+
     # --- waits --------------------------------------------------------------------------
 
     def _on_429(self, v: Verdict) -> None:
         """Every worker pauses; the unit goes back to the queue. Not a failed attempt."""
         self.counters.responses_429 += 1
+        self._last_429 = self.clocks.mono()
         decision = self._streak.on_429(v, self.clocks.wall())
         if decision.end_run is not None:
             wait = decision.resume_after or self.options.rate.period
