@@ -55,7 +55,7 @@ SUMMARY_LINES: Final = (
     ("requests_sent", "requests sent"),
     ("responses_429", "429 responses"),
     ("retries", "retries"),
-    ("duration_seconds", "duration"),
+    ("duration_s", "duration"),
     ("report", "report"),
 )
 
@@ -500,8 +500,10 @@ def _status_colour(status: str) -> str:
 
 
 def _format_scalar(key: str, value: Any) -> str:
-    if key == "duration_seconds":
+    if key == "duration_s":
         return format_duration(float(value))
+    if isinstance(value, Mapping) and "path" in value:
+        return str(value["path"])
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)

@@ -504,8 +504,8 @@ SUMMARY = {
     "requests_sent": 1210,
     "responses_429": 2,
     "retries": 4,
-    "duration_seconds": 250.4,
-    "report": "reports/x-20261128T040506.csv",
+    "duration_s": 250.4,
+    "report": {"path": "reports/x-20261128T040506.csv", "format": "csv", "sha256": "ab"},
 }
 
 
