@@ -5,8 +5,10 @@
     def test_z(sandbox_server): sandbox_server.base_url, .state(), .requests(), .set_faults(...)
     def test_w(make_sandbox_server): srv = make_sandbox_server(window=2.0, hourly_limit=5)
 
-Every server listens on 127.0.0.1, port 0 (ephemeral), with a bounded readiness wait; it is
-stopped when the test ends. The seed is the shipped `sample_data/sandbox_seed.csv`.
+Every server listens on 127.0.0.1, port 0 (ephemeral), with a bounded readiness wait.
+`make_sandbox_server` starts a fresh one per call, stopped when the test ends; `sandbox_server`
+is one server for the session, reset to the seed before each test. The seed is the shipped
+`sample_data/sandbox_seed.csv`.
 """
 
 from __future__ import annotations
@@ -147,7 +149,25 @@ def make_sandbox_server(
         yield make
 
 
+@pytest.fixture(scope="session")
+def _shared_sandbox_thread(sandbox_seed: Seed) -> Iterator[Any]:
+    from batch_toggle.sandbox import SandboxThread
+
+    served = SandboxThread(create_app(SandboxConfig(seed=SEED_PATH), seed=sandbox_seed))
+    served.start(ready_timeout=10.0)
+    yield served
+    served.stop()
+
+
 @pytest.fixture
-def sandbox_server(make_sandbox_server: Callable[..., SandboxHandle]) -> SandboxHandle:
-    """A sandbox with the default config on a real loopback socket."""
-    return make_sandbox_server()
+def sandbox_server(_shared_sandbox_thread: Any) -> Iterator[SandboxHandle]:
+    """A sandbox with the default config on a real loopback socket.
+
+    One server serves the whole session (stopping uvicorn costs 0.2 s); it is reset to the seed
+    (state, logs, budgets, faults, keys, limits) before each test that uses it.
+    """
+    served = _shared_sandbox_thread
+    served.app.state.world.reset()
+    handle = SandboxHandle(served.base_url, served.app, served.app.state.config)
+    yield handle
+    handle.close()
