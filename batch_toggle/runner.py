@@ -22,11 +22,12 @@ from typing import Any, TypeVar
 import httpx
 
 from . import __version__, vocab
-from .classify import Verdict, classify_exception, classify_response
+from .classify import Verdict, classify_exception
 from .committer import Committer, Finished
 from .config import SendOptions
 from .errors import ExitCode
 from .limiter import Budget, Ticket
+from .operations import Operation, Toggle
 from .outcome import Outcome
 from .plan import Units
 from .retry import (
@@ -36,9 +37,7 @@ from .retry import (
     backoff_delay,
     is_network_failure,
 )
-from .store import LedgerUpdate
 
-TOGGLE_PATH = "/api/apikeys/toggle_sms_notifications"
 MAX_BODY = 1 << 20  # a reply larger than this is not a Logis object
 T = TypeVar("T")
 
@@ -92,7 +91,8 @@ class Runner:
     def __init__(self, units: Units, *, client: httpx.AsyncClient, api_key: str,
                  options: SendOptions, budget: Budget, committer: Committer,
                  hooks: RunHooks | None = None, clocks: _Clocks | None = None,
-                 review_key_hash: Callable[[str], str] | None = None, run_id: str = "") -> None:
+                 review_key_hash: Callable[[str], str] | None = None, run_id: str = "",
+                 operation: Operation | None = None) -> None:
         self.units = units
         self.client = client
         self.options = options
@@ -102,9 +102,9 @@ class Runner:
         self.clocks = clocks or _Clocks()
         self.counters = Counters()
         self.stop: Stop | None = None
-        self._hash = review_key_hash
+        self.operation: Operation = operation or Toggle(units, review_key_hash)
         self._run_id = run_id
-        self._url = options.base_url.rstrip("/") + TOGGLE_PATH
+        self._base = options.base_url.rstrip("/")
         self._headers = {"LOGIS-API-KEY": api_key, "Content-Type": "application/json",
                          "User-Agent": f"batch-toggle/{__version__}"}
         self._stop_event = asyncio.Event()
@@ -306,17 +306,15 @@ class Runner:
         return verdict, sent_at, (self.clocks.mono() - t0) * 1000.0, t0
 
     async def _put(self, unit: int) -> Verdict:
-        u = self.units
-        target, desired = u.update_target[unit], bool(u.do_notify_sms[unit])
-        body = {"job_id": u.job_id[unit], "review_key": u.review_key[unit],
-                "do_notify_sms": "true" if desired else "false", "update_target": target}
+        request = self.operation.request(unit)
         try:
             async with asyncio.timeout(self.options.timeout):
-                async with self.client.stream("PUT", self._url, json=body,
+                async with self.client.stream(request.method, self._base + request.path,
+                                              json=request.json, params=request.params,
                                               headers=self._headers) as response:
                     content = await _read_capped(response)
-                    return classify_response(response.status_code, response.headers, content,
-                                             target=target, desired=desired)
+                    return self.operation.classify(unit, response.status_code,
+                                                   response.headers, content)
         except TimeoutError:
             return classify_exception(httpx.ReadTimeout(
                 f"no complete reply within {self.options.timeout:g} s"))
@@ -352,24 +350,13 @@ class Runner:
         return outcome
 
     def _finish(self, unit: int, outcome: Outcome) -> None:
-        u = self.units
-        ledger = None
         client_id = self._client_of.pop(unit, None)
-        if outcome.confirmed_do_notify_sms is not None and self._hash is not None:
-            # Only an `updated` row confirms a state we asked for. A mismatch is what the server
-            # showed instead: an observation, which must not become a "confirmed opt-out" that
-            # blocks the next run from asking again (nor skip it as already confirmed).
-            confirmed = outcome.status == vocab.UPDATED
-            ledger = LedgerUpdate(
-                job_id=u.job_id[unit], update_target=u.update_target[unit],
-                do_notify_sms=outcome.confirmed_do_notify_sms,
-                review_key_hash=self._hash(u.review_key[unit]) if confirmed else None,
-                entity_id=outcome.entity_id, client_id=client_id,
-                confirmed_at=outcome.sent_at or "", run_id=self._run_id, observed=not confirmed,
-            )
+        ledger = None
+        if self.committer.store is not None:
+            ledger = self.operation.ledger_update(unit, outcome, client_id, self._run_id)
         if outcome.status == vocab.FAILED:
             self.counters.failures += 1
-        self.committer.put(Finished(unit, int(u.row[unit]), outcome, ledger))
+        self.committer.put(Finished(unit, int(self.units.row[unit]), outcome, ledger))
 
     def _store_failed(self, exc: BaseException) -> None:
         """The state store stopped accepting writes: sending on would spend budget on work

@@ -31,9 +31,10 @@ from batch_toggle.committer import Committer, Finished
 from batch_toggle.config import Rate, SendOptions
 from batch_toggle.errors import ExitCode
 from batch_toggle.limiter import Budget
+from batch_toggle.operations import TOGGLE_PATH
 from batch_toggle.outcome import Outcome
 from batch_toggle.plan import Units
-from batch_toggle.runner import TOGGLE_PATH, RunHooks, Runner, Stop, _Clocks
+from batch_toggle.runner import RunHooks, Runner, Stop, _Clocks
 from batch_toggle.store import StateStore
 
 API_KEY = "sk-test-7f3a9c21e5b8"

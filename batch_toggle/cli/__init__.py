@@ -290,3 +290,13 @@ def run(**opts: Any) -> None:
 
 
 __all__ = ["main", "read_api_key"]
+
+
+def _register() -> None:
+    """Commands that live in their own modules."""
+    from .sandbox_cmd import sandbox_command
+
+    main.add_command(sandbox_command)
+
+
+_register()

@@ -1,0 +1,107 @@
+"""What one unit's request is, and how its reply is read: the toggle PUT, the track GET.
+
+The runner is the same engine for `run` and `audit` (budget, retries, 429s, aborts, progress);
+an Operation is the only part that differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import vocab
+from .classify import TrackResult, Verdict, classify_response, classify_track
+from .outcome import Outcome
+from .plan import Units
+from .store import LedgerUpdate
+
+TOGGLE_PATH = "/api/apikeys/toggle_sms_notifications"
+TRACK_PATH = "/api/apikeys/track"
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    json: dict[str, Any] | None = None
+    params: dict[str, str] | None = None
+
+
+class Operation(Protocol):
+    def request(self, unit: int) -> Request: ...
+
+    def classify(self, unit: int, status: int, headers: Mapping[str, str],
+                 body: bytes) -> Verdict: ...
+
+    def ledger_update(self, unit: int, outcome: Outcome, verdict_client: str | None,
+                      run_id: str) -> LedgerUpdate | None: ...
+
+
+@dataclass
+class Toggle:
+    """PUT toggle_sms_notifications for each unit of a plan."""
+
+    units: Units
+    review_key_hash: Callable[[str], str] | None = None
+
+    def request(self, unit: int) -> Request:
+        u = self.units
+        desired = bool(u.do_notify_sms[unit])
+        return Request("PUT", TOGGLE_PATH, json={
+            "job_id": u.job_id[unit], "review_key": u.review_key[unit],
+            "do_notify_sms": "true" if desired else "false",
+            "update_target": u.update_target[unit]})
+
+    def classify(self, unit: int, status: int, headers: Mapping[str, str],
+                 body: bytes) -> Verdict:
+        return classify_response(status, headers, body, target=self.units.update_target[unit],
+                                 desired=bool(self.units.do_notify_sms[unit]))
+
+    def ledger_update(self, unit: int, outcome: Outcome, client_id: str | None,
+                      run_id: str) -> LedgerUpdate | None:
+        if outcome.confirmed_do_notify_sms is None or self.review_key_hash is None:
+            return None
+        # Only an `updated` row confirms a state we asked for. A mismatch is what the server
+        # showed instead: an observation, which must not become a "confirmed opt-out" that
+        # blocks the next run from asking again (nor skip it as already confirmed).
+        confirmed = outcome.status == vocab.UPDATED
+        u = self.units
+        return LedgerUpdate(
+            job_id=u.job_id[unit], update_target=u.update_target[unit],
+            do_notify_sms=outcome.confirmed_do_notify_sms,
+            review_key_hash=self.review_key_hash(u.review_key[unit]) if confirmed else None,
+            entity_id=outcome.entity_id, client_id=client_id,
+            confirmed_at=outcome.sent_at or "", run_id=run_id, observed=not confirmed,
+        )
+
+
+@dataclass
+class Track:
+    """GET track?job_id= for each distinct job (audit). Keeps what each read showed."""
+
+    job_ids: Sequence[str]
+    seen: dict[int, TrackResult] = field(default_factory=dict)
+
+    def request(self, unit: int) -> Request:
+        return Request("GET", TRACK_PATH, params={"job_id": self.job_ids[unit]})
+
+    def classify(self, unit: int, status: int, headers: Mapping[str, str],
+                 body: bytes) -> Verdict:
+        result = classify_track(status, headers, body)
+        if result.verdict.kind == "ok":
+            self.seen[unit] = result
+        return result.verdict
+
+    def ledger_update(self, unit: int, outcome: Outcome, client_id: str | None,
+                      run_id: str) -> LedgerUpdate | None:
+        """An audit observes; it never confirms (the track endpoint checks no review key)."""
+        result = self.seen.get(unit)
+        if result is None or outcome.confirmed_do_notify_sms is None:
+            return None
+        return LedgerUpdate(
+            job_id=self.job_ids[unit], update_target="job",
+            do_notify_sms=outcome.confirmed_do_notify_sms, review_key_hash=None,
+            entity_id=outcome.entity_id, client_id=client_id,
+            confirmed_at=outcome.sent_at or "", run_id=run_id, observed=True,
+        )
