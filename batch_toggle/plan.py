@@ -327,7 +327,7 @@ def _finish(norm: pa.Table, rows: _Rows, units: Units,
     message = pa.array(rows.message, type=pa.string())
     code = pc.if_else(pc.is_null(norm["error_code"]), code, norm["error_code"])
     message = pc.if_else(pc.is_null(norm["error_message"]), message, norm["error_message"])
-    entity = [None] * n
+    entity: list[str | None] = [None] * n
     known: list[bool | None] = [None] * n
     for r, e in rows.entity.items():
         entity[r], known[r] = e, rows.known[r]
