@@ -118,10 +118,11 @@ class SlidingWindow:
         self._prune(now)
         # In-flight slots: assume their answers arrive `latency` from now.
         ends = sorted(self._expiries + [now + latency + self.hold] * len(self._in_flight))
-        free = [now] * max(0, self.limit - len(ends))
-        first_round = (free + [max(now, e) for e in ends])[-self.limit :]
+        ends = ends[-self.limit :]
+        free = self.limit - len(ends)  # usable now; not materialised: limit may be huge
         rounds, position = divmod(index, self.limit)
-        return first_round[position] + rounds * (latency + self.hold)
+        first = now if position < free else max(now, ends[position - free])
+        return first + rounds * (latency + self.hold)
 
     def _prune(self, now: float) -> None:
         while self._expiries and self._expiries[0] <= now:

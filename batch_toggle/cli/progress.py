@@ -6,6 +6,7 @@ tqdm's own ETA extrapolates the recent rate, which is wrong for a budget-bound r
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from tqdm import tqdm
@@ -17,10 +18,15 @@ class ProgressBar:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._bar: tqdm | None = None
+        self._last = 0.0
 
     def __call__(self, snap: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        now = time.monotonic()
+        if self._bar is not None and now - self._last < 0.1 and snap["done"] < snap["total"]:
+            return  # at most 10 redraws a second: a fast run must not spend itself drawing
+        self._last = now
         if self._bar is None:
             self._bar = tqdm(total=snap["total"], unit="row", dynamic_ncols=True, leave=True,
                              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {postfix}")
