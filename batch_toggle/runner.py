@@ -36,6 +36,8 @@ from .retry import (
     RateLimitStreak,
     backoff_delay,
     is_network_failure,
+    parse_retry_after,
+    too_long,
 )
 
 MAX_BODY = 1 << 20  # a reply larger than this is not a Logis object
@@ -246,7 +248,7 @@ class Runner:
             self.hooks.event("request", {"unit": unit, "kind": verdict.kind,
                                          "http_status": verdict.http_status})
             if verdict.kind == "rate_limited":
-                self._on_429(verdict)
+                self._on_429(verdict, sent_mono)
                 if attempts:
                     self._attempts[unit] = attempts  # a 429 neither uses up nor resets them
                 return "requeue"
@@ -367,9 +369,12 @@ class Runner:
 
     # --- waits --------------------------------------------------------------------------
 
-    def _on_429(self, v: Verdict) -> None:
+    def _on_429(self, v: Verdict, sent_mono: float) -> None:
         """Every worker pauses; the unit goes back to the queue. Not a failed attempt."""
         self.counters.responses_429 += 1
+        if sent_mono <= self._last_429 and not v.daily_limit:
+            self._on_echo_429(v)
+            return
         self._last_429 = self.clocks.mono()
         decision = self._streak.on_429(v, self.clocks.wall())
         if decision.end_run is not None:
@@ -385,6 +390,15 @@ class Runner:
             self.budget.slow_down()  # 429s repeat: the key may be shared with other traffic
         self.hooks.event("pause", {"reason": "429", "seconds": round(decision.delay, 3),
                                    "source": decision.source})
+
+    def _on_echo_429(self, v: Verdict) -> None:
+        """A 429 to a request that was already in flight when an earlier 429 paused the run: the
+        same refusal again, not news. It must neither grow the streak (the in-flight echoes of
+        one 429 would pass for "429 again after a full window" and end the run) nor slow the
+        run down; its own Retry-After is still honoured, as a minimum."""
+        wait = parse_retry_after(v.retry_after, self.clocks.wall())
+        if wait is not None and not too_long(wait):
+            self.budget.pause_until(self.clocks.mono() + wait)
 
     async def _ride_out_outage(self) -> bool:
         """Every recent request failed on the network: pause the run, probe, give up later."""
