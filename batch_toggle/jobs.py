@@ -133,8 +133,11 @@ def prepare(config: JobConfig, ledger: Any = None, hooks: Hooks = SILENT, *, std
 
 def plan_cost(prepared: Prepared) -> dict[str, Any]:
     """What the plan will spend, stated before any request (SPEC section 4)."""
-    send = prepared.config.send
-    needed = prepared.plan.requests_needed
+    return request_cost(prepared.plan.requests_needed, prepared.config.send)
+
+
+def request_cost(needed: int, send: SendOptions) -> dict[str, Any]:
+    """`needed` requests and how long they take at --rate from a fresh budget."""
     seconds = send.rate.duration_for(needed, send.max_rps)
     return {
         "requests_needed": needed,

@@ -29,7 +29,9 @@ from .errors import ExitCode, InputError, UsageError
 from .jobs import SILENT, Hooks, JobConfig, JobResult, Prepared, announce_plan, finish, prepare
 from .ledger import ledger_view
 from .limiter import DAY, Budget
+from .operations import Operation
 from .outcome import Outcome
+from .plan import Units
 from .results import UnitResults
 from .runner import Counters, RunHooks, Runner
 from .store import RunRecord, StateStore, default_state_path
@@ -96,14 +98,21 @@ def run(config: JobConfig, hooks: Hooks = SILENT, *, stdin: Any = None,
     if config.dry_run:
         from .jobs import validate
         return validate(config, hooks, stdin=stdin)
+    config = live_config(config)
+    with open_store(config) as store:
+        return _run_locked(config, hooks, store, stdin, transport)
+
+
+def live_config(config: JobConfig) -> JobConfig:
+    """The config of a job that talks to Logis (run, audit): --sandbox points it at the
+    in-process simulator with its key; otherwise the base URL must be safe and a key present."""
     if config.sandbox:
         config = replace(config, send=replace(config.send, base_url=SANDBOX_BASE_URL),
                          api_key=config.api_key or _sandbox_key())
     check_base_url(config.send.base_url, config.send.insecure or config.sandbox)
     if not config.api_key:
         raise UsageError("no API key: set LOGIS_API_KEY or use --api-key-file")
-    with open_store(config) as store:
-        return _run_locked(config, hooks, store, stdin, transport)
+    return config
 
 
 def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin: Any,
@@ -163,7 +172,7 @@ def _find_resumable(config: JobConfig, store: StateStore, loaded: Any,
 
 
 def _record_start(config: JobConfig, store: StateStore, prepared: Prepared,
-                  resumed: list[RunRecord]) -> None:
+                  resumed: list[RunRecord], command: str = "run") -> None:
     from .jobs import options_record
     now = datetime.now(UTC).isoformat(timespec="seconds")
     if resumed:
@@ -171,7 +180,7 @@ def _record_start(config: JobConfig, store: StateStore, prepared: Prepared,
         return
     inputs = [(name, s.sha256) for name, s in zip(input_names(config), prepared.loaded.sources,
                                                    strict=True)]
-    store.create_run(prepared.run_id, command="run", inputs=inputs, plan_key=plan_key(config),
+    store.create_run(prepared.run_id, command=command, inputs=inputs, plan_key=plan_key(config),
                      options=options_record(config), total_rows=prepared.loaded.raw.num_rows,
                      started_at=now)
 
@@ -228,8 +237,11 @@ def _budget(config: JobConfig, store: StateStore | None) -> Budget:
 
 
 async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepared: Prepared,
-                todo: list[int], transport: httpx.AsyncBaseTransport | None,
+                todo: list[int], transport: httpx.AsyncBaseTransport | None, *,
+                units: Units | None = None, operation: Operation | None = None,
                 ) -> tuple[Runner, Counters]:
+    """Drive a Runner over `todo`: the plan's units and toggles, or (audit) other `units` with
+    another `operation`, through the same budget, client, committer, signals and progress."""
     budget = _budget(config, store)
 
     def committed(finished: Finished) -> None:
@@ -241,11 +253,12 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
 
     committer = Committer(store, prepared.run_id, on_committed=committed)
     async with make_client(config, transport) as client:
-        runner = Runner(prepared.plan.units, client=client, api_key=config.api_key or "",
+        runner = Runner(prepared.plan.units if units is None else units, client=client,
+                        api_key=config.api_key or "",
                         options=config.send, budget=budget, committer=committer,
                         hooks=RunHooks(notice=hooks.notice, event=hooks.event),
                         review_key_hash=store.review_key_hash if store is not None else None,
-                        run_id=prepared.run_id)
+                        run_id=prepared.run_id, operation=operation)
         committer.start()
         try:
             with runner.signals():
@@ -299,4 +312,4 @@ def _send_summary(runner: Runner, counters: Counters, config: JobConfig) -> dict
     return extra
 
 
-__all__ = ["run", "check_base_url", "make_client", "plan_key"]
+__all__ = ["run", "check_base_url", "live_config", "make_client", "open_store", "plan_key"]

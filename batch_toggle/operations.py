@@ -7,7 +7,7 @@ an Operation is the only part that differs.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from . import vocab
@@ -76,11 +76,36 @@ class Toggle:
         )
 
 
+def track_verdict(result: TrackResult, target: str, desired: bool) -> Verdict:
+    """What one read means for one unit (SPEC section 8, audit): `in_sync` when the target's
+    current do_notify_sms equals the desired state, else `would_change`; `confirmed` is the
+    current state and `entity_id` the job's id (target job) or the client's (target client).
+    A failed read stays as it was."""
+    v = result.verdict
+    if v.kind != "ok":
+        return v
+    current = result.state(target)
+    if current is None:  # a reply without the client's default cannot answer a client row
+        return replace(v, kind="permanent", status=vocab.FAILED, error_code="unexpected_response",
+                       message="the track reply did not show the client's do_notify_sms",
+                       retryable=False)
+    entity = v.entity_id if target == "job" else v.client_id
+    status = vocab.IN_SYNC if current == desired else vocab.WOULD_CHANGE
+    return replace(v, status=status, confirmed=current, entity_id=entity)
+
+
 @dataclass
 class Track:
-    """GET track?job_id= for each distinct job (audit). Keeps what each read showed."""
+    """GET track?job_id= once per distinct job (audit). Keeps what each read showed in `seen`.
+
+    One read answers every unit of its job (target job and target client). The read's own
+    outcome speaks for the unit given by `targets[i]`/`desired[i]` (the audit derives any other
+    unit of the job from `seen` with `track_verdict`).
+    """
 
     job_ids: Sequence[str]
+    targets: Sequence[str]
+    desired: Sequence[bool]
     seen: dict[int, TrackResult] = field(default_factory=dict)
 
     def request(self, unit: int) -> Request:
@@ -91,17 +116,19 @@ class Track:
         result = classify_track(status, headers, body)
         if result.verdict.kind == "ok":
             self.seen[unit] = result
-        return result.verdict
+        return track_verdict(result, self.targets[unit], bool(self.desired[unit]))
 
     def ledger_update(self, unit: int, outcome: Outcome, client_id: str | None,
                       run_id: str) -> LedgerUpdate | None:
-        """An audit observes; it never confirms (the track endpoint checks no review key)."""
+        """The job's state as seen, and its client: an observation, never a confirmation (the
+        track endpoint checks no review key). The job -> client link feeds the plan's
+        client-level conflict detection."""
         result = self.seen.get(unit)
-        if result is None or outcome.confirmed_do_notify_sms is None:
+        if result is None or result.verdict.confirmed is None:
             return None
         return LedgerUpdate(
             job_id=self.job_ids[unit], update_target="job",
-            do_notify_sms=outcome.confirmed_do_notify_sms, review_key_hash=None,
-            entity_id=outcome.entity_id, client_id=client_id,
+            do_notify_sms=result.verdict.confirmed, review_key_hash=None,
+            entity_id=result.verdict.entity_id, client_id=result.verdict.client_id or client_id,
             confirmed_at=outcome.sent_at or "", run_id=run_id, observed=True,
         )
