@@ -176,13 +176,14 @@ def _record_start(config: JobConfig, store: StateStore, prepared: Prepared,
     from .jobs import options_record
     now = datetime.now(UTC).isoformat(timespec="seconds")
     if resumed:
-        store.mark_resumed(prepared.run_id, resumed_at=now, options=options_record(config))
+        store.mark_resumed(prepared.run_id, resumed_at=now, options=options_record(config),
+                           units=prepared.plan.requests_needed)
         return
     inputs = [(name, s.sha256) for name, s in zip(input_names(config), prepared.loaded.sources,
                                                    strict=True)]
     store.create_run(prepared.run_id, command=command, inputs=inputs, plan_key=plan_key(config),
                      options=options_record(config), total_rows=prepared.loaded.raw.num_rows,
-                     started_at=now)
+                     started_at=now, units=prepared.plan.requests_needed)
 
 
 def _previous_outcomes(store: StateStore | None, prepared: Prepared,

@@ -66,7 +66,7 @@ import pyarrow.csv as pcsv
 from .errors import ExitCode, StoreError, StoreLocked
 from .outcome import Outcome
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.units
 # 'BTgl': marks the file as a batch-toggle state store (PRAGMA application_id).
 APPLICATION_ID = 0x4254676C
 
@@ -100,7 +100,8 @@ CREATE TABLE runs (
     pid         INTEGER,
     host        TEXT,
     resumes     INTEGER NOT NULL DEFAULT 0,
-    resumed_at  TEXT
+    resumed_at  TEXT,
+    units       INTEGER                   -- requests the plan needs (status: what is left)
 );
 CREATE INDEX runs_by_inputs ON runs (command, input_names, plan_key);
 
@@ -237,7 +238,9 @@ class RunRecord:
 
     `counts` is what `finish_run` was given (None until then). `outcome_counts` counts the stored
     outcomes by status and `final_outcomes` those with a final status (not `not_attempted`):
-    both count units (representative rows), not input rows.
+    both count units (representative rows), not input rows. `units` is how many units the
+    plan sends (as of the latest start or resume), so `units - final_outcomes` is what a resume
+    would send.
     """
 
     run_id: str
@@ -256,6 +259,8 @@ class RunRecord:
     resumed_at: str | None = None
     outcome_counts: dict[str, int] = field(default_factory=dict)
     final_outcomes: int = 0
+    units: int | None = None  # units (requests) the plan needs; None in a schema-1 record
+    retryable_failed: int = 0  # outcomes `failed` with retryable true (what --retry-failed adds)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -308,6 +313,10 @@ class StateStore:
         self._lock_fd: int | None = None
         self._secret = self._load_secret()
         self._hmac = hmac.new(self._secret, digestmod=hashlib.sha256)
+        with self._lock:
+            names = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+        # A read-only view of a schema-1 file cannot be migrated: it reads units as NULL.
+        self._run_columns = f"{_RUN_COLUMNS}, {'units' if 'units' in names else 'NULL'}"
 
     # --- opening and closing ----------------------------------------------------------------
 
@@ -471,6 +480,35 @@ class StateStore:
                 f"({who}pid {holder.get('pid')} on host {holder.get('host')}, "
                 f"since {holder.get('since')})")
 
+    def lock_holder(self) -> dict[str, Any] | None:
+        """Who holds the run lock right now (run_id, owner, pid, host, since), or None.
+
+        A probe for `batch-toggle status`: it never takes the lock for longer than the probe
+        and never creates the sidecar. A lock held by this handle counts as held.
+        """
+        lock_path = Path(f"{self.path}.lock")
+        try:
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"state store {self.path}: {exc.strerror or exc}") from exc
+        try:
+            if self._lock_fd is None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass  # held: read the holder below
+                else:
+                    return None  # closing the descriptor drops the probe's lock
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:
+                holder = {}
+            return holder if isinstance(holder, dict) else {}
+        finally:
+            os.close(fd)
+
     def release_lock(self) -> None:
         """Give the lock back (no-op when not held)."""
         fd, self._lock_fd = self._lock_fd, None
@@ -485,17 +523,18 @@ class StateStore:
     @_translated
     def create_run(self, run_id: str, *, command: str, inputs: Sequence[tuple[str, str]],
                    plan_key: str, options: Mapping[str, Any], total_rows: int,
-                   started_at: str) -> None:
-        """Record a new run. `inputs` are (name, sha256) pairs in the order given."""
+                   started_at: str, units: int | None = None) -> None:
+        """Record a new run. `inputs` are (name, sha256) pairs in the order given; `units` is
+        how many units its plan sends."""
         self._writable()
         names = [name for name, _ in inputs]
         with self._lock, _transaction(self._conn):
             cur = self._conn.execute(
                 "INSERT INTO runs (run_id, command, inputs, input_names, plan_key, options,"
-                " total_rows, started_at, pid, host) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " total_rows, started_at, pid, host, units) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, command, json.dumps([list(i) for i in inputs]), json.dumps(names),
                  plan_key, json.dumps(dict(options), sort_keys=True, default=str), total_rows,
-                 started_at, os.getpid(), socket.gethostname()))
+                 started_at, os.getpid(), socket.gethostname(), units))
             self._run_seqs[run_id] = int(cur.lastrowid or 0)
 
     @_translated
@@ -509,7 +548,7 @@ class StateStore:
         """
         with self._lock:
             row = self._conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE command = ? AND input_names = ?"
+                f"SELECT {self._run_columns} FROM runs WHERE command = ? AND input_names = ?"
                 " AND plan_key = ? ORDER BY seq DESC LIMIT 1",
                 (command, json.dumps(list(input_names)), plan_key)).fetchone()
             if row is None or not (row[_EXIT] is None or row[_EXIT] in RESUMABLE_EXIT_CODES):
@@ -520,27 +559,28 @@ class StateStore:
     def get_run(self, run_id: str) -> RunRecord | None:
         """The run with this id, or None."""
         with self._lock:
-            row = self._conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?",
+            row = self._conn.execute(f"SELECT {self._run_columns} FROM runs WHERE run_id = ?",
                                      (run_id,)).fetchone()
             return None if row is None else self._run_record(row)
 
     @_translated
     def mark_resumed(self, run_id: str, *, resumed_at: str,
-                     options: Mapping[str, Any] | None = None) -> None:
+                     options: Mapping[str, Any] | None = None, units: int | None = None) -> None:
         """A resume took this run over: clear its finish, note this process and the time.
 
-        `options` replaces the stored options when given (throttling may differ on resume).
+        `options` replaces the stored options when given (throttling may differ on resume);
+        `units` replaces the plan's unit count (the ledger may have changed the plan).
         """
         self._writable()
         with self._lock, _transaction(self._conn):
             cur = self._conn.execute(
                 "UPDATE runs SET finished_at = NULL, exit_code = NULL, counts = NULL,"
                 " pid = ?, host = ?, resumes = resumes + 1, resumed_at = ?,"
-                " options = COALESCE(?, options) WHERE run_id = ?",
+                " options = COALESCE(?, options), units = COALESCE(?, units) WHERE run_id = ?",
                 (os.getpid(), socket.gethostname(), resumed_at,
                  None if options is None else json.dumps(dict(options), sort_keys=True,
                                                          default=str),
-                 run_id))
+                 units, run_id))
             if cur.rowcount != 1:
                 raise StoreError(f"state store {self.path}: no run {run_id}")
 
@@ -562,16 +602,19 @@ class StateStore:
         """The latest `limit` runs, newest first, with their outcome counts."""
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+                f"SELECT {self._run_columns} FROM runs ORDER BY seq DESC LIMIT ?",
+                (limit,)).fetchall()
             return [self._run_record(row) for row in rows]
 
     def _run_record(self, row: tuple[Any, ...]) -> RunRecord:
         seq = row[0]
-        counts = dict(self._conn.execute(
-            "SELECT status, count(*) FROM outcomes WHERE run = ? GROUP BY status",
-            (seq,)).fetchall())
+        by_status = self._conn.execute(
+            "SELECT status, count(*), sum(retryable) FROM outcomes WHERE run = ?"
+            " GROUP BY status", (seq,)).fetchall()
+        counts = {status: n for status, n, _ in by_status}
+        retryable = sum(r or 0 for status, _, r in by_status if status == "failed")
         (_, run_id, command, inputs, plan_key, options, total_rows, started_at, finished_at,
-         exit_code, finish_counts, pid, host, resumes, resumed_at) = row
+         exit_code, finish_counts, pid, host, resumes, resumed_at, units) = row
         return RunRecord(
             run_id=run_id, command=command,
             inputs=tuple((str(n), str(h)) for n, h in json.loads(inputs)),
@@ -580,7 +623,8 @@ class StateStore:
             counts=None if finish_counts is None else json.loads(finish_counts),
             pid=pid, host=host, resumes=resumes, resumed_at=resumed_at,
             outcome_counts=counts,
-            final_outcomes=sum(n for s, n in counts.items() if s != "not_attempted"))
+            final_outcomes=sum(n for s, n in counts.items() if s != "not_attempted"),
+            units=units, retryable_failed=int(retryable))
 
     def _run_seq(self, run_id: str) -> int:
         seq = self._run_seqs.get(run_id)
@@ -853,7 +897,12 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 return
     _check_ours(conn, path, version)
-    # Future schema versions migrate here, one step at a time, inside a transaction.
+    # Older schemas migrate here, one step at a time, each inside a transaction.
+    if version < 2:
+        with _transaction(conn):
+            if conn.execute("PRAGMA user_version").fetchone()[0] < 2:  # not done meanwhile
+                conn.execute("ALTER TABLE runs ADD COLUMN units INTEGER")
+                conn.execute("PRAGMA user_version=2")
 
 
 def _tighten(path: Path) -> None:

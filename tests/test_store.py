@@ -18,6 +18,7 @@ from batch_toggle.errors import StoreError, StoreLocked
 from batch_toggle.outcome import Outcome
 from batch_toggle.store import (
     LEDGER_COLUMNS,
+    SCHEMA_VERSION,
     LedgerUpdate,
     StateStore,
     default_state_path,
@@ -134,7 +135,7 @@ def test_wal_and_synchronous_settings(store: StateStore, store_path: Path) -> No
     other = sqlite3.connect(store_path)
     try:  # WAL is a property of the file, seen by any other connection
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert other.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert other.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         other.close()
 
