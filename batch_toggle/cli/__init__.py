@@ -294,9 +294,11 @@ __all__ = ["main", "read_api_key"]
 
 def _register() -> None:
     """Commands that live in their own modules."""
+    from .audit_cmd import audit_command
     from .sandbox_cmd import sandbox_command
 
     main.add_command(sandbox_command)
+    main.add_command(audit_command)
 
 
 _register()
