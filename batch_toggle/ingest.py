@@ -574,6 +574,9 @@ def _parse_jsonl(name: str, data: bytes, encoding: str | None) -> _Parsed:
                 from exc
         if not isinstance(value, dict):
             raise InputError(name, f"line {number} is not a JSON object", row=number)
+        if "\\u" in line and _has_lone_surrogate(value):
+            raise InputError(name, f"line {number} has a \\uD800-\\uDFFF escape that is half "
+                             "a surrogate pair, not text", row=number)
         objects.append(value)
         keys.update(dict.fromkeys(value))
     header = list(keys)
@@ -582,6 +585,16 @@ def _parse_jsonl(name: str, data: bytes, encoding: str | None) -> _Parsed:
         for k in header
     ]
     return _Parsed(header, columns, len(objects), used, warnings=notes)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """JSON escapes can name half a surrogate pair ("\\ud800"): valid JSON, but not text that
+    UTF-8 (or Arrow) can hold. Checked only on lines with an escape, so plain files pay nothing."""
+    try:
+        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 # --- Parquet --------------------------------------------------------------------------------
