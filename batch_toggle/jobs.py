@@ -24,7 +24,7 @@ from .config import LoadOptions, PlanOptions, SendOptions, format_duration
 from .errors import ExitCode, worst_exit
 from .ingest import LoadedInput, load_inputs
 from .normalize import normalize
-from .plan import Plan, build_plan
+from .plan import Plan, TooManyInvalid, build_plan
 from .report import (
     check_writable,
     default_report_path,
@@ -126,7 +126,12 @@ def prepare(config: JobConfig, ledger: Any = None, hooks: Hooks = SILENT, *, std
     started, report_path, loaded, norm = load(config, hooks, stdin=stdin)
     if ledger_for is not None:
         ledger = ledger_for(loaded)
-    plan = build_plan(norm, lambda rows: row_refs(loaded, rows), config.plan, ledger)
+    try:
+        plan = build_plan(norm, lambda rows: row_refs(loaded, rows), config.plan, ledger)
+    except TooManyInvalid as exc:
+        # The refusal is about the files: name them, as every other input error does.
+        names = ", ".join(s.name for s in loaded.sources)
+        raise TooManyInvalid(f"{names}: {exc}") from exc
     return Prepared(config, run_id or new_run_id(started), started, loaded, norm, plan,
                     report_path)
 
