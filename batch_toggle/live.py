@@ -151,6 +151,9 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
         store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
                          finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
                          counts=result.summary["counts_by_status"])
+    if runner.stop is not None:
+        # Last on stderr: why the run ended early and when a resume can start (daily limit).
+        hooks.notice(f"stopped: {runner.stop.message}")
     if runner.committer.error is not None:
         hooks.notice(f"warning: the state store stopped accepting outcomes: "
                      f"{runner.committer.error}")
