@@ -57,6 +57,8 @@ SUMMARY_LINES: Final = (
     ("retries", "retries"),
     ("duration_s", "duration"),
     ("report", "report"),
+    ("html_report", "html report"),
+    ("verdict", "verdict"),
 )
 
 
@@ -169,6 +171,16 @@ def write_json(obj: Mapping[str, Any], path: Path) -> None:
         raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except (TypeError, ValueError) as exc:
         raise ReportError(f"cannot write {path}: {exc}") from exc
+
+
+def write_text(text: str, path: Path) -> None:
+    """Write `text` as UTF-8, atomically, mode 0600 (the HTML report). ReportError on failure."""
+    path = Path(path)
+    try:
+        with _atomic_write(path) as sink:
+            sink.write(text.encode("utf-8"))
+    except OSError as exc:
+        raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 class _HashingSink:
