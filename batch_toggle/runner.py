@@ -279,6 +279,9 @@ class Runner:
         ticket = await self._acquire()
         if ticket is None:
             return None, "", 0.0, 0.0
+        if not await self._honour_pause():
+            self.budget.release(ticket)
+            return None, "", 0.0, 0.0
         # Check again: other workers passed the first check while this one waited for the
         # budget, and may have used up --max-requests since (no await from here to the count).
         if self._over_request_limit():
@@ -410,6 +413,20 @@ class Runner:
         delay = self._outage.probe_delay()
         self.hooks.event("pause", {"reason": "outage", "seconds": delay})
         self.budget.pause_until(self.clocks.mono() + delay)
+        return self.stop is None
+
+    async def _honour_pause(self) -> bool:
+        """A 429 may have paused the run after the budget granted this worker its ticket and
+        before the worker ran again: wait the pause out before sending, so that no request
+        leaves during a pause (its answer would be one more 429, and it would pass for news
+        rather than an echo). The slot stays held meanwhile, which only makes the budget more
+        careful. False when the run stopped first."""
+        while (until := self.budget.paused_until) is not None:
+            left = until - self.clocks.mono()
+            if left <= 0:
+                break
+            if not await self._wait(left):
+                return False
         return self.stop is None
 
     async def _wait(self, seconds: float) -> bool:
