@@ -51,6 +51,7 @@ class Hooks:
     notice: Callable[[str], None] = lambda _msg: None  # one line for a person (stderr)
     event: Callable[[str, dict[str, Any]], None] = lambda _kind, _data: None  # --events
     progress: Callable[[dict[str, Any]], None] = lambda _snapshot: None  # progress bar
+    color: bool = False  # ANSI colour in the stderr summary (the CLI decides: TTY, NO_COLOR)
 
 
 SILENT = Hooks()
@@ -73,6 +74,7 @@ class JobConfig:
     resume: bool = False
     retry_failed: bool = False
     sandbox: bool = False
+    html: bool = True  # also write <report>.html, the page people read and print
     api_key: str | None = field(default=None, repr=False)  # never printed, logged or stored
 
 
@@ -198,11 +200,28 @@ def finish(prepared: Prepared, units: UnitResults, hooks: Hooks, *, stop_exit: E
         rejects = rejects_table(prepared.loaded, report)
         write_table(rejects, config.rejects_path)
         summary["rejects"] = {"path": str(config.rejects_path), "rows": rejects.num_rows}
+    if config.html:
+        _write_html(summary, report, prepared.report_path, hooks)
     write_json(summary, summary_path(prepared.report_path))
-    hooks.notice(render_summary_table(summary))
+    hooks.notice(render_summary_table(summary, color=hooks.color))
     hooks.event("finish", {"run_id": prepared.run_id, "exit_code": int(exit_code),
                            "verdict": summary["verdict"], "counts": summary["counts_by_status"]})
     return JobResult(exit_code, prepared.run_id, prepared.report_path, summary, report)
+
+
+def _write_html(summary: dict[str, Any], report: pa.Table, report_path: Path,
+                hooks: Hooks) -> None:
+    """The HTML page beside the report. It is a view of the evidence, not the evidence: a
+    failure to write it is a warning, never a lost run (the report and summary JSON stand)."""
+    from .html_report import html_path, write_html_report
+
+    path = html_path(report_path)
+    summary["html_report"] = {"path": str(path)}
+    try:
+        write_html_report(summary, report, path)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        summary.pop("html_report", None)
+        hooks.notice(f"warning: the HTML report was not written: {exc}")
 
 
 _VERDICTS = {

@@ -68,6 +68,68 @@ class Counters:
     units_total: int = 0
 
 
+class Timeline:
+    """Requests, 429 responses and budget waits per time bucket, for the HTML report's chart.
+
+    Memory is O(buckets), never O(requests): when a run outgrows MAX_BUCKETS, neighbouring
+    buckets merge and the bucket width doubles (a 40-hour run ends with buckets of ~20 min).
+    Times are the runner's monotonic clock; `started_wall` places bucket 0 on the wall clock.
+    """
+
+    MAX_BUCKETS = 240
+
+    def __init__(self, started_mono: float, started_wall: float, width: float = 1.0) -> None:
+        self.started_mono = started_mono
+        self.started_wall = started_wall
+        self.width = width
+        self.requests: list[int] = []
+        self.responses_429: list[int] = []
+        self.wait_s: list[float] = []
+
+    def request(self, t: float) -> None:
+        self.requests[self._index(t)] += 1
+
+    def rate_limited(self, t: float) -> None:
+        self.responses_429[self._index(t)] += 1
+
+    def waited(self, start: float, end: float) -> None:
+        """Sending was held back by the budget (window full, 429 pause) from `start` to `end`."""
+        self._index(end)  # grow (and merge) first, so the loop below sees the final width
+        t = start
+        while t < end:
+            i = self._index(t)
+            bucket_end = self.started_mono + (i + 1) * self.width
+            self.wait_s[i] += min(end, bucket_end) - t
+            t = bucket_end
+
+    def to_dict(self) -> dict[str, Any]:
+        started = datetime.fromtimestamp(self.started_wall, UTC)
+        return {"started_at": started.isoformat(timespec="seconds"), "bucket_s": self.width,
+                "requests": list(self.requests), "responses_429": list(self.responses_429),
+                "wait_s": [round(w, 3) for w in self.wait_s]}
+
+    def _index(self, t: float) -> int:
+        i = max(0, int((t - self.started_mono) // self.width))
+        while i >= self.MAX_BUCKETS:
+            self._merge()
+            i = max(0, int((t - self.started_mono) // self.width))
+        if i >= len(self.requests):
+            grow = i + 1 - len(self.requests)
+            self.requests += [0] * grow
+            self.responses_429 += [0] * grow
+            self.wait_s += [0.0] * grow
+        return i
+
+    def _merge(self) -> None:
+        def pairs(values: list[Any]) -> list[Any]:
+            return [sum(values[k:k + 2]) for k in range(0, len(values), 2)]
+
+        self.requests = pairs(self.requests)
+        self.responses_429 = pairs(self.responses_429)
+        self.wait_s = pairs(self.wait_s)
+        self.width *= 2
+
+
 @dataclass
 class RunHooks:
     """Callbacks the runner reports through (progress bars, --events, stderr notices)."""
@@ -103,6 +165,11 @@ class Runner:
         self.hooks = hooks or RunHooks()
         self.clocks = clocks or _Clocks()
         self.counters = Counters()
+        self.timeline = Timeline(self.clocks.mono(), self.clocks.wall())
+        # An acquire that waits longer than the --max-rps queueing of `concurrency` workers is
+        # a wait for the budget; the timeline keeps the union of such waits, not their sum.
+        self._wait_min = max(1.0, 2.0 * options.concurrency / max(options.max_rps, 0.01))
+        self._waited_until = -float("inf")
         self.stop: Stop | None = None
         self.operation: Operation = operation or Toggle(units, review_key_hash)
         self._run_id = run_id
@@ -308,6 +375,7 @@ class Runner:
             except Exception as exc:  # noqa: BLE001
                 self._store_failed(exc)
         self.counters.requests += 1
+        self.timeline.request(t0)
         return verdict, sent_at, (self.clocks.mono() - t0) * 1000.0, t0
 
     async def _put(self, unit: int) -> Verdict:
@@ -375,6 +443,7 @@ class Runner:
     def _on_429(self, v: Verdict, sent_mono: float) -> None:
         """Every worker pauses; the unit goes back to the queue. Not a failed attempt."""
         self.counters.responses_429 += 1
+        self.timeline.rate_limited(self.clocks.mono())
         if sent_mono <= self._last_429 and not v.daily_limit:
             self._on_echo_429(v)
             return
@@ -454,7 +523,12 @@ class Runner:
     async def _acquire(self) -> Ticket | None:
         """A budget ticket, or None when the run stops first (a ticket granted at the same
         moment as the stop is given back unused)."""
+        asked = self.clocks.mono()
         ticket = await self._race(self.budget.acquire())
+        got = self.clocks.mono()
+        if got - asked >= self._wait_min and got > self._waited_until:
+            self.timeline.waited(max(asked, self._waited_until), got)
+            self._waited_until = got
         if ticket is not None and self.stop is not None:
             self.budget.release(ticket)
             return None
