@@ -309,6 +309,7 @@ def _send_summary(runner: Runner, counters: Counters, config: JobConfig) -> dict
         "responses_429": counters.responses_429,
         "retries": counters.retries,
         "budget_used": {"requests": counters.requests, "rate": str(config.send.rate)},
+        "timeline": runner.timeline.to_dict(),
     }
     if runner.stop is not None:
         extra["stopped"] = {"code": runner.stop.code, "message": runner.stop.message,
