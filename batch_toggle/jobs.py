@@ -162,7 +162,7 @@ def cost_line(cost: dict[str, Any], rate_limit: int) -> str:
 
 
 def client_only(prepared: Prepared) -> bool:
-    targets = set(prepared.plan.units.update_target)
+    targets = prepared.plan.units.targets()
     return targets == {"client"}
 
 

@@ -7,8 +7,9 @@ store already knows are looked at one by one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -46,19 +47,62 @@ class LedgerView:
     hash_review_key: Callable[[str], str]
 
 
+class _LazyText(Sequence[str]):
+    """A string column handed out as a Python sequence, converted on first use.
+
+    The sender reads units one by one; validate never does. Converting three 1M-row columns to
+    Python lists up front cost ~0.2 s of a validate that reads none of them.
+    """
+
+    __slots__ = ("array", "_items")
+
+    def __init__(self, array: pa.Array) -> None:
+        self.array = array
+        self._items: list[str] | None = None
+
+    def _list(self) -> list[str]:
+        if self._items is None:
+            self._items = self.array.to_pylist()
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._list()[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"_LazyText({len(self)} values)"
+
+
 @dataclass(frozen=True)
 class Units:
     """The requests to send, in send order. Arrays of equal length."""
 
     row: np.ndarray  # int64: representative input row
-    job_id: list[str]
-    review_key: list[str]
+    job_id: Sequence[str]
+    review_key: Sequence[str]
     do_notify_sms: np.ndarray  # bool
-    update_target: list[str]
+    update_target: Sequence[str]
     after: np.ndarray  # int64: index of the unit that must complete first (client before job), -1
 
     def __len__(self) -> int:
         return len(self.row)
+
+    def targets(self) -> set[str]:
+        """The distinct update targets among the units (without converting every unit)."""
+        column = self.update_target
+        if isinstance(column, _LazyText):
+            return set(pc.unique(column.array).to_pylist())
+        return set(column)
 
 
 @dataclass(frozen=True)
@@ -71,8 +115,10 @@ class Plan:
     duplicate_of: np.ndarray  # int64 per row: the row that stands for this one, -1
     unit_of_row: np.ndarray  # int64 per row: unit whose outcome this row shares, -1
     units: Units
-    known_entity: pa.Array  # string per row: entity id from the ledger (unchanged rows)
-    known_state: pa.Array  # bool per row: confirmed state from the ledger (unchanged rows)
+    # From the ledger, for unchanged rows and their duplicates (null elsewhere): what an earlier
+    # run confirmed, shown in the report as entity_id and confirmed_do_notify_sms.
+    known_entity: pa.Array  # string per row
+    known_state: pa.Array  # bool per row
 
     @property
     def requests_needed(self) -> int:
@@ -82,35 +128,46 @@ class Plan:
         return int(np.count_nonzero(self.state == state))
 
 
+# The plan's own error codes and messages, by small integer (0: none), so rows carry an int8
+# and the strings are made once, column-wise, at the end.
+_CODES = (None, "conflicting_review_key", "conflicting_state", "resubscribe_blocked")
+_RK_CONFLICT, _STATE_CONFLICT, _RESUBSCRIBE = 1, 2, 3
+_MESSAGES = (
+    None,
+    "rows for this job and target carry different review keys; none sent",
+    "rows for this job and target ask for different states (--on-conflict reject)",
+    "an earlier run confirmed this opt-out; --allow-resubscribe to turn SMS back on",
+    "already confirmed in this state by an earlier run",
+)
+_MSG_UNCHANGED = 4
+_NAMED_ROWS = 5  # rows named in a message before "and N more"
+
+
 @dataclass
 class _Rows:
     """Mutable working arrays while a plan is built."""
 
-    state: np.ndarray
-    code: list[str | None]
-    message: list[str | None]
-    dup_of: np.ndarray
-    entity: dict[int, str | None]
-    known: dict[int, bool]
-    _dups: dict[int, list[int]] | None = None
+    state: np.ndarray  # int8 plan state
+    code: np.ndarray  # int8 index into _CODES
+    message: np.ndarray  # int8 index into _MESSAGES
+    dup_of: np.ndarray  # int64: the row this one follows, -1
+    ledger_pos: np.ndarray  # int64: the ledger entry an unchanged row shows, -1
+    custom: dict[int, str]  # messages that name rows (few)
+    known: pa.Table | None = None  # the ledger entries ledger_pos points into
 
-    def dups(self, rep: int) -> list[int]:
-        """Rows that currently follow `rep`; the index is built once, on first use."""
-        if self._dups is None:
-            members = np.flatnonzero(self.dup_of >= 0)
-            self._dups = {}
-            for r, d in zip(members.tolist(), self.dup_of[members].tolist(), strict=True):
-                self._dups.setdefault(d, []).append(r)
-        return self._dups.get(rep, [])
-
-    def follow(self, row: int, rep: int, state: int) -> None:
-        """Make `row` (and whatever followed it) follow `rep` with `state`."""
-        moved = [row, *self.dups(row)]
-        for r in moved:
-            self.state[r], self.dup_of[r] = state, rep
-        assert self._dups is not None
-        self._dups.pop(row, None)
-        self._dups.setdefault(rep, []).extend(moved)
+    def mark(self, reps: np.ndarray, state: int, code: int, message: int) -> None:
+        """Give units (by representative row) a state; a conflict also reaches every row that
+        follows them, which then follows no one (nothing is sent for the unit)."""
+        self.state[reps], self.code[reps], self.message[reps] = state, code, message
+        if state != CONFLICT or not len(reps):
+            return
+        followers = np.flatnonzero(np.isin(self.dup_of, reps))
+        self.state[followers], self.code[followers] = CONFLICT, code
+        self.message[followers] = message
+        for r in followers.tolist():
+            if int(self.dup_of[r]) in self.custom:
+                self.custom[r] = self.custom[int(self.dup_of[r])]
+        self.dup_of[followers] = _NO_ROW
 
 
 def build_plan(norm: pa.Table, refs: Callable[[np.ndarray], list[str]], options: PlanOptions,
@@ -118,17 +175,20 @@ def build_plan(norm: pa.Table, refs: Callable[[np.ndarray], list[str]], options:
     """Decide every row's fate. `norm` comes from normalize(); `refs` names rows as file:row."""
     n = norm.num_rows
     valid = pc.is_null(norm["error_code"]).to_numpy(zero_copy_only=False)
+    _check_invalid_share(n, int(n - valid.sum()), options.max_invalid)
     rows = _Rows(
         state=np.where(valid, SEND, INVALID).astype(np.int8),
-        code=[None] * n, message=[None] * n,
-        dup_of=np.full(n, _NO_ROW, dtype=np.int64), entity={}, known={},
+        code=np.zeros(n, dtype=np.int8), message=np.zeros(n, dtype=np.int8),
+        dup_of=np.full(n, _NO_ROW, dtype=np.int64), ledger_pos=np.full(n, _NO_ROW, np.int64),
+        custom={},
     )
-    _check_invalid_share(n, int(n - valid.sum()), options.max_invalid)
-    reps = _dedupe(norm, valid, options, rows)
+    job_code = _codes(norm["job_id"])
+    is_client = _is_client(norm)
+    reps = _dedupe(norm, valid, job_code, is_client, options, rows)
     if ledger is not None and len(reps):
         reps = _apply_ledger(norm, reps, options, ledger, rows)
-        reps = _client_groups(norm, reps, ledger, rows, refs)
-    units = _order_units(norm, reps)
+        reps = _client_groups(norm, reps, is_client, ledger, rows, refs)
+    units = _order_units(norm, reps, job_code, is_client)
     return _finish(norm, rows, units, refs)
 
 
@@ -141,51 +201,67 @@ def _check_invalid_share(n: int, invalid: int, max_invalid: float) -> None:
 
 
 def _codes(col: pa.ChunkedArray) -> np.ndarray:
-    """Dense integer codes for a string column (hash-based, C speed); nulls become -1."""
+    """Dense integer codes for a string column (hash-based, C speed); nulls become -1.
+
+    Codes follow first appearance, so keys built from them are nearly sorted in file order and
+    numpy's stable sort (timsort) orders them in a few milliseconds.
+    """
     enc = pc.dictionary_encode(col).combine_chunks()
     return enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _dedupe(norm: pa.Table, valid: np.ndarray, options: PlanOptions,
-            rows: _Rows) -> np.ndarray:
+def _is_client(norm: pa.Table) -> np.ndarray:
+    flags = pc.fill_null(pc.equal(norm["update_target"], "client"), False)
+    return flags.to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _group_differs(sorted_values: pa.Array | np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Per group (sorted rows, groups starting at `first`): whether its values are not all equal.
+
+    Compares neighbours, so strings need no dictionary: ~10x cheaper than encoding them.
+    """
+    if isinstance(sorted_values, np.ndarray):
+        neq = sorted_values[1:] != sorted_values[:-1]
+    else:
+        neq = pc.not_equal(sorted_values[1:], sorted_values[:-1]).to_numpy(zero_copy_only=False)
+    differs = np.r_[False, neq]
+    differs[first] = False  # a group's first row has no neighbour inside the group
+    return np.logical_or.reduceat(differs, first)
+
+
+def _dedupe(norm: pa.Table, valid: np.ndarray, job_code: np.ndarray, is_client: np.ndarray,
+            options: PlanOptions, rows: _Rows) -> np.ndarray:
     """Group valid rows by unit; mark duplicates, superseded and conflicts. Returns rep rows."""
     idx = np.flatnonzero(valid)
     if not len(idx):
         return idx
-    job = _codes(norm["job_id"])[idx]
-    rk = _codes(norm["review_key"])[idx]
-    state = norm["do_notify_sms"].to_numpy(zero_copy_only=False)[idx].astype(np.int8)
-    is_client = (norm["update_target"].to_numpy(zero_copy_only=False)[idx] == "client")
-    key = job * 2 + is_client
+    key = job_code[idx] * 2 + is_client[idx]
     order = np.argsort(key, kind="stable")  # stable: file order within a unit
     srt_rows, srt_key = idx[order], key[order]
     starts = np.flatnonzero(np.r_[True, srt_key[1:] != srt_key[:-1]])
     ends = np.r_[starts[1:], len(srt_key)]
     grp = np.repeat(np.arange(len(starts)), ends - starts)
-    s_state, s_rk = state[order], rk[order]
-    rk_conflict = np.minimum.reduceat(s_rk, starts) != np.maximum.reduceat(s_rk, starts)
-    st_conflict = np.minimum.reduceat(s_state, starts) != np.maximum.reduceat(s_state, starts)
+    state = norm["do_notify_sms"].to_numpy(zero_copy_only=False)
+    s_state = state[srt_rows].astype(np.int8)
+    s_keys = norm["review_key"].take(pa.array(srt_rows)).combine_chunks()
+    rk_conflict = _group_differs(s_keys, starts)
+    st_conflict = _group_differs(s_state, starts)
     rep_pos = _rep_positions(starts, ends, s_state, st_conflict, options.on_conflict)
     bad = rk_conflict | (st_conflict & (options.on_conflict == "reject"))
     # Every row of a bad unit is a conflict; nothing is sent for it.
-    bad_rows = srt_rows[bad[grp]]
-    rows.state[bad_rows] = CONFLICT
-    for r in bad_rows[rk_conflict[grp[bad[grp]]]]:
-        rows.code[r] = "conflicting_review_key"
-        rows.message[r] = "rows for this job and target carry different review keys; none sent"
-    for r in bad_rows[~rk_conflict[grp[bad[grp]]]]:
-        rows.code[r] = "conflicting_state"
-        rows.message[r] = ("rows for this job and target ask for different states "
-                           "(--on-conflict reject)")
-    good = ~bad
+    bad_row = bad[grp]
+    code = np.where(rk_conflict, _RK_CONFLICT, _STATE_CONFLICT).astype(np.int8)[grp[bad_row]]
+    rows.state[srt_rows[bad_row]] = CONFLICT
+    rows.code[srt_rows[bad_row]] = code
+    rows.message[srt_rows[bad_row]] = code  # one message per code, same numbering
     rep_rows = srt_rows[rep_pos]
-    member = good[grp] & (np.arange(len(srt_rows)) != rep_pos[grp])
+    member = ~bad_row & (np.arange(len(srt_rows)) != rep_pos[grp])
     same_as_rep = s_state == s_state[rep_pos][grp]
     dup_kind = np.where(st_conflict[grp] & ~(same_as_rep & (options.on_conflict == "opt-out-wins")),
                         SUPERSEDED, DUPLICATE)
     rows.state[srt_rows[member]] = dup_kind[member]
     rows.dup_of[srt_rows[member]] = rep_rows[grp][member]
-    return np.sort(rep_rows[good])
+    return np.sort(rep_rows[~bad])
 
 
 def _rep_positions(starts: np.ndarray, ends: np.ndarray, s_state: np.ndarray,
@@ -201,55 +277,56 @@ def _rep_positions(starts: np.ndarray, ends: np.ndarray, s_state: np.ndarray,
     return rep
 
 
+def _unit_keys(jobs: pa.Array | pa.ChunkedArray, targets: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One string per unit, `job_id<US>update_target`, for look-ups with pc.index_in."""
+    return _flat(pc.binary_join_element_wise(jobs, targets, "\x1f"))
+
+
 def _apply_ledger(norm: pa.Table, reps: np.ndarray, options: PlanOptions, ledger: LedgerView,
                   rows: _Rows) -> np.ndarray:
-    """Skip units an earlier run confirmed; block re-subscribing a confirmed opt-out."""
-    known = _ledger_index(ledger.confirmed)
-    if not known:
+    """Skip units an earlier run confirmed; block re-subscribing a confirmed opt-out.
+
+    Units are matched to the ledger column-wise; only the units that match and ask for the
+    confirmed state have their review key hashed, one by one (the hash is keyed, in the store).
+    """
+    confirmed = ledger.confirmed
+    if confirmed.num_rows == 0:
         return reps
+    take = pa.array(reps, type=pa.int64())
+    jobs, targets = norm["job_id"].take(take), norm["update_target"].take(take)
+    # Reversed: index_in finds the first match, and of two entries for a unit the last wins.
+    known = confirmed.take(pa.array(np.arange(confirmed.num_rows - 1, -1, -1)))
+    pos = pc.index_in(_unit_keys(jobs, targets), value_set=_unit_keys(
+        known["job_id"], known["update_target"]))
+    pos = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    found = np.flatnonzero(pos >= 0)
+    if not len(found):
+        return reps
+    pos_found = pos[found]
+    was = known["do_notify_sms"].to_numpy(zero_copy_only=False)[pos_found].astype(bool)
+    desired = norm["do_notify_sms"].to_numpy(zero_copy_only=False)[reps[found]].astype(bool)
     keep = np.ones(len(reps), dtype=bool)
-    take = pa.array(reps)
-    jobs = norm["job_id"].take(take).to_pylist()
-    targets = norm["update_target"].take(take).to_pylist()
-    states = norm["do_notify_sms"].take(take).to_pylist()
-    keys = norm["review_key"].take(take).to_pylist()
-    for i, (job, target, desired) in enumerate(zip(jobs, targets, states, strict=True)):
-        entry = known.get((job, target))
-        if entry is None:
-            continue
-        confirmed, rk_hash, entity = entry
-        r = int(reps[i])
-        if confirmed is False and desired and not options.allow_resubscribe:
-            _mark_unit(rows, r, CONFLICT, "resubscribe_blocked",
-                       "an earlier run confirmed this opt-out; "
-                       "--allow-resubscribe to turn SMS back on")
-            keep[i] = False
-        elif (options.skip_confirmed and confirmed == desired
-              and rk_hash == ledger.hash_review_key(keys[i])):
-            _mark_unit(rows, r, UNCHANGED, None,
-                       "already confirmed in this state by an earlier run")
-            rows.entity[r], rows.known[r] = entity, bool(confirmed)
-            keep[i] = False
+    if not options.allow_resubscribe:
+        blocked = found[~was & desired]
+        rows.mark(reps[blocked], CONFLICT, _RESUBSCRIBE, _RESUBSCRIBE)
+        keep[blocked] = False
+    if options.skip_confirmed:
+        same = np.flatnonzero(was == desired)
+        keys = norm["review_key"].take(pa.array(reps[found[same]])).to_pylist()
+        stored = known["review_key_hash"].take(pa.array(pos_found[same])).to_pylist()
+        same_key = np.array([ledger.hash_review_key(k) == h for k, h in zip(keys, stored,
+                                                                            strict=True)],
+                            dtype=bool)
+        hit = found[same[same_key]] if len(same) else found[:0]
+        rows.mark(reps[hit], UNCHANGED, 0, _MSG_UNCHANGED)
+        rows.ledger_pos[reps[hit]] = pos[hit]
+        keep[hit] = False
+    rows.known = known
     return reps[keep]
 
 
-def _ledger_index(table: pa.Table) -> dict[tuple[str, str], tuple[bool, str, str | None]]:
-    cols = [table[c].to_pylist() for c in
-            ("job_id", "update_target", "do_notify_sms", "review_key_hash", "entity_id")]
-    return {(j, t): (s, h, e) for j, t, s, h, e in zip(*cols, strict=True)}
-
-
-def _mark_unit(rows: _Rows, rep: int, state: int, code: str | None, message: str) -> None:
-    """Give a unit's representative a state; its conflict also reaches the unit's duplicates."""
-    rows.state[rep], rows.code[rep], rows.message[rep] = state, code, message
-    if state == CONFLICT:
-        for r in rows.dups(rep):
-            rows.state[r], rows.code[r], rows.message[r] = CONFLICT, code, message
-            rows.dup_of[r] = _NO_ROW
-
-
-def _client_groups(norm: pa.Table, reps: np.ndarray, ledger: LedgerView, rows: _Rows,
-                   refs: Callable[[np.ndarray], list[str]]) -> np.ndarray:
+def _client_groups(norm: pa.Table, reps: np.ndarray, is_client: np.ndarray, ledger: LedgerView,
+                   rows: _Rows, refs: Callable[[np.ndarray], list[str]]) -> np.ndarray:
     """Client updates naming jobs of one known client: one request, or a conflict.
 
     Two jobs of the same client asking for different client-level states would otherwise let the
@@ -257,58 +334,83 @@ def _client_groups(norm: pa.Table, reps: np.ndarray, ledger: LedgerView, rows: _
     """
     if not ledger.job_clients:
         return reps
-    targets = norm["update_target"].take(pa.array(reps)).to_pylist()
-    jobs = norm["job_id"].take(pa.array(reps)).to_pylist()
-    states = norm["do_notify_sms"].take(pa.array(reps)).to_pylist()
-    groups: dict[str, list[int]] = {}
-    for i, (job, target) in enumerate(zip(jobs, targets, strict=True)):
-        client = ledger.job_clients.get(job) if target == "client" else None
-        if client is not None:
-            groups.setdefault(client, []).append(i)
+    client_reps = np.flatnonzero(is_client[reps])
+    if not len(client_reps):
+        return reps
+    known_jobs = pa.array(list(ledger.job_clients), pa.string())
+    clients = pc.dictionary_encode(pa.array(list(ledger.job_clients.values()), pa.string()))
+    at = pc.index_in(norm["job_id"].take(pa.array(reps[client_reps])), value_set=known_jobs)
+    at = at.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    client_reps, at = client_reps[at >= 0], at[at >= 0]
+    client = clients.indices.to_numpy(zero_copy_only=False).astype(np.int64)[at]
+    # Groups of two or more units naming one client, members in send-row order.
+    order = np.argsort(client, kind="stable")
+    members, client = client_reps[order], client[order]
+    starts = np.flatnonzero(np.r_[True, client[1:] != client[:-1]])
+    sizes = np.diff(np.r_[starts, len(client)])
+    grp = np.repeat(np.arange(len(starts)), sizes)
+    in_group = sizes[grp] >= 2
+    if not in_group.any():
+        return reps
+    state = norm["do_notify_sms"].to_numpy(zero_copy_only=False)
+    m_state = state[reps[members]].astype(np.int8)
+    differs = _group_differs(m_state, starts)
     keep = np.ones(len(reps), dtype=bool)
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        first = int(reps[members[0]])
-        if len({states[i] for i in members}) > 1:
-            names = ", ".join(refs(reps[members]))
-            for i in members:
-                _mark_unit(rows, int(reps[i]), CONFLICT, "conflicting_state",
-                           f"client-level rows for jobs of one client disagree ({names})")
-                keep[i] = False
-            continue
-        for i in members[1:]:
-            rows.follow(int(reps[i]), first, DUPLICATE)
-            keep[i] = False
+    conflict = in_group & differs[grp]
+    for g in np.unique(grp[conflict]).tolist():
+        group_reps = reps[members[grp == g]]
+        message = "client-level rows for jobs of one client disagree (" + _names(
+            refs, group_reps) + ")"
+        rows.custom.update(dict.fromkeys(group_reps.tolist(), message))
+        rows.mark(group_reps, CONFLICT, _STATE_CONFLICT, 0)
+    keep[members[conflict]] = False
+    fold = in_group & ~differs[grp] & (np.arange(len(members)) != starts[grp])
+    _fold(rows, reps[members[fold]], reps[members[starts[grp[fold]]]])
+    keep[members[fold]] = False
     return reps[keep]
 
 
-def _order_units(norm: pa.Table, reps: np.ndarray) -> Units:
+def _names(refs: Callable[[np.ndarray], list[str]], group_reps: np.ndarray) -> str:
+    shown = refs(group_reps[:_NAMED_ROWS])
+    more = len(group_reps) - len(shown)
+    return ", ".join(shown) + (f" and {more:,} more" if more > 0 else "")
+
+
+def _fold(rows: _Rows, old: np.ndarray, new: np.ndarray) -> None:
+    """Units `old` become duplicates of units `new`; whatever followed `old` now follows `new`
+    (a superseded row stays superseded: it still asked for the other state)."""
+    if not len(old):
+        return
+    target = np.arange(len(rows.dup_of), dtype=np.int64)
+    target[old] = new
+    follows = rows.dup_of >= 0
+    rows.dup_of[follows] = target[rows.dup_of[follows]]
+    rows.state[old], rows.dup_of[old] = DUPLICATE, new
+
+
+def _order_units(norm: pa.Table, reps: np.ndarray, job_code: np.ndarray,
+                 is_client: np.ndarray) -> Units:
     """Send order: file order of each job's first unit; a job's client update before its job update.
 
     The client update changes the default for future jobs only, but Logis may apply it to the
     job too; sending it first lets the job-level choice land last.
     """
-    take = pa.array(reps, type=pa.int64())
-    jobs = norm["job_id"].take(take)
-    is_client = pc.equal(norm["update_target"].take(take), "client").to_numpy(
-        zero_copy_only=False)
-    job_code = _codes(jobs) if len(reps) else np.zeros(0, dtype=np.int64)
-    first_of_job = np.full(job_code.max() + 1 if len(job_code) else 0, np.iinfo(np.int64).max)
-    np.minimum.at(first_of_job, job_code, reps)
-    order = np.lexsort((~is_client, first_of_job[job_code]))
-    reps, job_code, is_client = reps[order], job_code[order], is_client[order]
-    after = np.full(len(reps), _NO_ROW, dtype=np.int64)
-    client_unit = {int(c): i for i, c in enumerate(job_code) if is_client[i]}
-    for i in np.flatnonzero(~is_client):
-        after[i] = client_unit.get(int(job_code[i]), _NO_ROW)
+    codes, client = job_code[reps], is_client[reps]
+    first_of_job = np.full(int(codes.max()) + 1 if len(codes) else 0, np.iinfo(np.int64).max)
+    np.minimum.at(first_of_job, codes, reps)
+    order = np.argsort(first_of_job[codes] * 2 + ~client, kind="stable")
+    reps, codes, client = reps[order], codes[order], client[order]
+    # A job unit waits for the client unit of the same job (at most one of each per job).
+    client_unit = np.full(len(first_of_job), _NO_ROW, dtype=np.int64)
+    client_unit[codes[client]] = np.flatnonzero(client)
+    after = np.where(client, _NO_ROW, client_unit[codes])
     take = pa.array(reps, type=pa.int64())
     return Units(
         row=reps,
-        job_id=norm["job_id"].take(take).to_pylist(),
-        review_key=norm["review_key"].take(take).to_pylist(),
+        job_id=_LazyText(_flat(norm["job_id"].take(take))),
+        review_key=_LazyText(_flat(norm["review_key"].take(take))),
         do_notify_sms=norm["do_notify_sms"].take(take).to_numpy(zero_copy_only=False).astype(bool),
-        update_target=norm["update_target"].take(take).to_pylist(),
+        update_target=_LazyText(_flat(norm["update_target"].take(take))),
         after=after,
     )
 
@@ -320,22 +422,46 @@ def _finish(norm: pa.Table, rows: _Rows, units: Units,
     unit_of_row[units.row] = np.arange(len(units))
     dups = np.flatnonzero(rows.state == DUPLICATE)
     unit_of_row[dups] = unit_of_row[rows.dup_of[dups]]
+    code = pa.array(_CODES, pa.string()).take(pa.array(rows.code))
+    message = pa.array(_MESSAGES, pa.string()).take(pa.array(rows.message))
     superseded = np.flatnonzero(rows.state == SUPERSEDED)
-    for r, ref in zip(superseded.tolist(), refs(rows.dup_of[superseded]), strict=True):
-        rows.message[r] = f"superseded by {ref}, which asks for a different state"
-    code = pa.array(rows.code, type=pa.string())
-    message = pa.array(rows.message, type=pa.string())
-    code = pc.if_else(pc.is_null(norm["error_code"]), code, norm["error_code"])
-    message = pc.if_else(pc.is_null(norm["error_message"]), message, norm["error_message"])
-    entity: list[str | None] = [None] * n
-    known: list[bool | None] = [None] * n
-    for r, e in rows.entity.items():
-        entity[r], known[r] = e, rows.known[r]
+    if len(superseded):
+        texts = pc.binary_join_element_wise(
+            "superseded by ", pa.array(refs(rows.dup_of[superseded]), pa.string()),
+            ", which asks for a different state", "")
+        message = _put(message, superseded, texts)
+    if rows.custom:
+        at = np.array(sorted(rows.custom), dtype=np.int64)
+        message = _put(message, at, pa.array([rows.custom[int(r)] for r in at], pa.string()))
+    code = pc.coalesce(norm["error_code"], code)
+    message = pc.coalesce(norm["error_message"], message)
+    entity, known = _known(rows)
     return Plan(
         state=rows.state, error_code=_flat(code), error_message=_flat(message),
         duplicate_of=rows.dup_of, unit_of_row=unit_of_row, units=units,
-        known_entity=pa.array(entity, type=pa.string()), known_state=pa.array(known, pa.bool_()),
+        known_entity=entity, known_state=known,
     )
+
+
+def _put(values: pa.Array, at: np.ndarray, texts: pa.Array) -> pa.Array:
+    """`values` with the rows `at` (ascending) replaced by `texts`, in order."""
+    mask = np.zeros(len(values), dtype=bool)
+    mask[at] = True
+    return pc.replace_with_mask(values, pa.array(mask), texts)
+
+
+def _known(rows: _Rows) -> tuple[pa.Array, pa.Array]:
+    """Entity and confirmed state from the ledger for unchanged rows and their duplicates."""
+    n = len(rows.state)
+    known = rows.known
+    if known is None or not (rows.ledger_pos >= 0).any():
+        return pa.nulls(n, pa.string()), pa.nulls(n, pa.bool_())
+    pos = rows.ledger_pos.copy()
+    dups = np.flatnonzero((rows.state == DUPLICATE) & (rows.dup_of >= 0))
+    pos[dups] = pos[rows.dup_of[dups]]
+    take = pa.array(pos, mask=pos < 0)
+    return (_flat(known["entity_id"].take(take)).cast(pa.string()),
+            _flat(known["do_notify_sms"].take(take)).cast(pa.bool_()))
 
 
 def _flat(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
