@@ -6,6 +6,11 @@ stdout stays free for pipes.
 
 from __future__ import annotations
 
+# isort: off
+# First of all, before pyarrow loads: importing .secrets drops SSLKEYLOGFILE (see there).
+from . import secrets as _secrets  # noqa: F401
+# isort: on
+
 import sys
 from collections.abc import Callable
 from pathlib import Path

@@ -13,12 +13,26 @@ from pathlib import Path
 from batch_toggle.errors import UsageError
 
 ENV_KEY = "LOGIS_API_KEY"
+SSLKEYLOG_ENV = "SSLKEYLOGFILE"
+
+
+def drop_sslkeylogfile() -> bool:
+    """Remove SSLKEYLOGFILE from the environment; True when it was set."""
+    return os.environ.pop(SSLKEYLOG_ENV, None) is not None
+
+
+# Dropped the moment the CLI starts (cli/__init__.py imports this module before anything
+# else), not when a command reads the key: pyarrow's libarrow, which most of batch-toggle
+# loads, opens $SSLKEYLOGFILE as it loads. read_api_key() gives the warning.
+_dropped_at_start = drop_sslkeylogfile()
 
 
 def read_api_key(key_file: Path | None, warn: Callable[[str], None]) -> str | None:
     """The key from --api-key-file or LOGIS_API_KEY (file wins); None when neither is set."""
+    global _dropped_at_start
     from_env = os.environ.pop(ENV_KEY, None)
-    if os.environ.pop("SSLKEYLOGFILE", None) is not None:
+    ignored, _dropped_at_start = drop_sslkeylogfile() or _dropped_at_start, False
+    if ignored:
         warn("warning: SSLKEYLOGFILE is set and ignored: it would write TLS secrets to disk")
     if key_file is not None:
         try:
