@@ -87,10 +87,12 @@ class Timeline:
         self.wait_s: list[float] = []
 
     def request(self, t: float) -> None:
-        self.requests[self._index(t)] += 1
+        i = self._index(t)  # first: it may merge the buckets, replacing the lists
+        self.requests[i] += 1
 
     def rate_limited(self, t: float) -> None:
-        self.responses_429[self._index(t)] += 1
+        i = self._index(t)
+        self.responses_429[i] += 1
 
     def waited(self, start: float, end: float) -> None:
         """Sending was held back by the budget (window full, 429 pause) from `start` to `end`."""
