@@ -13,12 +13,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from .errors import UsageError
+
 
 class EventLog:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.fchmod(fd, 0o600)
+        """Open (create 0600) for appending; UsageError naming the path when it cannot be,
+        so an unwritable --events is found before the first request, not as a traceback."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.fchmod(fd, 0o600)
+        except OSError as exc:
+            raise UsageError(f"--events {path}: cannot write: {exc.strerror or exc}") from exc
         self._file: TextIO = os.fdopen(fd, "a", encoding="utf-8")
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
