@@ -25,7 +25,9 @@ class EventLog:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.fchmod(fd, 0o600)
         except OSError as exc:
-            raise UsageError(f"--events {path}: cannot write: {exc.strerror or exc}") from exc
+            reason = (f"{exc.filename} is not a directory" if isinstance(exc, FileExistsError)
+                      else exc.strerror or str(exc))
+            raise UsageError(f"--events {path}: cannot write: {reason}") from exc
         self._file: TextIO = os.fdopen(fd, "a", encoding="utf-8")
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
