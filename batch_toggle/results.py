@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from . import vocab
 from .ingest import LoadedInput
 from .outcome import Outcome
-from .plan import ROW_STATE_NAMES, SEND, UNCHANGED, Plan
+from .plan import ROW_STATE_NAMES, SEND, Plan
 
 _UNIT_FIELDS = ("status", "error_code", "error_message", "retryable", "http_status", "attempts",
                 "entity_id", "confirmed_do_notify_sms", "sent_at", "latency_ms")
@@ -39,34 +39,60 @@ class UnitResults:
     def uniform(cls, n: int, status: str, error_code: str | None = None,
                 message: str | None = None) -> UnitResults:
         """Every unit the same outcome (dry run, or a run stopped before it sent anything)."""
-        cols = {f: pa.nulls(n, _TYPES[f]) for f in _UNIT_FIELDS}
-        cols["status"] = pa.array(np.full(n, status, dtype=object), pa.string())
-        cols["attempts"] = pa.array(np.zeros(n, dtype=np.int32))
-        if error_code is not None:
-            cols["error_code"] = pa.array(np.full(n, error_code, dtype=object), pa.string())
-        if message is not None:
-            cols["error_message"] = pa.array(np.full(n, message, dtype=object), pa.string())
-        return cls(cols)
+        return cls(_constant_columns(n, Outcome(status, error_code, message)))
 
     @classmethod
     def from_outcomes(cls, n: int, outcomes: Mapping[int, Outcome], unsent: Outcome) -> UnitResults:
-        """Outcomes by unit index; units without one get `unsent` (e.g. not_attempted/aborted)."""
-        values: dict[str, list] = {f: [getattr(unsent, f)] * n for f in _UNIT_FIELDS}
-        for i, outcome in outcomes.items():
-            for f in _UNIT_FIELDS:
-                values[f][i] = getattr(outcome, f)
-        return cls({f: pa.array(values[f], _TYPES[f]) for f in _UNIT_FIELDS})
+        """Outcomes by unit index; units without one get `unsent` (e.g. not_attempted/aborted).
+
+        Built column-wise: the `unsent` columns, with the units that have an outcome put in
+        place, so a 1M-unit run stopped after a few thousand requests costs milliseconds.
+        """
+        cols = _constant_columns(n, unsent)
+        if not outcomes:
+            return cls(cols)
+        at = np.array(sorted(outcomes), dtype=np.int64)
+        mask = np.zeros(n, dtype=bool)
+        mask[at] = True
+        placed = pa.array(mask)
+        done = [outcomes[int(i)] for i in at]
+        for f in _UNIT_FIELDS:
+            values = pa.array([getattr(o, f) for o in done], _TYPES[f])
+            cols[f] = pc.replace_with_mask(cols[f], placed, values)
+        return cls(cols)
 
     def statuses(self) -> list[str]:
         return self.columns["status"].to_pylist()
 
 
+def _constant_columns(n: int, outcome: Outcome) -> dict[str, pa.Array]:
+    """Every unit field of `outcome`, repeated n times (nulls where it has no value)."""
+    cols = {}
+    for f in _UNIT_FIELDS:
+        value = getattr(outcome, f)
+        kind = _TYPES[f]
+        cols[f] = pa.nulls(n, kind) if value is None else pa.repeat(pa.scalar(value, kind), n)
+    return cols
+
+
 def row_refs(loaded: LoadedInput, rows: np.ndarray) -> list[str]:
     """`source_file:source_row` for the given row indices (how a report names a row)."""
-    take = pa.array(np.asarray(rows, dtype=np.int64))
-    files = loaded.fields["source_file"].take(take).to_pylist()
-    nums = loaded.fields["source_row"].take(take).to_pylist()
-    return [f"{f}:{r}" for f, r in zip(files, nums, strict=True)]
+    return row_ref_array(loaded, rows).to_pylist()
+
+
+def row_ref_array(loaded: LoadedInput, rows: np.ndarray) -> pa.Array:
+    """`source_file:source_row` for the given row indices, as a string array."""
+    take = pa.array(np.asarray(rows, dtype=np.int64), pa.int64())
+    files = loaded.fields["source_file"].take(take)
+    nums = pc.cast(loaded.fields["source_row"].take(take), pa.string())
+    return _flat(pc.binary_join_element_wise(files, nums, ":"))
+
+
+def _spread(values: pa.Array, unit_idx: pa.Array, n: int) -> pa.Array:
+    """Each row's unit's value (null for rows without a unit); all-null columns cost nothing."""
+    if values.null_count == len(values):
+        return pa.nulls(n, values.type)
+    return values.take(unit_idx)
 
 
 def assemble(loaded: LoadedInput, norm: pa.Table, plan: Plan, units: UnitResults,
@@ -74,50 +100,64 @@ def assemble(loaded: LoadedInput, norm: pa.Table, plan: Plan, units: UnitResults
     """The report table: the input's own columns (review key masked), then OUTCOME_COLUMNS."""
     n = loaded.raw.num_rows
     unit_idx = pa.array(plan.unit_of_row, mask=plan.unit_of_row < 0)
-    shared = {f: units.columns[f].take(unit_idx) for f in _UNIT_FIELDS}
+    shared = {f: _spread(units.columns[f], unit_idx, n) for f in _UNIT_FIELDS}
     is_send = pa.array(plan.state == SEND)
-    is_unchanged = pa.array(plan.state == UNCHANGED)
     plan_status = pa.array(ROW_STATE_NAMES, pa.string()).take(pa.array(plan.state))
-    status = pc.if_else(is_send, shared["status"], plan_status)
-    code = pc.coalesce(plan.error_code, shared["error_code"])
-    message = pc.coalesce(plan.error_message, shared["error_message"])
-    entity = pc.if_else(is_unchanged, plan.known_entity, shared["entity_id"])
-    confirmed = pc.if_else(is_unchanged, plan.known_state, shared["confirmed_do_notify_sms"])
-    attempts = pc.if_else(is_send, shared["attempts"], pa.scalar(0, pa.int32()))
-    dup_of = _dup_refs(loaded, plan)
+    # Duplicates keep their plan status and share the rest of their unit's outcome; unchanged
+    # rows (and their duplicates) show what the ledger confirmed.
     outcome = {
         "source_file": loaded.fields["source_file"],
         "source_row": loaded.fields["source_row"],
         "job_id": norm["job_id"],
         "update_target": norm["update_target"],
         "do_notify_sms": norm["do_notify_sms"],
-        "status": status,
-        "error_code": code,
-        "error_message": message,
+        "status": pc.if_else(is_send, shared["status"], plan_status),
+        "error_code": pc.coalesce(plan.error_code, shared["error_code"]),
+        "error_message": pc.coalesce(plan.error_message, shared["error_message"]),
         "retryable": shared["retryable"],
         "http_status": shared["http_status"],
-        "attempts": attempts,
-        "duplicate_of": dup_of,
-        "entity_id": entity,
-        "confirmed_do_notify_sms": confirmed,
+        "attempts": pc.if_else(is_send, shared["attempts"], pa.scalar(0, pa.int32())),
+        "duplicate_of": _dup_refs(loaded, plan),
+        "entity_id": pc.coalesce(plan.known_entity, shared["entity_id"]),
+        "confirmed_do_notify_sms": pc.coalesce(plan.known_state,
+                                               shared["confirmed_do_notify_sms"]),
         "sent_at": shared["sent_at"],
         "latency_ms": shared["latency_ms"],
-        "run_id": pa.array(np.full(n, run_id, dtype=object), pa.string()),
+        "run_id": pa.repeat(pa.scalar(run_id, pa.string()), n),
     }
-    # Duplicates keep their plan status and share the rest of their unit's outcome.
     own = masked_input_columns(loaded, norm)
-    names = [f"input_{c}" if c in vocab.OUTCOME_COLUMNS else c for c in own.column_names]
+    names = report_input_names(own.column_names)
     arrays = [*own.columns, *(outcome[c] for c in vocab.OUTCOME_COLUMNS)]
     return pa.Table.from_arrays(arrays, names=[*names, *vocab.OUTCOME_COLUMNS])
 
 
+def report_input_names(columns: Sequence[str]) -> list[str]:
+    """The input's column names as the report shows them: a name that is also an outcome
+    column is carried as `input_<name>` (then `input_<name>_2`... should that be taken too),
+    so every report column name is unique and the outcome columns keep their own names."""
+    taken = set(vocab.OUTCOME_COLUMNS) | set(columns)
+    names = []
+    for name in columns:
+        if name in vocab.OUTCOME_COLUMNS:
+            new, k = f"input_{name}", 2
+            while new in taken:
+                new, k = f"input_{name}_{k}", k + 1
+            taken.add(new)
+            name = new
+        names.append(name)
+    return names
+
+
 def _dup_refs(loaded: LoadedInput, plan: Plan) -> pa.Array:
     """`file:row` of the row that stands for each duplicate or superseded row."""
-    mask = plan.duplicate_of < 0
-    idx = pa.array(plan.duplicate_of, mask=mask)
-    files = loaded.fields["source_file"].take(idx)
-    rows = pc.cast(loaded.fields["source_row"].take(idx), pa.string())
-    return pc.binary_join_element_wise(files, rows, ":")
+    n = len(plan.duplicate_of)
+    rows = np.flatnonzero(plan.duplicate_of >= 0)
+    if not len(rows):
+        return pa.nulls(n, pa.string())
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    refs = row_ref_array(loaded, plan.duplicate_of[rows])
+    return pc.replace_with_mask(pa.nulls(n, pa.string()), pa.array(mask), refs)
 
 
 def _file_index(loaded: LoadedInput) -> np.ndarray:
@@ -128,29 +168,41 @@ def masked_input_columns(loaded: LoadedInput, norm: pa.Table) -> pa.Table:
     """The input's own columns with every review-key column masked to its last 4 characters.
 
     The full key is a credential for the end client's preferences; only --rejects may hold it.
+    In rows whose file maps the column to review_key, the tail is the normalised key's (so
+    braces and upper case do not show); in other rows a non-empty cell of such a column is
+    masked with its own last four characters.
     """
     key_columns = {s.mapping["review_key"] for s in loaded.sources if "review_key" in s.mapping}
-    if not key_columns:
-        return loaded.raw
-    file_idx = _file_index(loaded)
     table = loaded.raw
-    for col in key_columns:
+    if not key_columns:
+        return table
+    file_idx = _file_index(loaded)
+    for col in sorted(key_columns):
         from_col = np.array([s.mapping.get("review_key") == col for s in loaded.sources],
-                            dtype=bool)
-        table = table.set_column(table.column_names.index(col), col,
-                                 _mask(table[col], norm["review_key_tail"],
-                                       pa.array(from_col[file_idx] if len(file_idx) else
-                                                np.zeros(0, dtype=bool))))
+                            dtype=bool)[file_idx]
+        masked = _mask(_flat(table[col]), _flat(norm["review_key_tail"]), from_col)
+        table = table.set_column(table.column_names.index(col), col, masked)
     return table
 
 
-def _mask(cells: pa.ChunkedArray, tails: pa.ChunkedArray, from_this_column: pa.Array) -> pa.Array:
+def _mask(cells: pa.Array, tails: pa.Array, from_this_column: np.ndarray) -> pa.Array:
+    """Mask a key column. Where the row's key came from this column, its normalised tail is
+    shown (null tail: the key is missing, the cell is blank and kept as it is); elsewhere a
+    non-blank cell shows its own last four characters."""
+    by_tail = pc.if_else(pc.is_null(tails), cells,
+                         pc.binary_join_element_wise(vocab.REVIEW_KEY_MASK_PREFIX, tails, ""))
+    if from_this_column.all():
+        return by_tail
     trimmed = pc.utf8_trim_whitespace(cells)
-    own_tail = pc.utf8_slice_codeunits(trimmed, start=-4)
-    tail = pc.if_else(from_this_column, pc.coalesce(tails, own_tail), own_tail)
-    masked = pc.binary_join_element_wise(vocab.REVIEW_KEY_MASK_PREFIX, tail, "")
-    empty = pc.or_kleene(pc.is_null(trimmed), pc.equal(trimmed, ""))
-    return pc.if_else(empty, cells, masked)
+    own = pc.binary_join_element_wise(vocab.REVIEW_KEY_MASK_PREFIX,
+                                      pc.utf8_slice_codeunits(trimmed, start=-4), "")
+    blank = pc.fill_null(pc.equal(trimmed, ""), True)
+    by_own = pc.if_else(blank, cells, own)
+    return pc.if_else(pa.array(from_this_column), by_tail, by_own)
+
+
+def _flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def rejects_table(loaded: LoadedInput, report: pa.Table) -> pa.Table:
