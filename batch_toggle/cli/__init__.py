@@ -11,6 +11,7 @@ from __future__ import annotations
 from . import secrets as _secrets  # noqa: F401
 # isort: on
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,15 @@ from batch_toggle.config import (
     parse_duration,
     parse_rate,
 )
+from batch_toggle.config_file import (
+    CONFIG_ENV,
+    SECRET_KEYS,
+    OptionSpec,
+    check_environment,
+    default_map,
+    env_name,
+    normalise_key,
+)
 from batch_toggle.errors import BatchToggleError, ExitCode, UsageError
 from batch_toggle.events import EventLog
 from batch_toggle.jobs import Hooks, JobConfig
@@ -38,8 +48,12 @@ from .secrets import read_api_key
 
 EPILOG_VALIDATE = """\b
 Examples:
-  batch-toggle validate optouts.csv
-  batch-toggle validate export.xlsx --map review_key="Tracking Key" --set-state false
+  # this month's opt-out list: what would happen, and which rows to fix
+  batch-toggle validate optouts_2026_11.csv --rejects reports/fix-me.csv
+  # another system's export: name its columns, everyone opted in
+  batch-toggle validate export.xlsx --map review_key="Tracking Key" --set-state true
+  # a dry-run audit with what earlier runs confirmed (predicts `unchanged`)
+  batch-toggle validate optouts.csv --state /var/lib/batch-toggle/state.sqlite
 """
 
 
@@ -101,6 +115,9 @@ def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="Smoothing: at most this many requests a second."),
         click.option("-v", "--verbose", count=True, help="More detail on stderr."),
         click.option("--quiet", is_flag=True, help="Only errors on stderr."),
+        click.option("--html/--no-html", default=True, show_default=True,
+                     help="Also write <report>.html: charts, timeline, the rows that need "
+                          "attention (keys masked); self-contained, prints well to PDF."),
     ]
     for decorator in reversed(decorators):
         fn = decorator(fn)
@@ -183,7 +200,7 @@ def build_config(command: str, opts: dict[str, Any], **extra: Any) -> JobConfig:
     return JobConfig(
         inputs=tuple(opts["inputs"]), command=command, load=load, plan=plan, send=send,
         report_path=opts.get("report"), rejects_path=opts.get("rejects"),
-        state_path=opts.get("state_path"), **extra,
+        state_path=opts.get("state_path"), html=bool(opts.get("html", True)), **extra,
     )
 
 
@@ -196,7 +213,16 @@ def make_hooks(opts: dict[str, Any], progress: Callable[[dict[str, Any]], None] 
             click.echo(message, err=True)
 
     return Hooks(notice=notice, progress=progress or (lambda _s: None),
-                 event=events or (lambda _k, _d: None))
+                 event=events or (lambda _k, _d: None), color=use_color(sys.stderr))
+
+
+def use_color(stream: Any) -> bool:
+    """ANSI colour only for a person at a terminal: never into a pipe, a file or a cron mail,
+    never when NO_COLOR is set to anything (https://no-color.org), never on a dumb terminal."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
 
 
 def _want_progress(opts: dict[str, Any]) -> bool:
@@ -220,15 +246,108 @@ def guarded(fn: Callable[[], int]) -> None:
         sys.exit(int(code))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+EPILOG_MAIN = """\b
+The three jobs (rehearse run and audit with --sandbox first: no key, no network):
+  # 1. the monthly compliance opt-out import
+  batch-toggle validate optouts_2026_11.csv
+  batch-toggle run optouts_2026_11.csv --canary 20 --rejects reports/fix-me.csv
+  # 2. a migration from another system (its column names; everyone opted in)
+  batch-toggle run export.csv --map review_key="Tracking Key" --set-state true --dry-run
+  # 3. a dry-run audit: what a run would do, and what Logis already shows
+  batch-toggle run optouts.csv --dry-run
+  batch-toggle audit optouts.csv
+
+\b
+Repeated options in a file, flags still win:
+  batch-toggle --config batch-toggle.toml run optouts_2026_11.csv
+
+\b
+Exit codes: 0 ok; 1 some rows need attention; 2 usage or input error, nothing sent;
+3 aborted by the API or halted; 4 stopped early, resumable; 130 interrupted, resumable.
+Guides: docs/monthly-optout.md, docs/migration.md, docs/dry-run-audit.md, docs/report.md.
+"""
+
+# `sandbox` is a test tool with options of its own (its --daily-limit is the simulated API's):
+# neither the config file nor BATCH_TOGGLE_ variables reach it.
+NOT_CONFIGURED = frozenset({"sandbox"})
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EPILOG_MAIN)
 @click.version_option(__version__, prog_name="batch-toggle")
-def main() -> None:
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar=CONFIG_ENV, metavar="FILE",
+              help="TOML file of options repeated every run (keys as the long option names, "
+                   "a [run]/[validate]/[audit] table per command; env BATCH_TOGGLE_CONFIG). "
+                   "Precedence: flags > BATCH_TOGGLE_<OPTION> env > file > defaults. Never "
+                   "holds the API key.")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None) -> None:
     """Bring Logis SMS-notification preferences into agreement with a file.
 
     Reads CSV/TSV/Parquet/JSONL/XLSX files of job_id, review_key, do_notify_sms and
-    update_target; validates and dedupes them; sends throttled toggles to Logis; and writes a
-    report with one row per input row.
+    update_target; validates and dedupes them; sends throttled toggles to Logis (at most
+    --rate requests in any sliding window); and writes a report with one row per input row,
+    its summary JSON and an HTML page beside it.
+
+    The API key comes from env LOGIS_API_KEY or --api-key-file: never from the command line, a
+    config file or a BATCH_TOGGLE_ variable.
     """
+    try:
+        specs = option_specs(main)
+        apply_env_names(main, specs)
+        for warning in check_environment(os.environ, specs):
+            click.echo(warning, err=True)
+        if config_path is not None:
+            ctx.default_map = default_map(config_path, specs)
+    except BatchToggleError as exc:
+        _fail(str(exc), exc.exit_code)
+
+
+def _long_name(param: click.Option) -> str | None:
+    longs = [o for o in param.opts if o.startswith("--")]
+    return normalise_key(longs[0][2:]) if longs else None
+
+
+def option_specs(group: click.Group) -> dict[str, dict[str, OptionSpec]]:
+    """What --config and BATCH_TOGGLE_ may set: every option of every command (commands added
+    later included), keyed by its long name; never the API key, never `sandbox`."""
+    specs: dict[str, dict[str, OptionSpec]] = {}
+    for name, command in group.commands.items():
+        if name in NOT_CONFIGURED:
+            continue
+        options = {}
+        for param in command.params:
+            if not isinstance(param, click.Option):
+                continue
+            key = _long_name(param)
+            if key is None or param.name is None or key in SECRET_KEYS or key == "help":
+                continue
+            options[key] = OptionSpec(key, param.name, multiple=param.multiple,
+                                      is_path=isinstance(param.type, click.Path),
+                                      is_flag=param.is_flag and not param.count)
+        specs[name] = options
+    return specs
+
+
+def apply_env_names(group: click.Group, specs: dict[str, dict[str, OptionSpec]]) -> None:
+    """Give each configurable option its BATCH_TOGGLE_<NAME> variable (idempotent; an
+    option's own variable, such as LOGIS_BASE_URL, comes first). click then resolves flag >
+    env > default_map > default by itself."""
+    for name, options in specs.items():
+        for param in group.commands[name].params:
+            key = _long_name(param) if isinstance(param, click.Option) else None
+            spec = options.get(key or "")
+            if spec is None or spec.multiple:
+                continue
+            env = env_name(spec.key)
+            current = param.envvar
+            if current is None:
+                param.envvar = env
+            elif isinstance(current, str) and current != env:
+                param.envvar = [current, env]
+            elif isinstance(current, list | tuple) and env not in current:
+                param.envvar = [*current, env]
 
 
 @main.command(epilog=EPILOG_VALIDATE)
@@ -248,13 +367,30 @@ def validate(**opts: Any) -> None:
 
 EPILOG_RUN = """\b
 Examples:
-  # monthly compliance opt-out import: a canary first, then the rest
-  batch-toggle run optouts.csv --canary 20 --rejects reports/fix-me.csv
+  # the monthly compliance opt-out import: 20 units first, the rest only if none of them
+  # failed permanently; the opt-out wins where a client asked both ways
+  batch-toggle run optouts_2026_11.csv --canary 20 --on-conflict opt-out-wins \\
+      --rejects reports/optouts-fix-me.csv
+
+\b
+  # the same from cron (crontab -e), every hour until done: one line starts, continues and
+  # finishes the job (exit 4 = stopped early, resumable: the next hour resumes it); the
+  # config file names the state store and --api-key-file
+  15 * * * * cd /srv/optouts && batch-toggle --config batch-toggle.toml run optouts_2026_11.csv --resume --stop-after 55m
+
+\b
+  # a migration from another system: its column names, everyone opted in, rehearsed first.
+  # A row that would turn SMS back on where an earlier run confirmed an opt-out is
+  # `conflict` (resubscribe_blocked): add --allow-resubscribe only if that is intended.
+  batch-toggle run export.csv --map job_id="Job Ref" --map review_key="Tracking Key" \\
+      --set-state true --default-target job --dry-run
+
+\b
+  # a dry-run audit: the plan and report, statuses dry_run, nothing sent
+  batch-toggle run optouts_2026_11.csv --dry-run
   # rehearse against the built-in simulator (no key, no network)
   batch-toggle run sample_data/optouts_2026_11.csv --sandbox
-  # cron, every hour until done (one line starts, continues and finishes the job)
-  batch-toggle run big.csv --resume --max-requests 2400
-"""
+"""  # noqa: E501 - a crontab line cannot be continued
 
 
 @main.command(epilog=EPILOG_RUN)
