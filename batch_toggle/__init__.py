@@ -1,5 +1,372 @@
-"""batch-toggle: bring Logis SMS-notification preferences into agreement with a file."""
+"""batch-toggle: bring Logis SMS-notification preferences into agreement with a file.
+
+The library face, for Airflow tasks and notebooks (docs/library.md):
+
+    import batch_toggle
+
+    result = batch_toggle.validate("optouts.csv", on_conflict="opt-out-wins")
+    result = batch_toggle.run("optouts.csv", canary=20, api_key=key, state="state.sqlite")
+    result = batch_toggle.audit("optouts.csv", sample=400, api_key=key)
+    result.exit_code, result.counts, result.report_path, result.report  # a pyarrow.Table
+
+Options are the CLI's long names in snake_case (`--on-conflict` -> `on_conflict`). The three
+calls write the same files as the CLI (report, summary JSON, HTML, rejects) and return a
+`Result`; they never print (messages go to `notice`, by default the `batch_toggle` logger) and
+never exit: a job that cannot start raises a `BatchToggleError` carrying its `exit_code`.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # first: the submodules import it from here
+
+import logging
+import os
+import sys
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+
+from .errors import BatchToggleError, ExitCode, InputError, UsageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .config import Rate
+    from .jobs import Hooks, JobConfig, JobResult
+
+PathLike = str | os.PathLike[str]
+
+
+class Options(TypedDict, total=False):
+    """The keyword options of validate(), run() and audit(), as the CLI names them.
+
+    Each is optional; the defaults are the CLI's. Options that mean nothing to a command are
+    ignored by it (validate sends nothing, so `rate` only shapes its cost estimate)."""
+
+    report: PathLike  # report path; .csv, .parquet or .jsonl (default reports/<stem>-<time>.csv)
+    rejects: PathLike  # also write the rows that need attention, unmasked
+    html: bool  # write <report>.html (default True)
+    state: PathLike  # state store (default $XDG_STATE_HOME/batch-toggle/state.sqlite)
+    map: Mapping[str, str] | Sequence[str]  # {"review_key": "Tracking Key"} or ["f=col", ...]
+    set_state: bool | str  # desired state for every row
+    default_target: str  # "job" or "client" for rows whose target is empty
+    on_conflict: str  # last | first | opt-out-wins | reject
+    max_invalid: float  # percent
+    skip_confirmed: bool
+    allow_resubscribe: bool
+    encoding: str
+    rate: str | Rate  # "2500/h"
+    max_rps: float
+    base_url: str
+    api_key: str  # default: env LOGIS_API_KEY (read, not removed from the environment)
+    api_key_file: PathLike
+    concurrency: int
+    timeout: float
+    max_attempts: int
+    daily_limit: int
+    max_requests: int
+    stop_after: str | float  # "55m" or seconds
+    halt_after: int
+    canary: int
+    insecure: bool
+    sandbox: bool  # the in-process simulator seeded with sample_data/ (no network, no key)
+    dry_run: bool  # run(): plan and report only
+    resume: bool
+    retry_failed: bool
+    sample: int  # audit(): read only N distinct jobs
+    seed: int  # audit(): the sample's seed
+    events: PathLike  # append one JSON line per event
+    notice: Callable[[str], None]  # one line for a person; default: the batch_toggle logger
+    on_event: Callable[[str, dict[str, Any]], None]
+    on_progress: Callable[[dict[str, Any]], None]
+
+
+_KNOWN = frozenset(Options.__annotations__)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a job returns: the exit code the CLI would give, the report and its summary."""
+
+    exit_code: ExitCode
+    run_id: str
+    report_path: Path
+    summary: dict[str, Any]
+    report: pa.Table  # one row per input row, the report's columns (review keys masked)
+
+    @property
+    def ok(self) -> bool:
+        """True when the exit code is 0: every row is fine or needs nothing."""
+        return self.exit_code == ExitCode.OK
+
+    @property
+    def verdict(self) -> str:
+        return str(self.summary.get("verdict", ""))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Rows by status, e.g. {"updated": 272, "invalid": 9}."""
+        return dict(self.summary.get("counts_by_status") or {})
+
+    @property
+    def error_counts(self) -> dict[str, int]:
+        """Rows by error code."""
+        return dict(self.summary.get("counts_by_error_code") or {})
+
+    @property
+    def summary_path(self) -> Path:
+        return self.report_path.with_name(self.report_path.name + ".summary.json")
+
+    @property
+    def html_path(self) -> Path | None:
+        """The HTML report, when one was written."""
+        html = self.summary.get("html_report") or {}
+        return Path(html["path"]) if html.get("path") else None
+
+    @property
+    def outcomes(self) -> list[dict[str, Any]]:
+        """Each row's outcome as a dict of the report's outcome columns (source_file,
+        source_row, job_id, ..., status, error_code, ...), in input order. Handy for small
+        files; for large ones work on `report` (a pyarrow Table) instead."""
+        from .vocab import OUTCOME_COLUMNS
+        return self.report.select(list(OUTCOME_COLUMNS)).to_pylist()
+
+    def attention(self) -> pa.Table:
+        """The report rows that need attention (invalid, failed, conflict, mismatch,
+        not_attempted)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from .vocab import ATTENTION_STATUSES
+        wanted = pc.is_in(self.report["status"], value_set=pa.array(sorted(ATTENTION_STATUSES)))
+        return self.report.filter(wanted)
+
+    @classmethod
+    def of(cls, job: JobResult) -> Result:
+        return cls(ExitCode(job.exit_code), job.run_id, Path(job.report_path), job.summary,
+                   job.report)
+
+
+def validate(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> Result:
+    """Load, normalise, validate and dedupe; write the report of what would happen. No network.
+
+    Reads the state store when one exists (never writes it), so it predicts `unchanged` and
+    `resubscribe_blocked` exactly as run() would."""
+    from .jobs import validate as validate_job
+    from .ledger import read_ledger
+
+    config = _config("validate", inputs, options)
+    with _hooks(options) as hooks:
+        return Result.of(validate_job(config, hooks, ledger=read_ledger(config)))
+
+
+def run(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> Result:
+    """Plan, send the toggles to Logis (or, with sandbox=True, to the in-process simulator),
+    write the report. dry_run=True plans and reports only."""
+    from .jobs import validate as validate_job
+    from .ledger import read_ledger
+    from .live import run as run_job
+
+    config = _config("run", inputs, options)
+    with _hooks(options) as hooks:
+        if config.dry_run:
+            return Result.of(validate_job(config, hooks, ledger=read_ledger(config)))
+        return Result.of(run_job(config, hooks))
+
+
+def audit(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> Result:
+    """Read-only: one GET track per distinct job; rows `in_sync` or `would_change`. Never sends
+    a toggle. sample=N reads only N distinct jobs (seeded by `seed`)."""
+    try:
+        from .audit import AuditOptions
+        from .audit import audit as audit_job
+    except ImportError as exc:  # pragma: no cover - only before audit.py existed
+        raise UsageError("this version of batch-toggle has no audit") from exc
+
+    config = _config("audit", inputs, options)
+    kwargs: dict[str, Any] = {"sample": options.get("sample")}
+    if options.get("seed") is not None:
+        kwargs["seed"] = int(options["seed"])  # type: ignore[arg-type]
+    with _hooks(options) as hooks:
+        return Result.of(audit_job(config, hooks, options=AuditOptions(**kwargs)))
+
+
+# --- building the config ---------------------------------------------------------------------
+
+
+def _config(command: str, inputs: PathLike | Sequence[PathLike],
+            options: Mapping[str, Any]) -> JobConfig:
+    """One frozen JobConfig from keyword options, with the CLI's defaults and checks."""
+    from .config import (
+        DEFAULT_BASE_URL,
+        LoadOptions,
+        PlanOptions,
+        SendOptions,
+        parse_duration,
+        parse_rate,
+    )
+    from .jobs import JobConfig
+
+    unknown = sorted(set(options) - _KNOWN)
+    if unknown:
+        raise TypeError(f"{command}() got unexpected keyword argument(s): {', '.join(unknown)}")
+    o = dict(options)
+    load = LoadOptions(column_map=_column_map(o.get("map")), encoding=o.get("encoding"),
+                       set_state=_state(o.get("set_state")),
+                       default_target=_choice(o.get("default_target"), ("job", "client"),
+                                              "default_target"))
+    plan = PlanOptions(on_conflict=_on_conflict(o.get("on_conflict", "last")),
+                       max_invalid=float(o.get("max_invalid", 50.0)),
+                       skip_confirmed=bool(o.get("skip_confirmed", True)),
+                       allow_resubscribe=bool(o.get("allow_resubscribe", False)))
+    rate = o.get("rate", "2500/h")
+    stop_after = o.get("stop_after")
+    send = SendOptions(
+        base_url=o.get("base_url") or os.environ.get("LOGIS_BASE_URL") or DEFAULT_BASE_URL,
+        rate=parse_rate(rate) if isinstance(rate, str) else rate,
+        max_rps=float(o.get("max_rps", 10.0)), concurrency=int(o.get("concurrency", 4)),
+        timeout=float(o.get("timeout", 30.0)), max_attempts=int(o.get("max_attempts", 5)),
+        daily_limit=o.get("daily_limit"), max_requests=o.get("max_requests"),
+        stop_after=(parse_duration(stop_after) if isinstance(stop_after, str) else stop_after),
+        halt_after=int(o.get("halt_after", 50)), canary=int(o.get("canary", 0)),
+        insecure=bool(o.get("insecure", False)),
+    )
+    sandbox, dry_run = bool(o.get("sandbox")), bool(o.get("dry_run")) and command == "run"
+    api_key = None
+    if command != "validate" and not dry_run:
+        api_key = _api_key(o, required=not sandbox)
+    return JobConfig(
+        inputs=_inputs(inputs), command=command, load=load, plan=plan, send=send,
+        dry_run=dry_run, report_path=_path(o.get("report")), rejects_path=_path(o.get("rejects")),
+        state_path=_path(o.get("state")), resume=bool(o.get("resume")),
+        retry_failed=bool(o.get("retry_failed")), sandbox=sandbox, html=bool(o.get("html", True)),
+        api_key=api_key,
+    )
+
+
+def _inputs(inputs: PathLike | Sequence[PathLike]) -> tuple[str, ...]:
+    items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    if not items:
+        raise UsageError("no input: give at least one file")
+    return tuple(os.fspath(i) for i in items)
+
+
+def _path(value: PathLike | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def _column_map(value: Mapping[str, str] | Sequence[str] | None) -> tuple[tuple[str, str], ...]:
+    from .vocab import FIELDS
+
+    if not value:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    pairs = (list(value.items()) if isinstance(value, Mapping)
+             else [tuple(v.partition("=")[::2]) for v in value])
+    out = []
+    for fld, column in pairs:
+        fld = fld.strip().lower()
+        if fld not in FIELDS or not column:
+            raise UsageError(f"map {fld}={column!r}: expected FIELD=COLUMN with FIELD one of "
+                             f"{', '.join(FIELDS)}")
+        out.append((fld, column))
+    return tuple(out)
+
+
+def _state(value: bool | str | None) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false"):
+        raise UsageError(f"set_state {value!r}: expected true or false")
+    return text == "true"
+
+
+def _choice(value: str | None, choices: tuple[str, ...], name: str) -> str | None:
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if text not in choices:
+        raise UsageError(f"{name} {value!r}: expected one of {', '.join(choices)}")
+    return text
+
+
+def _on_conflict(value: str) -> Any:
+    from .config import ON_CONFLICT_CHOICES
+
+    return _choice(value, ON_CONFLICT_CHOICES, "on_conflict")
+
+
+def _api_key(o: Mapping[str, Any], required: bool) -> str | None:
+    """api_key=, else api_key_file=, else env LOGIS_API_KEY. A library must not change its
+    host's environment, so unlike the CLI it reads the variable without removing it."""
+    key = o.get("api_key")
+    if not key and o.get("api_key_file"):
+        path = Path(o["api_key_file"])
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"api_key_file {path}: {exc.strerror or exc}") from exc
+    key = (key or os.environ.get("LOGIS_API_KEY") or "").strip() or None
+    if required and not key:
+        raise UsageError("no API key: pass api_key=..., api_key_file=... or set LOGIS_API_KEY "
+                         "(or use sandbox=True / dry_run=True)")
+    return key
+
+
+class _hooks:
+    """The Hooks of one call, with the --events file opened and closed around it."""
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self._options = options
+        self._events: Any = None
+
+    def __enter__(self) -> Hooks:
+        from .jobs import Hooks
+
+        o = self._options
+        logger = logging.getLogger("batch_toggle")
+        notice = o.get("notice") or logger.info
+        on_event = o.get("on_event")
+        if o.get("events") is not None:
+            from .events import EventLog
+
+            self._events = EventLog(Path(o["events"]))
+        log = self._events
+
+        def event(kind: str, data: dict[str, Any]) -> None:
+            if log is not None:
+                log(kind, data)
+            if on_event is not None:
+                on_event(kind, data)
+
+        return Hooks(notice=notice, event=event,
+                     progress=o.get("on_progress") or (lambda _snapshot: None))
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._events is not None:
+            self._events.close()
+
+
+# --- `batch_toggle.audit` is the function, whatever imports the module -----------------------
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule `batch_toggle.audit` (the CLI does) would make Python set the
+    package attribute `audit` to that module, hiding the function above. Keep the function;
+    the module stays reachable as usual (`from batch_toggle.audit import ...`)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PUBLIC_FUNCTIONS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_PUBLIC_FUNCTIONS = frozenset({"validate", "run", "audit"})
+sys.modules[__name__].__class__ = _Package
+
+__all__ = ["BatchToggleError", "ExitCode", "InputError", "Options", "Result", "UsageError",
+           "__version__", "audit", "run", "validate"]

@@ -1,0 +1,160 @@
+"""The library face: batch_toggle.validate / run / audit with plain keywords, returning a Result.
+
+What an Airflow task or a notebook does: call, read .exit_code/.counts/.report, never see a
+print or a sys.exit. Runs against the in-process sandbox (sandbox=True) and, for the key from the
+environment, the sandbox on a real loopback socket; every state store is a tmp file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+import batch_toggle
+from batch_toggle import ExitCode, Result, UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_data" / "optouts_2026_11.csv"
+MIGRATION = REPO / "sample_data" / "optins_migration.csv"
+EXPECTED = json.loads((REPO / "sample_data" / "optouts_2026_11.expected.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def _no_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOGIS_API_KEY", raising=False)
+    monkeypatch.delenv("LOGIS_BASE_URL", raising=False)
+
+
+def test_run_against_the_sandbox_returns_the_outcomes_and_writes_the_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    notices: list[str] = []
+    result = batch_toggle.run(SAMPLE, sandbox=True, max_rps=1000, report=tmp_path / "r.csv",
+                              state=tmp_path / "state.sqlite", notice=notices.append)
+    assert isinstance(result, Result)
+    assert result.exit_code == ExitCode.ROW_PROBLEMS and not result.ok
+    assert result.counts == EXPECTED["status_counts"]
+    assert result.error_counts == EXPECTED["error_code_counts"]
+    assert isinstance(result.report, pa.Table) and result.report.num_rows == 300
+    assert [o["status"] for o in result.outcomes] == [r["status"] for r in EXPECTED["rows"]]
+    assert result.outcomes[0]["source_row"] == 1
+    assert result.attention().num_rows == sum(
+        1 for r in EXPECTED["rows"]
+        if r["status"] in {"invalid", "failed", "conflict", "mismatch", "not_attempted"})
+    assert result.report_path == tmp_path / "r.csv" and result.report_path.exists()
+    assert json.loads(result.summary_path.read_text())["run_id"] == result.run_id
+    assert result.html_path is not None and result.html_path.exists()
+    assert result.summary["requests_sent"] == EXPECTED["requests_needed"]
+    assert result.verdict.startswith("attention")
+    # The library never prints; the messages went to `notice`.
+    assert capsys.readouterr() == ("", "")
+    assert any(line.startswith("plan: 300 rows") for line in notices)
+
+
+def test_validate_takes_cli_names_in_snake_case(tmp_path: Path) -> None:
+    result = batch_toggle.validate(
+        [str(MIGRATION)], report=tmp_path / "m.parquet", state=tmp_path / "none.sqlite",
+        map={"job_id": "job", "do_notify_sms": "opt_in"}, set_state=False,
+        on_conflict="opt-out-wins", html=False, rate="100/m")
+    assert result.exit_code == ExitCode.OK, result.counts
+    assert set(result.counts) <= {"dry_run", "duplicate", "superseded"}
+    assert set(result.report["do_notify_sms"].to_pylist()) == {False}  # --set-state false
+    options = result.summary["options"]
+    assert options["map"] == {"job_id": "job", "do_notify_sms": "opt_in"}
+    assert (options["on_conflict"], options["rate"]) == ("opt-out-wins", "100/m")
+    assert result.html_path is None and result.report_path.suffix == ".parquet"
+
+
+def test_a_dry_run_needs_no_key_and_sends_nothing(tmp_path: Path) -> None:
+    result = batch_toggle.run(SAMPLE, dry_run=True, report=tmp_path / "d.csv",
+                              state=tmp_path / "none.sqlite")
+    assert result.counts["dry_run"] == EXPECTED["requests_needed"]
+    assert result.summary["requests_sent"] == 0
+    assert not (tmp_path / "none.sqlite").exists()  # a dry run never creates a store
+
+
+def test_run_reads_the_key_from_the_environment_and_leaves_it_there(
+        sandbox_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGIS_API_KEY", sandbox_server.api_key)
+    job = sandbox_server.jobs[0]
+    path = tmp_path / "one.csv"
+    path.write_text(f"job_id,review_key,do_notify_sms,update_target\n"
+                    f"{job.job_id},{job.review_key},false,job\n", encoding="utf-8")
+    result = batch_toggle.run(path, base_url=sandbox_server.base_url, report=tmp_path / "o.csv",
+                              state=tmp_path / "state.sqlite")
+    assert result.ok and result.counts == {"updated": 1}
+    assert sandbox_server.job_state(job.job_id) is False
+    import os
+    assert os.environ["LOGIS_API_KEY"] == sandbox_server.api_key  # a library leaves env alone
+
+
+def test_without_a_key_run_raises_a_usage_error_with_exit_code_2(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no API key") as err:
+        batch_toggle.run(SAMPLE, report=tmp_path / "x.csv", state=tmp_path / "s.sqlite")
+    assert err.value.exit_code == ExitCode.USAGE
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_bad_option_raises_before_anything_is_read(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument.*on_conflit"):
+        batch_toggle.validate(SAMPLE, on_conflit="first")  # type: ignore[call-arg]
+    with pytest.raises(UsageError, match="on_conflict"):
+        batch_toggle.validate(SAMPLE, on_conflict="newest", report=tmp_path / "x.csv")
+    with pytest.raises(UsageError, match="--rate"):
+        batch_toggle.validate(SAMPLE, rate="fast", report=tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_events_go_to_the_file_and_the_callback(tmp_path: Path) -> None:
+    seen: list[str] = []
+    events = tmp_path / "events.jsonl"
+    batch_toggle.run(SAMPLE, sandbox=True, max_rps=1000, report=tmp_path / "r.csv",
+                     state=tmp_path / "s.sqlite", events=events,
+                     on_event=lambda kind, _data: seen.append(kind))
+    kinds = [json.loads(line)["event"] for line in events.read_text().splitlines()]
+    assert kinds == seen and kinds[0] == "plan" and kinds[-1] == "finish"
+
+
+def _has_audit() -> bool:
+    try:
+        importlib.import_module("batch_toggle.audit")
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_audit(), reason="batch_toggle/audit.py is not there yet")
+def test_audit_reads_and_reports_in_sync_or_would_change(tmp_path: Path) -> None:
+    result = batch_toggle.audit(SAMPLE, sandbox=True, max_rps=1000, report=tmp_path / "a.csv",
+                                state=tmp_path / "s.sqlite")
+    statuses = [o["status"] for o in result.outcomes]
+    for row, status in zip(EXPECTED["rows"], statuses, strict=True):
+        if "in_sync_at_seed" in row:
+            assert status == ("in_sync" if row["in_sync_at_seed"] else "would_change"), row
+    assert statuses[127] == "failed" and result.outcomes[127]["error_code"] == "job_not_found"
+    assert result.summary["requests_sent"] < EXPECTED["requests_needed"]  # one read per job
+    assert result.html_path is not None and result.html_path.exists()
+
+
+@pytest.mark.skipif(not _has_audit(), reason="batch_toggle/audit.py is not there yet")
+def test_audit_with_a_sample_reads_only_n_jobs(tmp_path: Path) -> None:
+    result = batch_toggle.audit(SAMPLE, sandbox=True, max_rps=1000, sample=10, seed=3,
+                                report=tmp_path / "a.csv", state=tmp_path / "s.sqlite")
+    assert result.summary["requests_sent"] == 10
+
+
+def test_batch_toggle_audit_stays_the_function_when_the_module_is_imported() -> None:
+    importlib.import_module("batch_toggle.cli")  # imports batch_toggle.audit, the module
+    if _has_audit():
+        importlib.import_module("batch_toggle.audit")
+    assert callable(batch_toggle.audit) and batch_toggle.audit.__module__ == "batch_toggle"
+    assert callable(batch_toggle.run) and callable(batch_toggle.validate)
+
+
+def test_the_package_is_typed() -> None:
+    assert (Path(batch_toggle.__file__).parent / "py.typed").exists()
+    assert set(batch_toggle.__all__) >= {"validate", "run", "audit", "Result", "Options"}
