@@ -209,10 +209,14 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
     outcomes = unit_outcomes(prepared.plan.units, reads, track, runner.committer.outcomes, todo)
     if store is not None and runner.committer.error is None:
         _record_units(store, prepared, outcomes, reads, track, hooks)
+    unsent = runner.unsent_outcome()
     units = UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
-                                      runner.unsent_outcome())
+                                      replace(unsent, error_message=_no_resume(
+                                          unsent.error_message)))
     facts = audit_facts(prepared, reads, todo, outcomes, options)
     extra = {**_send_summary(runner, counters, config), **facts}
+    if "stopped" in extra:
+        extra["stopped"]["message"] = _no_resume(extra["stopped"]["message"])
     result = finish(prepared, units, hooks, stop_exit=runner.stop.exit_code if runner.stop
                     else None, extra=extra)
     for line in audit_lines(facts):
@@ -244,6 +248,11 @@ def _announce(prepared: Prepared, reads: Reads, todo: Sequence[int], options: Au
         hooks.notice(f"note: {CLIENT_ONLY_NOTE}")
     hooks.event("plan", {"run_id": prepared.run_id, "rows": prepared.loaded.raw.num_rows,
                          "units": prepared.plan.requests_needed, "jobs": len(reads), **cost})
+
+
+def _no_resume(message: str | None) -> str | None:
+    """The runner's stop messages say how to resume a run; an audit is simply run again."""
+    return message.replace("resume with --resume", "audit again") if message else message
 
 
 def _reads(n: int) -> str:

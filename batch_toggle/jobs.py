@@ -232,6 +232,13 @@ _VERDICTS = {
     ExitCode.STOPPED: "stopped early: resumable",
     ExitCode.INTERRUPTED: "interrupted: resumable",
 }
+# An audit changes nothing (exit 0 with rows that would change) and does not resume.
+_AUDIT_VERDICTS = {
+    ExitCode.OK: "ok: every row was read (in_sync or would_change) or needs no read",
+    ExitCode.ABORTED: "aborted: the API refused the key or the audit halted; audit again",
+    ExitCode.STOPPED: "stopped early: the rest was not read; audit again",
+    ExitCode.INTERRUPTED: "interrupted: the rest was not read; audit again",
+}
 
 
 def build_summary(prepared: Prepared, report: pa.Table, exit_code: ExitCode, digest: str,
@@ -261,7 +268,8 @@ def build_summary(prepared: Prepared, report: pa.Table, exit_code: ExitCode, dig
         "retries": 0,
         "budget_used": 0,
         "exit_code": int(exit_code),
-        "verdict": _VERDICTS[exit_code],
+        "verdict": (_AUDIT_VERDICTS if config.command == "audit" else _VERDICTS).get(
+            exit_code, _VERDICTS[exit_code]),
         "client_only": client_only(prepared),
         "notes": [CLIENT_ONLY_NOTE] if client_only(prepared) else [],
         "report": {"path": str(prepared.report_path), "format": prepared.report_path.suffix[1:],

@@ -249,6 +249,9 @@ def test_max_requests_stops_with_the_rest_not_attempted(tmp_path: Path) -> None:
     assert [r["status"] for r in rows[:6]] == ["would_change", "in_sync", "in_sync",
                                                "not_attempted", "duplicate", "not_attempted"]
     assert rows[3]["error_code"] == "budget_exhausted"
+    # (the CSV's formula guard prefixes the leading "-")
+    assert rows[3]["error_message"] == "'--max-requests 2 reached; audit again"
+    assert result.summary["verdict"] == "stopped early: the rest was not read; audit again"
 
 
 def test_an_inactive_key_aborts_the_audit(tmp_path: Path) -> None:
