@@ -32,6 +32,7 @@ from .limiter import DAY, Budget
 from .operations import Operation
 from .outcome import Outcome
 from .plan import Units
+from .report import ReportError
 from .results import UnitResults
 from .runner import Counters, RunHooks, Runner
 from .store import RunRecord, StateStore, default_state_path
@@ -146,7 +147,10 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
                                       runner.unsent_outcome())
     stop_exit = runner.stop.exit_code if runner.stop else None
     extra = _send_summary(runner, counters, config)
-    result = finish(prepared, units, hooks, stop_exit=stop_exit, extra=extra)
+    try:
+        result = finish(prepared, units, hooks, stop_exit=stop_exit, extra=extra)
+    except ReportError as exc:
+        raise _report_failed(exc, store) from exc
     if store is not None:
         store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
                          finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -158,6 +162,18 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
         hooks.notice(f"warning: the state store stopped accepting outcomes: "
                      f"{runner.committer.error}")
     return result
+
+
+def _report_failed(exc: ReportError, store: StateStore | None) -> ReportError:
+    """The report could not be written (a full disk) after requests were sent. The outcomes
+    are in the store and the run stays unfinished, so a resume sends nothing again and writes
+    the report: say so, and exit 4 (resumable) rather than 2 (which means nothing was sent)."""
+    if store is None:
+        return exc
+    err = ReportError(f"{exc}; every outcome is saved in the state store {store.path}: "
+                      "make room, then run again with --resume to write the report")
+    err.exit_code = ExitCode.STOPPED
+    return err
 
 
 def _find_resumable(config: JobConfig, store: StateStore, loaded: Any,
