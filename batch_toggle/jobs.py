@@ -29,6 +29,7 @@ from .report import (
     check_writable,
     default_report_path,
     render_summary_table,
+    report_format,
     summary_path,
     write_json,
     write_table,
@@ -109,9 +110,10 @@ def load(config: JobConfig, hooks: Hooks = SILENT, *,
     """Pre-flight the output paths, then read and normalise; raises InputError/UsageError."""
     started = datetime.now(UTC)
     report_path = config.report_path or default_report_path(config.inputs[0], started)
-    check_writable(report_path)
-    if config.rejects_path is not None:
-        check_writable(config.rejects_path)
+    for path in (report_path, config.rejects_path):
+        if path is not None:  # before reading anything: a bad extension or directory is exit 2
+            report_format(path)
+            check_writable(path)
     loaded = load_inputs(config.inputs, config.load, stdin=stdin)
     for warning in loaded.warnings:
         hooks.notice(f"warning: {warning}")
@@ -172,7 +174,8 @@ CLIENT_ONLY_NOTE = ("this file targets only `client`: each request changes the c
 
 def announce_plan(prepared: Prepared, hooks: Hooks) -> dict[str, Any]:
     cost = plan_cost(prepared)
-    hooks.notice(f"plan: {prepared.loaded.raw.num_rows:,} rows -> "
+    rows = prepared.loaded.raw.num_rows
+    hooks.notice(f"plan: {rows:,} row{'' if rows == 1 else 's'} -> "
                  f"{cost_line(cost, prepared.config.send.rate.limit)}")
     if client_only(prepared):
         hooks.notice(f"note: {CLIENT_ONLY_NOTE}")
