@@ -178,7 +178,8 @@ def _report_failed(exc: ReportError, store: StateStore | None) -> ReportError:
 
 def _find_resumable(config: JobConfig, store: StateStore, loaded: Any,
                     hooks: Hooks) -> RunRecord | None:
-    record = store.find_unfinished_run(input_names(config), plan_key(config))
+    record = store.find_unfinished_run(input_names(config), plan_key(config),
+                                       retry_failed=config.retry_failed)
     if record is None:
         hooks.notice("resume: no unfinished run with these inputs and plan options; "
                      "starting a new run")

@@ -539,21 +539,29 @@ class StateStore:
 
     @_translated
     def find_unfinished_run(self, input_names: Sequence[str], plan_key: str,
-                            *, command: str = "run") -> RunRecord | None:
+                            *, command: str = "run",
+                            retry_failed: bool = False) -> RunRecord | None:
         """The latest run of `command` with exactly these input names (in order) and plan key
         that `run --resume` may continue (see `RunRecord.unfinished`), or None.
 
         Only the latest matching run is considered: once it finished, older unfinished ones
-        are history, not work.
+        are history, not work. With `retry_failed`, a latest run that finished with exit 1 and
+        has retryable failures counts too: `--resume --retry-failed` re-sends only those,
+        where a new run would also re-send the permanent failures.
         """
         with self._lock:
             row = self._conn.execute(
                 f"SELECT {self._run_columns} FROM runs WHERE command = ? AND input_names = ?"
                 " AND plan_key = ? ORDER BY seq DESC LIMIT 1",
                 (command, json.dumps(list(input_names)), plan_key)).fetchone()
-            if row is None or not (row[_EXIT] is None or row[_EXIT] in RESUMABLE_EXIT_CODES):
+            if row is None:
                 return None
-            return self._run_record(row)
+            if row[_EXIT] is None or row[_EXIT] in RESUMABLE_EXIT_CODES:
+                return self._run_record(row)
+            if retry_failed and row[_EXIT] == int(ExitCode.ROW_PROBLEMS):
+                record = self._run_record(row)
+                return record if record.retryable_failed else None
+            return None
 
     @_translated
     def get_run(self, run_id: str) -> RunRecord | None:

@@ -437,8 +437,10 @@ def _register() -> None:
     """Commands that live in their own modules."""
     from .audit_cmd import audit_command
     from .sandbox_cmd import sandbox_command
+    from .status_cmd import status_command
 
     main.add_command(sandbox_command)
+    main.add_command(status_command)
     main.add_command(audit_command)
 
 

@@ -1,0 +1,292 @@
+"""`batch-toggle status` and the store facts it reads: run states, progress, what a resume would
+send, and the guarantee that looking never writes. Real SQLite files in tmp_path; runs are
+recorded through the StateStore API exactly as `run` records them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from batch_toggle.cli import main
+from batch_toggle.ingest import sha256_of
+from batch_toggle.outcome import Outcome
+from batch_toggle.status import render_status, store_status
+from batch_toggle.store import SCHEMA_VERSION, StateStore
+
+PLAN_LAST = json.dumps({"default_target": None, "map": [], "on_conflict": "last",
+                        "set_state": None}, sort_keys=True)
+UPDATED = Outcome("updated", http_status=200, attempts=1, sent_at="2026-11-01T00:00:01.000+00:00")
+RETRYABLE = Outcome("failed", "server_error", "HTTP 503", True, 503, 5)
+PERMANENT = Outcome("failed", "job_not_found", "HTTP 404", False, 404, 1)
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state.sqlite"
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    path = tmp_path / "optouts.csv"
+    path.write_text("job_id,review_key,do_notify_sms,update_target\n", encoding="utf-8")
+    return path
+
+
+def record_run(store: StateStore, run_id: str, src: Path, *, units: int | None = 10,
+               outcomes: list[Outcome] = (), exit_code: int | None = None,
+               plan_key: str = PLAN_LAST, options: dict[str, Any] | None = None,
+               started: str = "2026-11-01T00:00:00+00:00", rows: int = 12) -> None:
+    store.create_run(run_id, command="run", inputs=[(str(src), sha256_of(src))],
+                     plan_key=plan_key, options=options or {"on_conflict": "last"},
+                     total_rows=rows, started_at=started, units=units)
+    store.record_outcomes(run_id, [(i, o, None) for i, o in enumerate(outcomes)])
+    if exit_code is not None:
+        store.finish_run(run_id, exit_code=exit_code, finished_at="2026-11-01T01:00:00+00:00",
+                         counts={"updated": len(outcomes), "duplicate": 2})
+
+
+def one(state: Path, **kwargs: Any) -> Any:
+    (run,) = store_status(state, **kwargs).runs
+    return run
+
+
+# --- run states and what a resume would send --------------------------------------------------
+
+
+def test_a_killed_run_is_resumable_and_a_resume_sends_the_units_without_a_final_outcome(
+        state: Path, src: Path) -> None:
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, outcomes=[UPDATED] * 4 + [RETRYABLE, PERMANENT])
+    run = one(state)
+    assert (run.state, run.resumable, run.not_resumable_because) == ("killed", True, None)
+    assert (run.units, run.units_done, run.resume_sends, run.retryable_failed) == (10, 6, 4, 1)
+    assert run.unit_counts == {"updated": 4, "failed": 2}
+    assert run.resume_command == f"batch-toggle run {src} --resume --state {state}"
+
+
+@pytest.mark.parametrize(("exit_code", "name"), [(4, "stopped"), (130, "interrupted")])
+def test_stopped_and_interrupted_runs_are_resumable(state: Path, src: Path, exit_code: int,
+                                                    name: str) -> None:
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, outcomes=[UPDATED] * 3, exit_code=exit_code)
+    run = one(state)
+    assert (run.state, run.exit_code, run.resumable, run.resume_sends) == (name, exit_code,
+                                                                           True, 7)
+    assert run.row_counts == {"updated": 3, "duplicate": 2}
+
+
+def test_a_finished_run_is_not_resumable(state: Path, src: Path) -> None:
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, units=3, outcomes=[UPDATED] * 3, exit_code=0)
+    run = one(state)
+    assert (run.state, run.resumable, run.resumable_with_retry_failed) == ("finished", False,
+                                                                           False)
+    assert run.not_resumable_because == "it finished (exit 0)"
+    assert run.resume_command is None
+
+
+def test_exit_1_with_retryable_failures_resumes_only_with_retry_failed(state: Path,
+                                                                       src: Path) -> None:
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, units=3, outcomes=[UPDATED, RETRYABLE, PERMANENT],
+                   exit_code=1)
+        plain = store.find_unfinished_run([str(src)], PLAN_LAST)
+        retry = store.find_unfinished_run([str(src)], PLAN_LAST, retry_failed=True)
+    assert plain is None and retry is not None and retry.run_id == "r1"
+    run = one(state)
+    assert (run.resumable, run.resumable_with_retry_failed, run.retryable_failed) == (False,
+                                                                                      True, 1)
+    assert run.resume_command == f"batch-toggle run {src} --resume --retry-failed --state {state}"
+
+
+def test_exit_1_without_retryable_failures_is_done(state: Path, src: Path) -> None:
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, units=2, outcomes=[UPDATED, PERMANENT], exit_code=1)
+        assert store.find_unfinished_run([str(src)], PLAN_LAST, retry_failed=True) is None
+    assert not one(state).resumable_with_retry_failed
+
+
+def test_a_later_run_with_the_same_inputs_takes_the_older_ones_place(state: Path,
+                                                                     src: Path) -> None:
+    with StateStore.open(state) as store:
+        record_run(store, "old", src, exit_code=4)
+        record_run(store, "new", src, exit_code=0, units=0)
+    new, old = store_status(state).runs
+    assert (new.run_id, old.run_id) == ("new", "old")
+    assert old.not_resumable_because == ("a later run with the same inputs and plan options "
+                                         "took its place")
+
+
+def test_other_plan_options_make_another_line_of_runs(state: Path, src: Path) -> None:
+    other_key = PLAN_LAST.replace('"last"', '"first"')
+    with StateStore.open(state) as store:
+        record_run(store, "last", src, exit_code=4)
+        record_run(store, "first", src, exit_code=4, plan_key=other_key,
+                   options={"on_conflict": "first", "set_state": False,
+                            "map": {"job_id": "Job Ref"}, "default_target": "client"})
+    first, last = store_status(state).runs
+    assert first.resumable and last.resumable
+    assert first.resume_command == (
+        f"batch-toggle run {src} --resume --map 'job_id=Job Ref' --set-state false "
+        f"--default-target client --on-conflict first --state {state}")
+
+
+def test_a_changed_or_missing_input_is_named_before_a_resume_refuses_it(state: Path,
+                                                                        src: Path) -> None:
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, exit_code=4)
+    src.write_text("job_id,review_key,do_notify_sms,update_target\nx,y,z,w\n", encoding="utf-8")
+    run = one(state)
+    assert not run.resumable
+    assert run.not_resumable_because == f"input changed since the run began: {src}"
+    assert one(state, check_inputs=False).resumable
+    src.unlink()
+    assert one(state).not_resumable_because == f"input missing: {src}"
+
+
+def test_a_run_that_holds_the_lock_is_running(state: Path, src: Path) -> None:
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, outcomes=[UPDATED])
+        store.acquire_lock("r1", owner="batch-toggle run optouts.csv")
+        status = store_status(state)
+        assert status.lock_holder is not None and status.lock_holder["run_id"] == "r1"
+        (run,) = status.runs
+        assert (run.state, run.resumable) == ("running", False)
+        assert run.not_resumable_because == "it is running now"
+        assert run.holder is not None and run.holder["owner"] == "batch-toggle run optouts.csv"
+    # The holder is gone (even a SIGKILLed one drops a flock): the same run is now killed.
+    status = store_status(state)
+    assert status.lock_holder is None
+    assert status.runs[0].state == "killed"
+
+
+def test_lock_holder_probe_creates_nothing_and_sees_a_free_lock(state: Path) -> None:
+    with StateStore.open(state) as store:
+        assert store.lock_holder() is None
+        assert not Path(f"{state}.lock").exists()
+        store.acquire_lock("r1")
+        store.release_lock()
+        assert store.lock_holder() is None  # the sidecar exists, nobody holds it
+
+
+def test_a_resume_updates_the_unit_count(state: Path, src: Path) -> None:
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, units=10, exit_code=4)
+        store.mark_resumed("r1", resumed_at="2026-11-01T02:00:00+00:00", units=8)
+        record = store.get_run("r1")
+    assert record is not None and (record.units, record.resumes) == (8, 1)
+
+
+# --- the schema-1 file -----------------------------------------------------------------------
+
+
+def _downgrade_to_schema_1(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE runs DROP COLUMN units")
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+
+
+def test_a_schema_1_store_reads_without_unit_counts_and_migrates_when_written(
+        state: Path, src: Path) -> None:
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, outcomes=[UPDATED] * 2, exit_code=4)
+    _downgrade_to_schema_1(state)
+    run = one(state)  # read-only: no migration, the count is unknown
+    assert (run.units, run.units_done, run.resume_sends, run.resumable) == (None, 2, None, True)
+    assert "would send the units without a final outcome" in render_status(store_status(state))
+    with StateStore.open(state) as store:
+        assert store.get_run("r1").units is None  # type: ignore[union-attr]
+    conn = sqlite3.connect(state)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
+# --- looking never writes ---------------------------------------------------------------------
+
+
+def test_status_of_a_missing_store_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "state.sqlite"
+    status = store_status(path)
+    assert (status.exists, status.runs) == (False, ())
+    assert render_status(status) == f"state store {path}: does not exist yet (no runs)"
+    assert not path.parent.exists()
+
+
+def test_status_leaves_the_database_file_as_it_was(state: Path, src: Path) -> None:
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, outcomes=[UPDATED], exit_code=4)
+    before = state.read_bytes()
+    store_status(state)
+    assert state.read_bytes() == before
+    assert not Path(f"{state}.lock").exists()
+
+
+# --- the text and the CLI ---------------------------------------------------------------------
+
+
+def test_status_text_shape(state: Path, src: Path) -> None:
+    """The exact shape operators (and their cron mails) read."""
+    with StateStore.open(state) as store:
+        record_run(store, "20261101T000000Z-aaaaaa", src, units=1, outcomes=[UPDATED],
+                   exit_code=0)
+        record_run(store, "20261102T000000Z-bbbbbb", src, units=200,
+                   outcomes=[UPDATED] * 120 + [RETRYABLE] * 3 + [PERMANENT],
+                   started="2026-11-02T00:00:00+00:00", rows=210)
+        store.mark_resumed("20261102T000000Z-bbbbbb", resumed_at="2026-11-02T01:00:00+00:00")
+    assert render_status(store_status(state)) == f"""\
+state store {state}: 2 runs, newest first
+lock: free
+
+20261102T000000Z-bbbbbb  killed (no exit recorded), resumable
+  inputs:   {src}
+  time:     started 2026-11-02T00:00:00+00:00, resumed 1x (last 2026-11-02T01:00:00+00:00)
+  progress: 124 of 200 units have a final outcome (62%); 210 input rows
+  outcomes: updated 120, failed 4 (3 retryable) (units)
+  resume:   would send 76 units (79 with --retry-failed)
+            batch-toggle run {src} --resume --state {state}
+
+20261101T000000Z-aaaaaa  finished, exit 0
+  inputs:   {src}
+  time:     started 2026-11-01T00:00:00+00:00, ended 2026-11-01T01:00:00+00:00
+  progress: 1 of 1 units have a final outcome (100%); 12 input rows
+  outcomes: updated 1 (units)
+  report:   duplicate 2, updated 1 (rows)
+  resume:   no: it finished (exit 0)"""
+
+
+def test_status_command_prints_the_text_and_json(state: Path, src: Path) -> None:
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, outcomes=[UPDATED] * 4, exit_code=4)
+    runner = CliRunner()
+    text = runner.invoke(main, ["status", "--state", str(state)])
+    assert text.exit_code == 0, text.output
+    assert text.output == render_status(store_status(state)) + "\n"
+    doc = runner.invoke(main, ["status", "--state", str(state), "--json"])
+    assert doc.exit_code == 0
+    data = json.loads(doc.output)
+    assert data["state"] == str(state)
+    (run,) = data["runs"]
+    assert (run["run_id"], run["state"], run["resume_sends"], run["units"]) == ("r1", "stopped",
+                                                                               6, 10)
+
+
+def test_status_of_a_file_that_is_not_a_store_is_one_line_exit_2(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.sqlite"
+    bogus.write_text("hello, not a database" * 100, encoding="utf-8")
+    result = CliRunner().invoke(main, ["status", "--state", str(bogus)])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"batch-toggle: error: state store {bogus}:")
+    assert result.output.count("\n") == 1
+
+
+def test_status_has_help() -> None:
+    result = CliRunner().invoke(main, ["status", "--help"])
+    assert result.exit_code == 0
+    assert "List the runs in the state store" in result.output
