@@ -38,3 +38,17 @@ soak: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# docs/report-screenshot.png: the HTML report of the sample run (with a tiny budget, so that the
+# timeline shows budget waits) rendered by headless Chromium. The only target that installs a
+# system package: Debian's chromium, when it is missing.
+.PHONY: screenshot
+screenshot: $(STAMP)
+	command -v chromium >/dev/null 2>&1 || { apt-get update && apt-get install -y chromium; }
+	rm -rf build/screenshot
+	$(BIN)/batch-toggle run sample_data/optouts_2026_11.csv --sandbox --rate 100/4s --max-rps 50 \
+	  --quiet --report build/screenshot/optouts_2026_11.csv || [ $$? -eq 1 ]
+	chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --hide-scrollbars \
+	  --no-first-run --user-data-dir=build/screenshot/chromium-profile \
+	  --screenshot=docs/report-screenshot.png --window-size=1280,1600 \
+	  file://$(CURDIR)/build/screenshot/optouts_2026_11.csv.html 2>/dev/null

@@ -105,8 +105,8 @@ svg .axis { stroke: #8c959f; stroke-width: 1; }
 .swatch { display: inline-block; width: 10px; height: 10px; margin-right: 4px;
           vertical-align: baseline; }
 table.attention td { font-size: 12px; }
-table.attention td.mono { word-break: normal; overflow-wrap: anywhere; }
-table.attention td.ref { white-space: nowrap; }
+table.attention td.nowrap { white-space: nowrap; word-break: normal; }
+.scroll { overflow-x: auto; }
 .status-ok { color: var(--ok); }
 .status-bad { color: var(--bad); font-weight: 600; }
 .status-warn { color: var(--warn); font-weight: 600; }
@@ -121,7 +121,7 @@ footer { margin-top: 28px; color: var(--muted); font-size: 12px; }
   .grid { display: block; }
   figure { margin-bottom: 12px; }
   a { color: inherit; text-decoration: none; }
-  section.attention { break-before: page; page-break-before: always; }
+  table.attention td, table.attention th { font-size: 9px; padding: 2px 4px; }
 }
 """
 
@@ -405,7 +405,7 @@ def timeline_chart(summary: Mapping[str, Any]) -> str:
         f"requests per {format_duration(width_s)}</span>"
         "<span><i class=\"swatch\" style=\"background:var(--bad)\"></i>429 responses</span>"
         "<span><i class=\"swatch\" style=\"background:var(--wait)\"></i>waiting for the budget "
-        "(window full, 429 pause)</span></p>"
+        "(window full, 429 pause; darker: longer)</span></p>"
     )
     return (f"<figure><figcaption>Timeline</figcaption><svg class=\"chart\" id=\"chart-timeline\" "
             f"role=\"img\" aria-label=\"Requests, 429 responses and budget waits over time\" "
@@ -460,17 +460,20 @@ def _attention(summary: Mapping[str, Any], report: pa.Table, limit: int) -> str:
                 "</section>\n")
     head = "".join(f"<th>{_e(h)}</th>" for h, _ in _ATTENTION_COLUMNS)
     body = "".join(_attention_row(r) for r in rows)
-    intro = (f"<p>{_n(total)} rows are invalid, in conflict, failed, mismatched or not attempted. "
-             "Review keys are masked; <code>--rejects PATH</code> writes these rows unmasked, in "
-             "the input's own layout, ready to fix and re-run.</p>\n")
+    inputs = summary.get("inputs") or []
+    where = (f" (<code>row</code>: the data row of {_e(Path(str(inputs[0].get('file'))).name)})"
+             if len(inputs) == 1 else " (<code>row</code>: file and data row)")
+    intro = (f"<p>{_n(total)} rows are invalid, in conflict, failed, mismatched or not attempted"
+             f"{where}. Review keys are masked; <code>--rejects PATH</code> writes these rows "
+             "unmasked, in the input's own layout, ready to fix and re-run.</p>\n")
     more = ""
     if total > len(rows):
         more = (f"<p class=\"note\" id=\"attention-more\">Showing the first {_n(len(rows))} of "
                 f"{_n(total)}: {_n(total - len(rows))} more are in the report (filter on "
                 "<code>status</code>) and in the file that <code>--rejects</code> writes.</p>\n")
     return (f"<section class=\"attention\" id=\"attention\">\n{title}{intro}"
-            f"<table class=\"attention\" id=\"attention-table\"><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table>\n{more}</section>\n")
+            f"<div class=\"scroll\"><table class=\"attention\" id=\"attention-table\"><thead>"
+            f"<tr>{head}</tr></thead><tbody>{body}</tbody></table></div>\n{more}</section>\n")
 
 
 def _attention_row(row: Mapping[str, Any]) -> str:
@@ -478,16 +481,24 @@ def _attention_row(row: Mapping[str, Any]) -> str:
     for _, key in _ATTENTION_COLUMNS:
         value = row.get(key)
         if key == "_ref":
-            cells.append(f"<td class=\"mono ref\" title=\"{_e(row.get('source_file'))}\">"
+            cells.append(f"<td class=\"mono nowrap\" title=\"{_e(row.get('source_file'))}\">"
                          f"{_e(value)}</td>")
         elif key == "status":
             cells.append(f"<td class=\"status-{_status_class(str(value))}\">{_e(value)}</td>")
-        elif key in ("job_id", "_key", "error_code"):
-            cells.append(f"<td class=\"mono\">{_e(value)}</td>")
+        elif key == "_key":
+            cells.append(f"<td class=\"mono nowrap\">{_e(short_mask(value))}</td>")
+        elif key in ("job_id", "error_code"):
+            cells.append(f"<td class=\"mono nowrap\">{_e(value)}</td>")
         else:
             cells.append(f"<td>{_e(_cell(value))}</td>")
     return (f"<tr data-status=\"{_e(row.get('status'))}\" data-row=\"{_e(row.get('source_row'))}\">"
             f"{''.join(cells)}</tr>")
+
+
+def short_mask(masked: Any) -> str:
+    """The table's compact form of a masked key: `****` and the last 4 characters."""
+    text = mask_key(masked)
+    return "****" + text[len(REVIEW_KEY_MASK_PREFIX):] if text else ""
 
 
 def _cell(value: Any) -> str:
@@ -506,6 +517,7 @@ def attention_rows(summary: Mapping[str, Any], report: pa.Table,
     hits = report.filter(wanted)
     total = hits.num_rows
     keys = review_key_columns(summary, report.column_names)
+    several = len(summary.get("inputs") or []) > 1  # name the file only when there are several
     columns = [c for c in ("source_file", "source_row", "job_id", "update_target",
                            "do_notify_sms", "status", "error_code", "error_message")
                if c in report.column_names]
@@ -515,7 +527,8 @@ def attention_rows(summary: Mapping[str, Any], report: pa.Table,
         key = next((item[k] for k in keys if item.get(k) not in (None, "")), "")
         item = {c: item.get(c) for c in columns}
         item["_key"] = mask_key(key)
-        item["_ref"] = f"{Path(str(item.get('source_file') or '')).name}:{item.get('source_row')}"
+        item["_ref"] = (f"{Path(str(item.get('source_file') or '')).name}:"
+                        f"{item.get('source_row')}" if several else str(item.get("source_row")))
         rows.append(item)
     return rows, total
 
@@ -553,4 +566,4 @@ def _footer(summary: Mapping[str, Any]) -> str:
 
 
 __all__ = ["ATTENTION_LIMIT", "STATUS_MEANING", "attention_rows", "html_path", "mask_key",
-           "render_html", "write_html_report"]
+           "render_html", "short_mask", "write_html_report"]
