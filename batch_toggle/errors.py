@@ -30,7 +30,7 @@ EXIT_PRECEDENCE = (
 )
 
 
-def worst_exit(codes: "set[ExitCode] | list[ExitCode]") -> ExitCode:
+def worst_exit(codes: set[ExitCode] | list[ExitCode]) -> ExitCode:
     """The exit code that wins among several that apply."""
     for code in EXIT_PRECEDENCE:
         if code in codes:

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from batch_toggle.config import PlanOptions
 from batch_toggle.plan import (
-    CONFLICT, DUPLICATE, INVALID, SEND, SUPERSEDED, UNCHANGED, LedgerView, TooManyInvalid,
+    CONFLICT,
+    DUPLICATE,
+    INVALID,
+    SEND,
+    SUPERSEDED,
+    UNCHANGED,
+    LedgerView,
+    TooManyInvalid,
     build_plan,
 )
 
