@@ -27,6 +27,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any, BinaryIO, Final, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -277,13 +278,51 @@ def guard_formulas(values: pa.Array) -> pa.Array:
         return values
     if pa.types.is_string_view(kind):
         values, kind = values.cast(pa.string()), pa.string()
-    hit = pc.is_in(pc.utf8_slice_codeunits(values, 0, 1), value_set=_TRIGGER_SET)
+    hit = _first_char_hits(values)
+    if hit is None:
+        hit = pc.is_in(pc.utf8_slice_codeunits(values, 0, 1), value_set=_TRIGGER_SET)
     if not pc.any(hit).as_py():
         return values
     # Prefix only the hits, then put them back: ~3x cheaper than prefixing every cell.
     hits = pc.filter(values, hit)
     prefixed = pc.binary_join_element_wise(pa.scalar("'", kind), hits, pa.scalar("", kind))
     return pc.replace_with_mask(values, hit, prefixed)
+
+
+# The UTF-8 bytes of the triggers: one ASCII byte, or EF BC xx / EF BD xx for full-width forms.
+_ASCII_TRIGGER: Final = np.zeros(256, dtype=bool)
+_ASCII_TRIGGER[[ord(t) for t in FORMULA_TRIGGERS if ord(t) < 0x80]] = True
+_WIDE_TRIGGERS: Final = np.array(
+    [int.from_bytes(t.encode(), "big") for t in FORMULA_TRIGGERS if ord(t) >= 0x80],
+    dtype=np.int64)
+
+
+def _first_char_hits(values: pa.Array) -> pa.Array | None:
+    """Which cells start with a trigger, read from the first bytes of each cell (~10x cheaper
+    than slicing every string); None for layouts other than pa.string()."""
+    if not pa.types.is_string(values.type) or len(values) == 0:
+        return None
+    _, offsets_buffer, data_buffer = values.buffers()
+    count = len(values)
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32, count=count + 1,
+                            offset=4 * values.offset)
+    hit = np.zeros(count, dtype=bool)
+    if data_buffer is None or offsets[-1] == offsets[0]:
+        return pa.array(hit)
+    data = np.frombuffer(data_buffer, dtype=np.uint8)
+    lengths = np.diff(offsets)
+    rows = np.flatnonzero(lengths > 0)
+    first = data[offsets[rows]]
+    hit[rows] = _ASCII_TRIGGER[first]
+    wide = rows[(first == 0xEF) & (lengths[rows] >= 3)]
+    if len(wide):
+        start = offsets[wide].astype(np.int64)
+        code = (data[start].astype(np.int64) << 16) | (data[start + 1].astype(np.int64) << 8) \
+            | data[start + 2]
+        hit[wide] = np.isin(code, _WIDE_TRIGGERS)
+    if values.null_count:
+        hit &= values.is_valid().to_numpy(zero_copy_only=False)
+    return pa.array(hit)
 
 
 def guard_formula_text(text: str) -> str:
