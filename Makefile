@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench soak clean
+.PHONY: install demo test lint bench bench-peers soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,16 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# Newman (Postman's CLI), one of the peers bench_peers.py compares against, installed from the
+# npm registry into benchmarks/.node/ (git-ignored); then the peer benchmark alone. `make bench`
+# needs no network: without Newman it skips that peer with a message.
+NEWMAN := benchmarks/.node/node_modules/.bin/newman
+$(NEWMAN):
+	npm install --prefix benchmarks/.node --no-audit --no-fund newman@6
+
+bench-peers: $(STAMP) $(NEWMAN)
+	$(BIN)/python benchmarks/bench_peers.py
 
 # 20,000 rows against the sandbox with latency, 5xx, resets, slow replies and 429s, then an
 # audit of every row, the server's state and every request (about 5 minutes; `make test` runs
