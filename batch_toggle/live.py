@@ -281,13 +281,26 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
                         review_key_hash=store.review_key_hash if store is not None else None,
                         run_id=prepared.run_id, operation=operation)
         committer.start()
+        ticker = asyncio.get_running_loop().create_task(_tick(runner, hooks))
         try:
             with runner.signals():
                 await _drive(runner, todo, config, hooks)
         finally:
+            ticker.cancel()
             runner.close()
             await committer.close()
     return runner, runner.counters
+
+
+PROGRESS_TICK = 1.0  # seconds
+
+
+async def _tick(runner: Runner, hooks: Hooks) -> None:
+    """Refresh progress while nothing commits: a run waiting an hour for its budget still
+    shows that it waits, and its ETA counts down."""
+    while True:
+        await asyncio.sleep(PROGRESS_TICK)
+        hooks.progress(runner.progress_snapshot())
 
 
 async def _drive(runner: Runner, todo: list[int], config: JobConfig, hooks: Hooks) -> None:
