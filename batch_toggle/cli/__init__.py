@@ -207,9 +207,14 @@ def build_config(command: str, opts: dict[str, Any], **extra: Any) -> JobConfig:
 def make_hooks(opts: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None,
                events: Callable[[str, dict[str, Any]], None] | None = None) -> Hooks:
     quiet = bool(opts.get("quiet"))
+    above_bar = getattr(progress, "write", None)  # a progress bar prints notices above itself
 
     def notice(message: str) -> None:
-        if not quiet:
+        if quiet:
+            return
+        if above_bar is not None:
+            above_bar(message)
+        else:
             click.echo(message, err=True)
 
     return Hooks(notice=notice, progress=progress or (lambda _s: None),

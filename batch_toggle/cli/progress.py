@@ -6,6 +6,7 @@ tqdm's own ETA extrapolates the recent rate, which is wrong for a budget-bound r
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -30,11 +31,19 @@ class ProgressBar:
         if self._bar is None:
             self._bar = tqdm(total=snap["total"], unit="row", dynamic_ncols=True, leave=True,
                              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {postfix}")
+        self._bar.total = snap["total"]  # grows when a canary's run goes on to the rest
         self._bar.n = snap["done"]
         waiting = f" waiting:{snap['waiting']}" if snap.get("waiting") else ""
         self._bar.set_postfix_str(
             f"req={snap['requests']} 429={snap['responses_429']} fail={snap['failures']} "
             f"eta~{format_duration(snap['eta_s'])}{waiting}", refresh=True)
+
+    def write(self, message: str) -> None:
+        """A notice on stderr that does not break the bar: printed above it while it runs."""
+        if self._bar is None:
+            print(message, file=sys.stderr, flush=True)
+        else:
+            tqdm.write(message, file=sys.stderr)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -433,3 +433,19 @@ def test_progress_bar_on_stderr(sandbox_server: Any, tmp_path: Path, flag: str |
         assert "12/12" in run.stderr
         assert "req=12" in run.stderr and "429=0" in run.stderr and "fail=0" in run.stderr
         assert "eta~" in run.stderr
+
+
+def test_progress_shows_a_wait_for_the_budget_and_the_whole_total_after_a_canary(
+    sandbox_server: Any, tmp_path: Path
+) -> None:
+    # 5 requests per 1.5 s: the first 5 go at once, then the run waits for the window; the
+    # bar must say so while nothing commits, and count the rows after the canary's 2 too.
+    src = write_input(tmp_path / "in.csv", job_rows(sandbox_server.jobs[:8]))
+
+    run = run_cli(sandbox_server, tmp_path, [src], *FAST, "--rate", "5/1.5s", "--canary", "2",
+                  "--progress")
+
+    assert run.code == 0, run.stderr
+    assert "waiting:budget" in run.stderr
+    assert "8/8" in run.stderr  # the bar's total grew from the canary's 2 to all 8
+    assert len(puts(sandbox_server)) == 8
