@@ -130,7 +130,8 @@ def send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--base-url", envvar="LOGIS_BASE_URL", default=DEFAULT_BASE_URL,
                      show_default=True, help="Logis base URL (env LOGIS_BASE_URL)."),
         click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Read the API key from this file (else env LOGIS_API_KEY; never argv)."),
+                     help="Read the API key from this file (else env LOGIS_API_KEY; never argv, "
+                          "a config file or a BATCH_TOGGLE_ variable)."),
         click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
                      help="Requests in flight at once."),
         click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0,
