@@ -42,7 +42,7 @@ bench-peers: $(STAMP) $(NEWMAN)
 
 # 20,000 rows against the sandbox with latency, 5xx, resets, slow replies and 429s, then an
 # audit of every row, the server's state and every request (about 5 minutes; `make test` runs
-# the same at 1,500 rows).
+# the same at 1,000 rows).
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --rows 20000
 
