@@ -2,7 +2,7 @@
 sceptic's audit of what happened.
 
     .venv/bin/python benchmarks/soak.py                 # 20,000 rows (`make soak`)
-    .venv/bin/python benchmarks/soak.py --rows 1500     # what tests/e2e/test_soak.py runs
+    .venv/bin/python benchmarks/soak.py --rows 1000     # what tests/e2e/test_soak.py runs
 
 The sandbox (uvicorn, 127.0.0.1, in a thread of this process) answers with 5-200 ms latency,
 5% 5xx (a share of them HTML pages from a "proxy"), 1% connection resets, 1% replies that stall

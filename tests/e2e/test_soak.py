@@ -1,4 +1,4 @@
-"""The soak, reduced to fit `make test`: 1,500 rows against the sandbox on a real socket with
+"""The soak, reduced to fit `make test`: 1,000 rows against the sandbox on a real socket with
 5-200 ms latency, 5% 5xx (JSON and HTML bodies), 1% resets, 1% replies slower than --timeout,
 and a server budget the client outruns (429s all along). `make soak` runs the same code at
 20,000 rows (benchmarks/soak.py); `check` there is the audit of every claim:
@@ -22,7 +22,7 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-ROWS = 1_500
+ROWS = 1_000
 
 
 def _soak_module() -> ModuleType:
