@@ -139,8 +139,7 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
     previous = _previous_outcomes(store, prepared, bool(resumed))
     todo = _todo(prepared, previous, config.retry_failed)
     if resumed:
-        hooks.notice(f"resume: run {prepared.run_id}: {len(previous):,} units already have an "
-                     f"outcome, {len(todo):,} to send")
+        _announce_resume(config, hooks, prepared.run_id, len(previous), len(todo))
     runner, counters = asyncio.run(_send(config, hooks, store, prepared, todo, transport))
     outcomes = {**previous, **runner.committer.outcomes}
     units = UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
@@ -189,6 +188,18 @@ def _find_resumable(config: JobConfig, store: StateStore, loaded: Any,
             raise InputError(source.name, f"its content changed since run {record.run_id} "
                              "began; resume refused (see `batch-toggle status`)")
     return record
+
+
+def _announce_resume(config: JobConfig, hooks: Hooks, run_id: str, had: int, todo: int) -> None:
+    """A resume states what is left, not only the whole plan: each cron slice's log then says
+    how far the job has come and how long the rest takes."""
+    from .config import format_duration
+    rate = config.send.rate
+    seconds = rate.duration_for(todo, config.send.max_rps)
+    hooks.notice(f"resume: run {run_id}: {had:,} units already have an outcome; {todo:,} to "
+                 f"send: about {format_duration(seconds)} at {rate}")
+    hooks.event("resume", {"run_id": run_id, "units_with_outcome": had, "units_to_send": todo,
+                           "estimated_duration_s": round(seconds, 1)})
 
 
 def _record_start(config: JobConfig, store: StateStore, prepared: Prepared,
