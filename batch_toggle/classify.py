@@ -148,11 +148,14 @@ def _client_error_code(status: int, text: str) -> tuple[str, Kind]:
 
 
 def _redirect(status: int, headers: Mapping[str, str]) -> Verdict:
-    """Redirects are never followed: the key header and the body would go with them."""
+    """Redirects are never followed: the key header and the body would go with them. A base
+    URL that redirects does so for every row, so the run stops (abort) instead of spending one
+    request per row on it."""
     host = urlsplit(_header(headers, "location") or "").hostname
     where = f" to {host}" if host else ""
-    return Verdict("permanent", vocab.FAILED, "unexpected_response",
-                   f"redirect (HTTP {status}){where} not followed", False, status)
+    return Verdict("abort", vocab.FAILED, "unexpected_response",
+                   f"redirect (HTTP {status}){where} not followed; check --base-url", False,
+                   status)
 
 
 def _unexpected(status: int, message: str) -> Verdict:

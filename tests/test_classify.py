@@ -108,9 +108,9 @@ TABLE = [
     pytest.param(503, {}, b"", "client", True,
                  ("retry", "failed", "server_error", True), id="503-empty"),
     pytest.param(301, {"Location": "https://evil.example/x?job_id=1"}, b"", "job", False,
-                 ("permanent", "failed", "unexpected_response", False), id="301-redirect"),
+                 ("abort", "failed", "unexpected_response", False), id="301-redirect"),
     pytest.param(307, {}, b"", "job", False,
-                 ("permanent", "failed", "unexpected_response", False), id="307-no-location"),
+                 ("abort", "failed", "unexpected_response", False), id="307-no-location"),
     pytest.param(405, {}, err("Method not allowed"), "job", False,
                  ("permanent", "failed", "unexpected_response", False), id="405-other-4xx"),
     pytest.param(418, {}, b"teapot", "job", False,
@@ -197,7 +197,7 @@ def test_an_html_404_hints_at_the_base_url() -> None:
 def test_a_redirect_names_only_the_host_it_was_not_followed_to() -> None:
     v = classify_response(302, {"Location": "https://other.example/login?next=/api"}, b"",
                           target="job", desired=False)
-    assert v.message == "redirect (HTTP 302) to other.example not followed"
+    assert v.message == "redirect (HTTP 302) to other.example not followed; check --base-url"
 
 
 # --- the track endpoint ---------------------------------------------------------------------

@@ -262,26 +262,32 @@ def assert_complete(run: Run, n: int) -> None:
 REDIRECTS = (301, 302, 303, 307, 308)
 
 
-def test_redirects_are_never_followed(tmp_path: Path) -> None:
+def test_redirects_are_never_followed_and_stop_the_run(tmp_path: Path) -> None:
     """The key header and the review key would travel with a followed redirect: the target
-    must receive nothing, and the rows fail without a retry (one redirect status per row)."""
-    with serving(answer(lambda s, n: response(200, b"{}"))) as target:
+    must receive nothing. A base URL that redirects does so for every row, so the run stops
+    like an abort (exit 3) instead of spending one request per row."""
+    n = 10
+    with serving(answer(lambda s, k: response(200, b"{}"))) as target:
         location = f"{target.base_url}{TOGGLE}"
 
-        def make(seen: Seen, n: int) -> bytes:
-            status = REDIRECTS[row_of(seen)]
+        def make(seen: Seen, k: int) -> bytes:
+            status = REDIRECTS[row_of(seen) % len(REDIRECTS)]
             return response(status, b"", {"Location": location})
 
         with serving(answer(make)) as api:
-            run = run_cli(tmp_path, api.base_url, "--max-attempts", "3", n=len(REDIRECTS))
+            run = run_cli(tmp_path, api.base_url, "--max-attempts", "3", n=n)
         assert target.requests == [] and target.connections == 0, "the redirect was followed"
-    assert run.code == 1
-    assert_complete(run, len(REDIRECTS))
-    assert statuses(run) == [("failed", "unexpected_response")] * len(REDIRECTS)
-    assert [r["http_status"] for r in run.report] == [str(s) for s in REDIRECTS]
-    assert {r["retryable"] for r in run.report} == {"false"}
-    assert all("not followed" in r["error_message"] for r in run.report)
-    assert len(api.requests) == len(REDIRECTS), "a redirect is final: no retry"
+    assert run.code == 3
+    assert_complete(run, n)
+    failed = [r for r in run.report if r["status"] == "failed"]
+    aborted = [r for r in run.report if r["status"] == "not_attempted"]
+    assert len(failed) + len(aborted) == n
+    assert 1 <= len(failed) <= 4, "only requests already in flight (--concurrency) may finish"
+    assert {r["error_code"] for r in failed} == {"unexpected_response"}
+    assert {r["error_code"] for r in aborted} == {"aborted"}
+    assert all("not followed" in r["error_message"] for r in failed)
+    assert {r["retryable"] for r in failed} == {"false"}
+    assert len(api.requests) == len(failed), "a redirect is final: no retry"
     assert all(s.headers.get("logis-api-key") == API_KEY for s in api.requests)
 
 
