@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pty
+import select
 import subprocess
 import sys
 import time
@@ -129,6 +130,9 @@ def _stderr_on_a_terminal(tmp_path: Path, env: dict[str, str]) -> str:
     chunks: list[bytes] = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
         try:
             data = os.read(master, 65536)
         except OSError:  # EIO: the child closed its end
