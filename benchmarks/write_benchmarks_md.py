@@ -288,10 +288,11 @@ def _scenario_notes(name: str, s: dict[str, Any]) -> list[str]:
         notes.append(
             f"batch-toggle's re-run is `--resume` on the same state store: it sent "
             f"{rr['requests']:,} requests, {rr['wasted']['duplicate']:,} of them for units the "
-            "killed run had already settled (replies that arrived in the instant of the kill, "
-            "before their outcome was committed; at most --concurrency). The other "
-            "contestants have no memory of the killed run, so their re-run is the whole file "
-            "again.")
+            "killed run had already settled: requests in flight at the kill, and answers "
+            "still waiting in the group commit (a SIGKILL loses what was not yet committed; "
+            "nothing that was reported as done is lost, and a re-sent PUT is harmless). The "
+            "other contestants have no memory of the killed run, so their re-run is the whole "
+            "file again.")
     if bt and not s["kill"] and bt["statuses"].get("429"):
         notes.append(f"batch-toggle got {bt['statuses']['429']:,} 429s here.")
     curl = runs.get("xargs-curl")
