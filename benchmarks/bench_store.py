@@ -1,0 +1,396 @@
+"""What the state store costs the sender: per row, and as a share of the sender's ceiling.
+
+    .venv/bin/python benchmarks/bench_store.py [--units 3000] [--repeat 5] [--quick]
+
+The sandbox runs in its own process (uvicorn, as `batch-toggle sandbox` runs it) on a loopback
+socket, no latency, no faults, no budget in the way. The client side is the Runner exactly as
+`live._send` drives it (budget, classification, committer, concurrency 4), sending one PUT per
+unit (distinct jobs of a generated seed, target job), run twice per sample:
+
+    none   Committer(store=None): outcomes kept in memory only;
+    store  Committer(store=StateStore): a real SQLite file on disk (WAL; outcomes and the
+           ledger group-committed with synchronous=FULL, i.e. fsync; every request in the send
+           log as it leaves and again when answered), review keys hashed for the ledger.
+
+Two workloads, each `--repeat` interleaved (none, store) pairs, alternating which goes first:
+
+    ceiling  --max-rps unlimited: how fast the sender goes; the store's share of the ceiling is
+             1 - rps(store) / rps(none), its per-row overhead 1/rps(store) - 1/rps(none);
+    paced    --max-rps 1000 (the brief's "about 1,000 rows a second"): the achieved rate, and
+             the client process's CPU time per row (all threads: event loop, the committer's
+             writer thread, httpx), which is what the store really adds when the pace, not the
+             CPU, sets the rate. The CPU overhead per row against the 1,000 µs a row has at
+             1,000 rows/s is the paced share.
+
+Wall-clock figures move with the machine's load (other processes share its two cores); CPU
+time per row is steadier. Medians are reported, and every sample. Also the store's own cost
+per row without any network (`micro`): the two send-log writes and the outcome commit.
+
+Target (issue 5): the store costs < 10% of the sender's ceiling (`target_met` reads the median
+of the per-pair shares: each pair ran back to back, under the same load).
+Prints one JSON object and writes benchmarks/out/store.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import inspect
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from batch_toggle.committer import Committer  # noqa: E402
+from batch_toggle.config import Rate, SendOptions  # noqa: E402
+from batch_toggle.limiter import Budget  # noqa: E402
+from batch_toggle.outcome import Outcome  # noqa: E402
+from batch_toggle.plan import Units  # noqa: E402
+from batch_toggle.runner import Runner  # noqa: E402
+from batch_toggle.sandbox import load_seed  # noqa: E402
+from batch_toggle.store import LedgerUpdate, StateStore  # noqa: E402
+
+OUT = REPO / "benchmarks" / "out"
+TOGGLE = "/api/apikeys/toggle_sms_notifications"
+KEY = "sandbox-key"
+UNLIMITED = 10**9
+CONCURRENCY = 4
+PACED_RPS = 1000.0
+TARGET_SHARE = 0.10
+
+SERVER = """
+import sys
+from batch_toggle.sandbox import SandboxConfig, run_server
+config = SandboxConfig(seed=sys.argv[1], hourly_limit=int(sys.argv[2]))
+run_server(config, "127.0.0.1", 0, on_ready=lambda url: print(url, flush=True))
+"""
+
+
+# --- the server ---------------------------------------------------------------------------
+
+
+def write_seed(path: Path, jobs: int) -> Path:
+    """A seed with one job per unit, so every unit is its own ledger row."""
+    rng = random.Random(5)
+
+    def uid() -> str:
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+    clients = [uid() for _ in range(max(1, jobs // 4))]
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["job_id", "review_key", "client_id", "do_notify_sms",
+                         "client_do_notify_sms"])
+        for i in range(jobs):
+            writer.writerow([uid(), uid(), clients[i % len(clients)], "true", "true"])
+    return path
+
+
+def start_server(seed: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(seed), str(UNLIMITED)],
+                            stdout=subprocess.PIPE, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()  # the server prints its URL once listening
+    if not line.startswith("http://"):
+        proc.kill()
+        raise RuntimeError(f"the sandbox did not start: {line!r}")
+    return proc, line
+
+
+# --- one sample -----------------------------------------------------------------------------
+
+
+def make_units(jobs: Sequence[Any]) -> Units:
+    n = len(jobs)
+    return Units(
+        row=np.arange(n, dtype=np.int64),
+        job_id=[j.job_id for j in jobs],
+        review_key=[j.review_key for j in jobs],
+        do_notify_sms=np.array([i % 2 == 0 for i in range(n)], dtype=bool),
+        update_target=["job"] * n,
+        after=np.full(n, -1, dtype=np.int64),
+    )
+
+
+def new_client(base_url: str) -> httpx.AsyncClient:
+    """The client `live.make_client` builds, pointed at the server."""
+    return httpx.AsyncClient(
+        base_url=base_url, timeout=httpx.Timeout(30.0),
+        limits=httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY),
+        follow_redirects=False,
+    )
+
+
+def open_store(path: Path, units: Units) -> StateStore:
+    store = StateStore.open(path)
+    store.create_run("bench", command="run", inputs=[("bench.csv", "0" * 64)], plan_key="{}",
+                     options={}, total_rows=len(units), started_at="2026-01-01T00:00:00+00:00",
+                     units=len(units))
+    return store
+
+
+class Probe:
+    """Where the store's time goes, measured from inside (steadier than wall time when other
+    processes share the cores): time the event loop spends in the committer's send-log calls
+    (the sender waits for it: the critical path), CPU time of whichever thread writes outcomes,
+    and how many rows each group commit carries."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.commits = 0
+        self.rows = 0
+        self.loop_s = 0.0
+        self.send_log_blocks_loop = True
+        self.writer_cpu_s = 0.0
+        inner = store.record_outcomes
+
+        def counted(run_id: str, items: Sequence[Any]) -> None:
+            cpu = time.thread_time()
+            try:
+                inner(run_id, items)
+            finally:
+                self.writer_cpu_s += time.thread_time() - cpu
+                self.commits += 1
+                self.rows += len(items)
+
+        store.record_outcomes = counted  # type: ignore[method-assign]
+
+    def wrap(self, committer: Committer) -> None:
+        """Time the send-log calls: on the event loop when they are plain calls (every worker
+        waits), or the awaiting worker's wait when they are coroutines (only that one waits)."""
+        for name in ("send_started", "send_done"):
+            inner = getattr(committer, name)
+            if inspect.iscoroutinefunction(inner):
+                self.send_log_blocks_loop = False
+
+                async def awaited(*args: Any, _inner: Any = inner) -> Any:
+                    t0 = time.perf_counter()
+                    try:
+                        return await _inner(*args)
+                    finally:
+                        self.loop_s += time.perf_counter() - t0
+
+                setattr(committer, name, awaited)
+                continue
+
+            def timed(*args: Any, _inner: Any = inner) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return _inner(*args)
+                finally:
+                    self.loop_s += time.perf_counter() - t0
+
+            setattr(committer, name, timed)
+
+
+async def send_all(base_url: str, units: Units, max_rps: float,
+                   store: StateStore | None, probe: Probe | None = None) -> dict[str, float]:
+    """One Runner over every unit; wall and CPU seconds from the first send to the last
+    commit (committing is part of the work)."""
+    options = SendOptions(base_url=base_url, rate=Rate(UNLIMITED, 3600.0), max_rps=max_rps,
+                          concurrency=CONCURRENCY, timeout=30.0)
+    committer = Committer(store, "bench")
+    if probe is not None:
+        probe.wrap(committer)
+    budget = Budget.from_options(options)
+    async with new_client(base_url) as client:
+        await client.put(TOGGLE, json={"job_id": units.job_id[0], "review_key":
+                         units.review_key[0], "do_notify_sms": "true", "update_target": "job"},
+                         headers={"LOGIS-API-KEY": KEY})  # connect outside the clock
+        runner = Runner(units, client=client, api_key=KEY, options=options, budget=budget,
+                        committer=committer, run_id="bench",
+                        review_key_hash=store.review_key_hash if store else None)
+        committer.start()
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            await runner.run(list(range(len(units))))
+        finally:
+            runner.close()
+            await committer.close()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    updated = sum(o.status == "updated" for o in committer.outcomes.values())
+    if updated != len(units) or runner.stop is not None:
+        raise RuntimeError(f"{updated} of {len(units)} updated, stop={runner.stop}")
+    return {"wall_s": wall, "cpu_s": cpu, "rps": len(units) / wall,
+            "cpu_us_per_row": cpu / len(units) * 1e6}
+
+
+def sample(base_url: str, units: Units, max_rps: float, tmp: Path, name: str,
+           with_store: bool) -> dict[str, float]:
+    if not with_store:
+        return asyncio.run(send_all(base_url, units, max_rps, None))
+    path = tmp / f"{name}.sqlite"
+    store = open_store(path, units)
+    probe = Probe(store)
+    try:
+        result = asyncio.run(send_all(base_url, units, max_rps, store, probe))
+    finally:
+        store.close()
+    n = len(units)
+    result["commits"] = probe.commits
+    result["rows_per_commit"] = probe.rows / max(1, probe.commits)
+    result["send_log_us_per_row"] = probe.loop_s / n * 1e6
+    result["send_log_blocks_loop"] = float(probe.send_log_blocks_loop)
+    result["writer_cpu_us_per_row"] = probe.writer_cpu_s / n * 1e6
+    return result
+
+
+def workload(base_url: str, units: Units, max_rps: float, repeat: int,
+             tmp: Path, label: str) -> dict[str, Any]:
+    samples: dict[str, list[dict[str, float]]] = {"none": [], "store": []}
+    for i in range(repeat):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        for with_store in order:
+            key = "store" if with_store else "none"
+            samples[key].append(sample(base_url, units, max_rps, tmp, f"{label}-{i}",
+                                       with_store))
+            print(f"bench_store: {label} {key} #{i}: {samples[key][-1]['rps']:.0f} rows/s, "
+                  f"{samples[key][-1]['cpu_us_per_row']:.0f} µs CPU/row", file=sys.stderr,
+                  flush=True)
+
+    def med(key: str, field: str) -> float:
+        return statistics.median(s[field] for s in samples[key])
+
+    rps_none, rps_store = med("none", "rps"), med("store", "rps")
+    cpu_none, cpu_store = med("none", "cpu_us_per_row"), med("store", "cpu_us_per_row")
+    # Paired per sample as well: each pair ran back to back, under the same load.
+    paired = [1 - s["rps"] / n["rps"] for n, s in zip(samples["none"], samples["store"],
+                                                      strict=True)]
+    return {
+        "units": len(units),
+        "max_rps": max_rps if max_rps < UNLIMITED else "unlimited",
+        "rps_none": round(rps_none), "rps_store": round(rps_store),
+        "wall_overhead_us_per_row": round(1e6 / rps_store - 1e6 / rps_none, 1),
+        "share_of_ceiling": round(1 - rps_store / rps_none, 4),
+        "share_of_ceiling_paired_median": round(statistics.median(paired), 4),
+        "cpu_us_per_row_none": round(cpu_none, 1), "cpu_us_per_row_store": round(cpu_store, 1),
+        "cpu_overhead_us_per_row": round(cpu_store - cpu_none, 1),
+        "cpu_share": round((cpu_store - cpu_none) / cpu_none, 4),
+        # At a set pace the budget per row is 1/max_rps: the CPU the store takes of it.
+        "cpu_overhead_share_of_row_time": (round((cpu_store - cpu_none) * max_rps / 1e6, 4)
+                                           if max_rps < UNLIMITED else None),
+        "rows_per_commit": round(med("store", "rows_per_commit"), 2),
+        # The send log's time per row before a request may leave: on the event loop (every
+        # worker waits) when the committer logs synchronously, else the one worker's wait.
+        "send_log_us_per_row": round(med("store", "send_log_us_per_row"), 1),
+        "send_log_blocks_loop": bool(samples["store"][0]["send_log_blocks_loop"]),
+        "writer_cpu_us_per_row": round(med("store", "writer_cpu_us_per_row"), 1),
+        "samples": {k: [{f: round(x, 4) for f, x in s.items()} for s in v]
+                    for k, v in samples.items()},
+    }
+
+
+# --- the store alone ------------------------------------------------------------------------
+
+
+def micro(tmp: Path, n: int, batch: float) -> dict[str, float]:
+    """The store's own calls per row, no network: what the event loop pays (two send-log
+    writes) and what the writer thread pays (the outcome commit, in batches of `batch`)."""
+    units = make_units([_Job(str(uuid.uuid4()), str(uuid.uuid4())) for _ in range(n)])
+    store = open_store(tmp / "micro.sqlite", units)
+    try:
+        t0 = time.perf_counter()
+        for i in range(n):
+            wall = time.time()
+            store.record_sends([(f"m{i}", wall, None)])
+            store.record_sends([(f"m{i}", wall, wall + 0.001)])
+        sends = (time.perf_counter() - t0) / n
+        size = max(1, round(batch))
+        outcome = Outcome("updated", http_status=200, attempts=1, entity_id="e",
+                          confirmed_do_notify_sms=True, sent_at="2026-01-01T00:00:00.000+00:00",
+                          latency_ms=1.0)
+        t0 = time.perf_counter()
+        for start in range(0, n, size):
+            items = []
+            for i in range(start, min(n, start + size)):
+                ledger = LedgerUpdate(units.job_id[i], "job", True,
+                                      store.review_key_hash(units.review_key[i]), "e", None,
+                                      "2026-01-01T00:00:00Z", "bench")
+                items.append((i, outcome, ledger))
+            store.record_outcomes("bench", items)
+        outcomes = (time.perf_counter() - t0) / n
+    finally:
+        store.close()
+    return {"send_log_us_per_row": round(sends * 1e6, 1),
+            "outcome_commit_us_per_row": round(outcomes * 1e6, 1),
+            "batch_rows": size}
+
+
+class _Job:
+    def __init__(self, job_id: str, review_key: str) -> None:
+        self.job_id, self.review_key = job_id, review_key
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def run(units_n: int, repeat: int, state_dir: Path | None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-store-seed-") as seed_tmp, \
+            tempfile.TemporaryDirectory(prefix="bench-store-", dir=state_dir) as tmp:
+        seed = write_seed(Path(seed_tmp) / "seed.csv", units_n)
+        units = make_units(load_seed(seed).jobs)
+        proc, base_url = start_server(seed)
+        try:
+            ceiling = workload(base_url, units, UNLIMITED, repeat, Path(tmp), "ceiling")
+            paced = workload(base_url, units, PACED_RPS, repeat, Path(tmp), "paced")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        small = micro(Path(tmp), min(units_n, 2000), ceiling["rows_per_commit"])
+    return {"benchmark": "store", "ceiling": ceiling, "paced": paced, "micro": small}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--units", type=int, default=3000, help="units (requests) per sample")
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved pairs per workload")
+    parser.add_argument("--quick", action="store_true", help="1,500 units, 3 pairs (make bench)")
+    parser.add_argument("--state-dir", type=Path, default=REPO / "benchmarks" / "out",
+                        help="where the store files go (a real disk, so fsync is real; "
+                             "/tmp may be tmpfs)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.units, args.repeat = 1500, 3
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    result = run(args.units, args.repeat, args.state_dir)
+    # Each pair ran back to back under the same load: the paired median is the steadier figure.
+    share = result["ceiling"]["share_of_ceiling_paired_median"]
+    result.update({
+        "target_share": TARGET_SHARE,
+        "target_met": share < TARGET_SHARE,
+        "server": "sandbox in its own process (uvicorn), loopback, no latency, no faults",
+        "concurrency": CONCURRENCY,
+        "python": platform.python_version(), "httpx": httpx.__version__,
+        "sqlite": _sqlite_version(), "cpus": os.cpu_count(),
+        "load_average": {"before": round(load_before, 2),
+                         "after": round(os.getloadavg()[0], 2)},
+    })
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "store.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result))
+
+
+def _sqlite_version() -> str:
+    import sqlite3
+    return sqlite3.sqlite_version
+
+
+if __name__ == "__main__":
+    main()
