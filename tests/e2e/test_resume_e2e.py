@@ -427,6 +427,7 @@ def test_a_second_run_on_a_locked_store_says_who_holds_it_and_sends_nothing(
     try:
         wait_until(lambda: len(puts(srv)) >= 1, 20, "the first run to start sending")
         second = run_cli(srv, tmp_path, [b], report="b.csv.report.csv")
+        status = status_cli(tmp_path)
     finally:
         proc.send_signal(signal.SIGINT)
         _, first_err = proc.communicate(timeout=CLI_TIMEOUT)
@@ -434,6 +435,10 @@ def test_a_second_run_on_a_locked_store_says_who_holds_it_and_sends_nothing(
     holder = only_run(tmp_path)
     assert f"is in use by run {holder.run_id}" in second.stderr
     assert f"pid {proc.pid}" in second.stderr
+    # status, meanwhile, read the store without taking the lock and saw the run going.
+    assert f"lock: held by run {holder.run_id} (pid {proc.pid}" in status.stdout
+    assert f"{holder.run_id}  running (pid {proc.pid})\n" in status.stdout
+    assert "resume:   no: it is running now" in status.stdout
     assert not second.rows  # no report: nothing was decided, nothing sent
     assert not {r["job_id"] for r in puts(srv)} & {j.job_id for j in srv.jobs[40:45]}
     assert proc.returncode == 130, first_err
