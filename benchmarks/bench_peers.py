@@ -312,6 +312,8 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="+", default=["hour", "storm", "kill", "raw"],
                         choices=["hour", "storm", "kill", "raw"])
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
+    parser.add_argument("--max-seconds", type=float, default=330.0,
+                        help="start no new scenario after this long (make bench's 10 minutes)")
     args = parser.parse_args()
     started = time.perf_counter()
     datasets = {b: Dataset.make(b) for b in {args.blocks, args.small_blocks}}
@@ -319,29 +321,9 @@ def main() -> None:
     skipped = {p: why for p in args.peers if (why := missing_tool(p))}
     for peer, why in skipped.items():
         print(f"bench_peers: skipping {peer}: {why}", file=sys.stderr)
-    results: dict[str, Any] = {}
     plan = scenarios(args.blocks, args.small_blocks)
-    with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
-        for key in args.scenarios:
-            for scenario in plan[key]:
-                runs: dict[str, Any] = {}
-                for peer in args.peers:
-                    if peer in skipped:
-                        continue
-                    work = Path(tmp) / scenario.name / peer
-                    work.mkdir(parents=True)
-                    t0 = time.perf_counter()
-                    runs[peer] = one_run(peer, scenario, datasets[scenario.blocks], work, env)
-                    print(f"bench_peers: {scenario.name:12} {peer:13} "
-                          f"{time.perf_counter() - t0:6.1f} s  requests {runs[peer]['requests']:>6}"
-                          f"  wasted {runs[peer]['wasted']['total']:>6}  desired "
-                          f"{runs[peer]['rows_desired']}/{runs[peer]['rows_scored']}",
-                          file=sys.stderr)
-                results[scenario.name] = {**asdict(scenario),
-                                          "rows": datasets[scenario.blocks].data["messy"]["rows"],
-                                          "runs": runs}
-    record = {
-        "benchmark": "peers",
+    record: dict[str, Any] = {
+        "benchmark": "peers", "complete": False,
         "data": {str(ds.data["messy"]["rows"]): {
             "blocks": b, "seed_jobs": ds.data["seed_jobs"], "dir": display([str(ds.path)]),
             "messy_rows_scored": sum(1 for i in ds.data["messy"]["intents"] if i),
@@ -349,13 +331,48 @@ def main() -> None:
         } for b, ds in sorted(datasets.items())},
         "generator": "benchmarks/peers/make_data.py",
         "time_scale": TIME_SCALE, "api_key": "a sandbox key (not a secret)",
-        "skipped": skipped, "versions": versions(), "scenarios": results,
-        "duration_s": round(time.perf_counter() - started, 1),
+        "skipped": skipped, "versions": versions(), "scenarios": {}, "out_of_time": [],
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "peers.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
+        for key in args.scenarios:
+            for scenario in plan[key]:
+                if time.perf_counter() - started > args.max_seconds:
+                    print(f"bench_peers: {args.max_seconds:g} s spent: skipping {scenario.name}",
+                          file=sys.stderr)
+                    record["out_of_time"].append(scenario.name)
+                    continue
+                record["scenarios"][scenario.name] = run_scenario(
+                    scenario, args.peers, skipped, datasets[scenario.blocks], Path(tmp), env)
+                save(record, started)  # so that a run stopped later still leaves these
+    record["complete"] = not record["out_of_time"]
+    save(record, started)
     print(json.dumps({"benchmark": "peers", "duration_s": record["duration_s"],
                       "written": "benchmarks/out/peers.json"}))
+
+
+def run_scenario(scenario: Scenario, peers: list[str], skipped: dict[str, str], ds: Dataset,
+                 tmp: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Every contestant through one scenario, each against its own fresh sandbox."""
+    runs: dict[str, Any] = {}
+    for peer in peers:
+        if peer in skipped:
+            continue
+        work = tmp / scenario.name / peer
+        work.mkdir(parents=True)
+        t0 = time.perf_counter()
+        r = runs[peer] = one_run(peer, scenario, ds, work, env)
+        print(f"bench_peers: {scenario.name:12} {peer:13} {time.perf_counter() - t0:6.1f} s  "
+              f"requests {r['requests']:>6}  wasted {r['wasted']['total']:>6}  desired "
+              f"{r['rows_desired']}/{r['rows_scored']}", file=sys.stderr)
+    return {**asdict(scenario), "rows": ds.data["messy"]["rows"], "runs": runs}
+
+
+def save(record: dict[str, Any], started: float) -> None:
+    record["duration_s"] = round(time.perf_counter() - started, 1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = OUT / "peers.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(OUT / "peers.json")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ other benchmarks' last results (from benchmarks/out/) are reused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -75,19 +77,31 @@ def run_one(name: str, script_name: str, wanted: tuple[tuple[str, ...], ...],
     out_file = OUT / f"{name}.json"
     started_wall = time.time()
     started = time.perf_counter()
+    # stderr goes straight to the console (progress); stdout is the result. Its own session,
+    # so that a benchmark stopped for taking too long takes its servers and clients with it.
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)},
+                            start_new_session=True)
     try:
-        # stderr goes straight to the console (progress); stdout is the result.
-        proc = subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=limit,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        stdout, _ = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         print(f"run_all: {name} took longer than {limit:g} s: stopped", file=sys.stderr)
+        partial = _fresh(out_file, started_wall)
+        if partial is not None:
+            return {"status": "partial", "command": shown, "limit_s": limit,
+                    "seconds": limit, "result": partial}
         return {"status": "timeout", "command": shown, "limit_s": limit}
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
     seconds = round(time.perf_counter() - started, 1)
-    result = None
-    if out_file.exists() and out_file.stat().st_mtime >= started_wall - 1:
-        result = json.loads(out_file.read_text(encoding="utf-8"))
-    else:
-        result = last_json_line(proc.stdout)
+    result = _fresh(out_file, started_wall)
+    if result is None:
+        result = last_json_line(stdout)
         if result is not None:
             out_file.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     status = "ok" if result is not None else "failed"
@@ -95,6 +109,16 @@ def run_one(name: str, script_name: str, wanted: tuple[tuple[str, ...], ...],
         print(f"run_all: {name} exited {proc.returncode} without a result", file=sys.stderr)
     return {"status": status, "command": shown, "exit_code": proc.returncode,
             "seconds": seconds, "result": result}
+
+
+def _fresh(path: Path, since: float) -> dict[str, Any] | None:
+    """The JSON a benchmark wrote at `path` during this run (None: none, or an older one)."""
+    try:
+        if path.stat().st_mtime >= since - 1:
+            return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def first_line(argv: list[str]) -> str | None:
@@ -182,8 +206,8 @@ def main() -> int:
         path = write(record, REPO / "BENCHMARKS.md")
         print(f"run_all: wrote {path.relative_to(REPO)}", file=sys.stderr)
     print(f"run_all: done in {record['total_s']:.0f} s", file=sys.stderr)
-    failed = [n for n, b in record["benchmarks"].items() if b.get("status") in ("failed",
-                                                                                   "timeout")]
+    failed = [n for n, b in record["benchmarks"].items()
+              if b.get("status") in ("failed", "timeout", "partial")]
     return 1 if failed else 0
 
 

@@ -218,6 +218,8 @@ def peers_section(entry: dict[str, Any]) -> list[str]:
     out += ["", "Sandbox: `python -m batch_toggle sandbox --port 0 --seed "
             "benchmarks/data/peers/<rows>-rows/seed.csv --hourly-limit N --window W "
             "--api-key KEY`, one per run."]
+    if res.get("out_of_time"):
+        out += ["", "Not run, out of time: " + ", ".join(res["out_of_time"]) + "."]
     if res.get("skipped"):
         out += ["", "Skipped: " + "; ".join(f"{p} ({why})" for p, why in res["skipped"].items())]
     return out + [""]
@@ -449,8 +451,11 @@ def render(record: dict[str, Any]) -> str:
     order = ("peers", "validate", "sender", "store", "sandbox")
     for name in order:
         entry = record["benchmarks"].get(name)
-        if not entry or entry.get("status") != "ok" or not entry.get("result"):
+        if not entry or entry.get("status") not in ("ok", "partial") or not entry.get("result"):
             continue
+        if entry["status"] == "partial":
+            out += [f"> **{TITLES[name]}: incomplete.** It was stopped after "
+                    f"{entry.get('limit_s', 0):g} s; what follows is what it had finished.", ""]
         try:
             out += RENDER.get(name, lambda e, t=TITLES[name]: generic_section(t, e))(entry)
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
@@ -468,6 +473,8 @@ def _status(b: dict[str, Any]) -> str:
         return "ok" if code in (0, None) else f"ok (exit {code}: a target missed, see below)"
     if status == "missing":
         return "not written yet (skipped)"
+    if status == "partial":
+        return "**stopped (time limit)**: partial results"
     return f"**{status}**"
 
 
