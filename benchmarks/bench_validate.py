@@ -192,7 +192,12 @@ def inputs(rows: int) -> dict[str, Path]:
 
 
 def measure(argv: list[str], expect: set[int]) -> tuple[float, float, float]:
-    """(wall seconds, CPU seconds, peak RSS MB) of one child process, from fork to exit."""
+    """(wall seconds, CPU seconds, peak RSS MB) of one child process, from fork to exit.
+
+    Dirty pages of earlier runs are flushed first, so that no process pays for another's
+    writes (validate fsyncs its report before renaming it into place; the baseline does not).
+    """
+    os.sync()
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
     assert proc.stderr is not None
