@@ -26,11 +26,11 @@ SAMPLE = str(REPO / "sample_data" / "optouts_2026_11.csv")
 
 
 def _commands() -> list[tuple[str, click.Command]]:
-    return sorted(main.commands.items())
+    return sorted(main.all_commands().items())
 
 
 def test_there_are_commands_to_walk() -> None:
-    assert {"validate", "run", "audit", "sandbox"} <= set(main.commands)
+    assert {"validate", "run", "audit", "sandbox", "status"} <= set(main.all_commands())
 
 
 @pytest.mark.parametrize("name, command", _commands(), ids=[n for n, _ in _commands()])

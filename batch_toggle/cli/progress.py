@@ -10,15 +10,13 @@ import sys
 import time
 from typing import Any
 
-from tqdm import tqdm
-
 from batch_toggle.config import format_duration
 
 
 class ProgressBar:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self._bar: tqdm | None = None
+        self._bar: Any = None
         self._last = 0.0
 
     def __call__(self, snap: dict[str, Any]) -> None:
@@ -29,6 +27,8 @@ class ProgressBar:
             return  # at most 10 redraws a second: a fast run must not spend itself drawing
         self._last = now
         if self._bar is None:
+            from tqdm import tqdm  # only when a bar is shown: tqdm costs import time
+
             self._bar = tqdm(total=snap["total"], unit="row", dynamic_ncols=True, leave=True,
                              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {postfix}")
         self._bar.total = snap["total"]  # grows when a canary's run goes on to the rest
@@ -43,7 +43,7 @@ class ProgressBar:
         if self._bar is None:
             print(message, file=sys.stderr, flush=True)
         else:
-            tqdm.write(message, file=sys.stderr)
+            self._bar.write(message, file=sys.stderr)
 
     def close(self) -> None:
         if self._bar is not None:
