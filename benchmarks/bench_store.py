@@ -179,20 +179,20 @@ class Probe:
             if inspect.iscoroutinefunction(inner):
                 self.send_log_blocks_loop = False
 
-                async def awaited(*args: Any, _inner: Any = inner) -> Any:
+                async def awaited(*args: Any, _inner: Any = inner, **kwargs: Any) -> Any:
                     t0 = time.perf_counter()
                     try:
-                        return await _inner(*args)
+                        return await _inner(*args, **kwargs)
                     finally:
                         self.loop_s += time.perf_counter() - t0
 
                 setattr(committer, name, awaited)
                 continue
 
-            def timed(*args: Any, _inner: Any = inner) -> Any:
+            def timed(*args: Any, _inner: Any = inner, **kwargs: Any) -> Any:
                 t0 = time.perf_counter()
                 try:
-                    return _inner(*args)
+                    return _inner(*args, **kwargs)
                 finally:
                     self.loop_s += time.perf_counter() - t0
 
