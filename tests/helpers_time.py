@@ -8,9 +8,9 @@
 
 Timers (asyncio.sleep, asyncio.timeout, call_later) advance the loop's clock to the next
 deadline as soon as no callback is ready, so an hour of backoff takes microseconds. Work in
-other threads (run_in_executor, e.g. a SQLite commit) is waited for in real time when nothing
-else is scheduled, bounded by `real_wait`, after which the loop declares a deadlock instead of
-hanging the test run. The same approach as tests/test_limiter.py, plus that thread handling and
+other threads (run_in_executor, e.g. a SQLite commit) takes no virtual time: while a job is out,
+the clock does not move and the loop waits for it in real time, bounded by `real_wait`, after
+which it declares a deadlock instead of hanging the test run. The same approach as tests/test_limiter.py, plus that thread handling and
 an asyncio.run-style cleanup of leftover tasks.
 """
 
@@ -34,7 +34,15 @@ class _AdvancingSelector(selectors.SelectSelector):
 
     def select(self, timeout: float | None = None) -> list[Any]:
         ready = super().select(0)  # I/O already there (e.g. a worker thread's wake-up)
-        if ready:
+        if ready or timeout == 0:
+            return ready
+        if self._loop.threads_busy:
+            # Work handed to a thread takes no virtual time: wait for it in real time before
+            # the clock moves, or a task awaiting it would see every timer fire first.
+            ready = super().select(self._real_wait)
+            if not ready:
+                raise RuntimeError(f"deadlock: a worker thread did not finish within "
+                                   f"{self._real_wait:g} s")
             return ready
         if timeout is None:
             # Nothing scheduled: only another thread can make progress. Wait for it in real
@@ -53,10 +61,21 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def __init__(self, real_wait: float = 10.0) -> None:
         self.now = 0.0
+        self.threads_busy = 0  # run_in_executor jobs not yet delivered back to the loop
         super().__init__(selector=_AdvancingSelector(self, real_wait))
 
     def time(self) -> float:
         return self.now
+
+    def run_in_executor(self, executor: Any, func: Callable[..., T], *args: Any
+                        ) -> asyncio.Future[T]:
+        future = super().run_in_executor(executor, func, *args)
+        self.threads_busy += 1
+        future.add_done_callback(self._thread_done)
+        return future
+
+    def _thread_done(self, _future: asyncio.Future[Any]) -> None:
+        self.threads_busy -= 1
 
 
 def run_virtual(factory: Callable[[], Coroutine[Any, Any, T]], *, real_wait: float = 10.0) -> T:
