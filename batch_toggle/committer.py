@@ -3,6 +3,18 @@
 Outcomes are group-committed: one writer task drains whatever has queued up and commits it in
 one SQLite transaction on a dedicated thread, so an fsync per row never caps the send rate.
 Progress only counts a row after its commit returned: a `kill -9` loses nothing that was shown.
+
+The send log: a request is committed to the log before it leaves, so a run killed mid-request
+still leaves its budget use on record (synchronous=NORMAL: it survives a killed process; the
+next outcome commit fsyncs it). When the database is free the event loop writes that record
+itself (tens of microseconds); when the writer thread holds it (an outcome commit waits on its
+fsync), the request waits for the thread to write it, and the event loop goes on with other
+requests' replies meanwhile. The runner waives the wait while its run cannot fill a budget
+window (see Runner._budget_tight): the record is then queued, and the thread commits it within
+a round, about a millisecond. The time a reply came is logged without waiting, with the next
+send or the next batch of outcomes (a record with no reply time is taken as answered at the
+timeout, which only makes a resumed budget more careful). The two writers take turns through
+one lock: colliding in SQLite's own busy handler would sleep whole milliseconds.
 """
 
 from __future__ import annotations
@@ -10,12 +22,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .outcome import Outcome
 from .store import LedgerUpdate, StateStore
+
+MIN_ROUND = 0.0  # seconds a commit round waits for more outcomes to gather
+SendEntry = tuple[str, float, float | None]  # (send_id, wall_sent, wall_done or None)
 
 
 @dataclass(frozen=True)
@@ -29,7 +45,7 @@ class Finished:
 
 
 class Committer:
-    """Collect outcomes; persist them in batches when a store is present."""
+    """Collect outcomes; persist them (and the send log) when a store is present."""
 
     def __init__(self, store: StateStore | None, run_id: str,
                  on_committed: Callable[[Finished], None] = lambda _f: None) -> None:
@@ -38,15 +54,20 @@ class Committer:
         self.outcomes: dict[int, Outcome] = {}  # by unit index, for the report
         self._on_committed = on_committed
         self._queue: list[Finished] = []
+        self._sends: list[SendEntry] = []  # for the thread: sends waited on, reply times
+        self._send_waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt-store")
+        self._db = threading.Lock()  # one writer at a time: the event loop or the thread
         self._task: asyncio.Task[None] | None = None
         self._send_ids = itertools.count()
         self._send_prefix = f"{run_id}-{os.getpid()}-"
         self.error: BaseException | None = None
         self._committing = False
         self._idle = asyncio.Event()
+        self._hurry = False  # a flush or close is waiting
+        self.min_round = MIN_ROUND
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._writer())
@@ -57,24 +78,58 @@ class Committer:
         self._queue.append(finished)
         self._wake.set()
 
-    def send_started(self, wall: float) -> str | None:
-        """Log a request as it leaves, so a killed run still leaves its budget use on record."""
+    async def send_started(self, wall: float, wait: bool = True) -> str | None:
+        """Log a request about to leave. With `wait`, it is committed before this returns, so a
+        killed run still leaves its budget use on record; without, it is queued for the writer
+        thread, which commits it within a round (about a millisecond): the caller decides when
+        that small risk cannot matter (see Runner._budget_tight). Raises when the store has
+        failed (the request must then not be sent)."""
         if self.store is None:
             return None
+        if self.error is not None:
+            raise self.error
         send_id = f"{self._send_prefix}{next(self._send_ids)}"
-        self.store.record_sends([(send_id, wall, None)])
+        entry = (send_id, wall, None)
+        if not wait:
+            self._sends.append(entry)
+            self._wake.set()
+            return send_id
+        if self._db.acquire(blocking=False):  # the database is free: write it here, now,
+            # with whatever the thread has not written yet (reply times, waiting sends)
+            pending, self._sends = self._sends, []
+            waiters, self._send_waiters = self._send_waiters, []
+            try:
+                self.store.record_sends([*pending, entry])
+            except BaseException as exc:
+                self._sends[:0], self._send_waiters[:0] = pending, waiters
+                raise exc from None
+            finally:
+                self._db.release()
+            _settle(waiters, None)
+            return send_id
+        waiter = asyncio.get_running_loop().create_future()
+        self._sends.append(entry)
+        self._send_waiters.append(waiter)
+        self._wake.set()
+        await waiter  # the thread writes it first thing in its next round
         return send_id
 
     def send_done(self, send_id: str | None, sent: float, done: float) -> None:
+        """Log when the request's reply (or timeout, or error) came, with the next batch."""
         if self.store is not None and send_id is not None:
-            self.store.record_sends([(send_id, sent, done)])
+            self._sends.append((send_id, sent, done))
+            self._wake.set()
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
-        while self._queue or self._committing:
-            self._wake.set()
-            await self._idle.wait()
-            self._idle.clear()
+        self._hurry = True
+        try:
+            while self._queue or self._sends or self._committing:
+                self._wake.set()
+                await self._idle.wait()
+                self._idle.clear()
+        finally:
+            self._hurry = False
 
     async def close(self) -> None:
         """Commit everything queued, then stop the writer."""
@@ -88,26 +143,65 @@ class Committer:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
+            if self.min_round > 0 and not (self._closed or self._hurry or self._send_waiters):
+                # Let a few outcomes gather (a commit round costs a thread hop and an fsync),
+                # unless a request waits on the send log or a flush/close waits on us.
+                await asyncio.sleep(self.min_round)
             self._wake.clear()
+            sends, self._sends = self._sends, []
+            waiters, self._send_waiters = self._send_waiters, []
             batch, self._queue = self._queue, []
-            if batch:
+            if sends or batch or waiters:
                 self._committing = True
                 try:
-                    await self._commit(loop, batch)
+                    await self._commit(loop, sends, waiters, batch)
                 finally:
                     self._committing = False
             self._idle.set()
-            if self._closed and not self._queue:
+            if self._closed and not self._queue and not self._sends:
                 return
 
-    async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[Finished]) -> None:
-        if self.store is not None and self.error is None:
-            items = [(f.row, f.outcome, f.ledger) for f in batch]
-            try:
-                await loop.run_in_executor(self._executor, self.store.record_outcomes,
-                                           self.run_id, items)
-            except Exception as exc:  # noqa: BLE001 - reported by the runner, run stops
-                self.error = exc
-                return
+    async def _commit(self, loop: asyncio.AbstractEventLoop, sends: list[SendEntry],
+                      waiters: list[asyncio.Future[None]], batch: list[Finished]) -> None:
+        """One round on the writer thread: the send log first (requests may be waiting on it;
+        they are let go as soon as it is committed), then the outcomes in one transaction."""
+        if self.store is None or self.error is not None:
+            _settle(waiters, self.error)
+            self._committed(batch)
+            return
+        store = self.store
+        items = [(f.row, f.outcome, f.ledger) for f in batch]
+
+        def write() -> None:
+            with self._db:
+                try:
+                    store.record_sends(sends)
+                except BaseException as exc:
+                    loop.call_soon_threadsafe(_settle, waiters, exc)
+                    raise
+                if waiters:
+                    loop.call_soon_threadsafe(_settle, waiters, None)
+                store.record_outcomes(self.run_id, items)
+
+        try:
+            await loop.run_in_executor(self._executor, write)
+        except Exception as exc:  # noqa: BLE001 - reported by the runner, run stops
+            self.error = exc
+            _settle(waiters, exc)  # in case the thread failed before it could say so
+            return
+        self._committed(batch)
+
+    def _committed(self, batch: list[Finished]) -> None:
         for finished in batch:
             self._on_committed(finished)
+
+
+def _settle(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    """Let requests waiting on the send log go (or fail them when it could not be written)."""
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)

@@ -179,6 +179,8 @@ class Runner:
         self._headers = {"LOGIS-API-KEY": api_key, "Content-Type": "application/json",
                          "User-Agent": f"batch-toggle/{__version__}"}
         self._stop_event = asyncio.Event()
+        self._parked: set[asyncio.Task[Any]] = set()  # workers waiting in _race
+        self._unparked: set[asyncio.Task[Any]] = set()  # ... that a stop has cancelled
         self._cond = asyncio.Condition()
         self._ready: deque[int] = deque()
         self._waiting_on: dict[int, list[int]] = {}
@@ -217,6 +219,7 @@ class Runner:
         if self.stop is None or _STOP_RANK[stop.exit_code] < _STOP_RANK[self.stop.exit_code]:
             self.stop = stop
         self._stop_event.set()
+        self._unpark()
         asyncio.get_running_loop().create_task(self._notify())
 
     def progress_snapshot(self) -> dict[str, Any]:
@@ -358,24 +361,27 @@ class Runner:
             return None, "", 0.0, 0.0
         self._started += 1
         wall = self.clocks.wall()
-        sent_at = datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
-        t0 = self.clocks.mono()
         try:
             # Recorded before it leaves: a run killed mid-request still leaves its budget use
-            # on record. If that cannot be recorded, the request is not sent.
-            send_id = self.committer.send_started(wall)
+            # on record. If that cannot be recorded, the request is not sent. (The writer
+            # thread commits it; the logged time is a little before the send, never after.)
+            send_id = await self.committer.send_started(wall, wait=self._budget_tight())
         except Exception as exc:  # noqa: BLE001 - the store's failure stops the run
             self.budget.release(ticket)
             self._store_failed(exc)
             return None, "", 0.0, 0.0
+        if not await self._honour_pause():  # a 429 came while the send was being logged
+            self.budget.release(ticket)
+            self.committer.send_done(send_id, wall, self.clocks.wall())
+            return None, "", 0.0, 0.0
+        sent_at = datetime.fromtimestamp(self.clocks.wall(), UTC).isoformat(
+            timespec="milliseconds")
+        t0 = self.clocks.mono()
         try:
             verdict = await self._put(unit)
         finally:
             self.budget.release(ticket)
-            try:
-                self.committer.send_done(send_id, wall, self.clocks.wall())
-            except Exception as exc:  # noqa: BLE001
-                self._store_failed(exc)
+            self.committer.send_done(send_id, wall, self.clocks.wall())
         self.counters.requests += 1
         self.timeline.request(t0)
         return verdict, sent_at, (self.clocks.mono() - t0) * 1000.0, t0
@@ -395,6 +401,18 @@ class Runner:
                 f"no complete reply within {self.options.timeout:g} s"))
         except httpx.HTTPError as exc:
             return classify_exception(exc)
+
+    def _budget_tight(self) -> bool:
+        """Could this run fill a budget window (hourly or daily) from here on? Then each send
+        must be on record before it leaves: a send a kill kept off the log would let a resumed
+        run overspend the window. Otherwise the budget is not what limits this run, and the
+        record may follow the request by a commit round (the committer's fast path).
+        Counted generously: every unit left may take --max-attempts requests."""
+        need = ((self.counters.units_total - self.counters.units_done)
+                * self.options.max_attempts)
+        now = self.clocks.mono()
+        return any(window is not None and window.limit - window.held(now) <= need
+                   for window in (self.budget.hourly, self.budget.daily))
 
     def _over_request_limit(self) -> bool:
         limit = self.options.max_requests
@@ -507,20 +525,34 @@ class Runner:
         return self.stop is None
 
     async def _race(self, coro: Coroutine[Any, Any, T]) -> T | None:
-        """Await `coro` unless the stop event comes first (then cancel it and return None)."""
+        """Await `coro` unless the run stops first (then it is cancelled: None).
+
+        `coro` runs inside the calling worker (a task per wait, plus one to watch the stop,
+        cost a fifth of a request's CPU on every budget grant); a stop cancels the workers
+        parked here, and the cancellation is taken back below. A cancellation from outside
+        (the run ending) still propagates."""
         if self.stop is not None:
             coro.close()
             return None
-        task = asyncio.ensure_future(coro)
-        stopper = asyncio.ensure_future(self._stop_event.wait())
-        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if task in done:
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return None
+        me = asyncio.current_task()
+        assert me is not None
+        self._parked.add(me)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if me in self._unparked and me.cancelling() == 1:
+                me.uncancel()
+                return None
+            raise
+        finally:
+            self._parked.discard(me)
+            self._unparked.discard(me)
+
+    def _unpark(self) -> None:
+        """A stop: wake every worker parked in a wait (see `_race`)."""
+        for task in self._parked - self._unparked:
+            self._unparked.add(task)
+            task.cancel()
 
     async def _acquire(self) -> Ticket | None:
         """A budget ticket, or None when the run stops first (a ticket granted at the same
