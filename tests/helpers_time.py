@@ -10,8 +10,9 @@ Timers (asyncio.sleep, asyncio.timeout, call_later) advance the loop's clock to 
 deadline as soon as no callback is ready, so an hour of backoff takes microseconds. Work in
 other threads (run_in_executor, e.g. a SQLite commit) takes no virtual time: while a job is out,
 the clock does not move and the loop waits for it in real time, bounded by `real_wait`, after
-which it declares a deadlock instead of hanging the test run. The same approach as tests/test_limiter.py, plus that thread handling and
-an asyncio.run-style cleanup of leftover tasks.
+which it declares a deadlock instead of hanging the test run. The same approach as
+tests/test_limiter.py, plus that thread handling and an asyncio.run-style cleanup of leftover
+tasks.
 """
 
 from __future__ import annotations
