@@ -348,32 +348,54 @@ def sandbox_section(entry: dict[str, Any]) -> list[str]:
     return out
 
 
+SENDER_VARIANTS = {
+    "bare": "a bare httpx.AsyncClient loop",
+    "runner": "the Runner, no state store",
+    "runner_store": "the Runner with the SQLite state store",
+}
+
+
 def sender_section(entry: dict[str, Any]) -> list[str]:
     res = entry["result"]
-    c, d = res["ceiling"], res.get("drain")
+    c = res["ceiling"]
     out = ["## Sender: its ceiling, and how close it drains a budget", "",
            "The sandbox in its own process, no latency, no faults "
            "([bench_sender.py](benchmarks/bench_sender.py)). Ceiling: requests per second at "
            f"concurrency {c['concurrency']} with no budget in the way, "
            f"{c['requests_per_sample']:,} requests per sample, median of the interleaved "
-           "samples.", "",
-           table(["client", "requests/s", "share of bare httpx"], [
-               ["bare httpx.AsyncClient loop", n(c["bare_httpx_rps"]), "1.00"],
-               ["the Runner, no state store", n(c["runner_rps"]), n(c["ratio_runner"])],
-               ["the Runner with the SQLite state store", n(c["runner_store_rps"]),
-                n(c["ratio_runner_store"])],
-           ]), "", f"Target: the Runner at >= {c['target_ratio']}x bare httpx.", ""]
-    if d:
-        b = d["server_budget"]
-        out += [f"Drain: `batch-toggle run` with `--rate {d['rate']} --max-rps {d['max_rps']:g}` "
-                f"sends {d['requests']:,} requests to a sandbox allowing {b['hourly_limit']} per "
-                f"{b['window_s']:g} s; span measured on the server's clock.", "",
-                table(["theoretical minimum", "engine floor (with its safety margin)",
-                       "measured span", "ratio", "429s", "most in any window"], [[
-                           secs(d["theoretical_min_s"]), secs(d["engine_floor_s"]),
-                           secs(d["server_span_s"]), f"{d['ratio']:.2f}x", n(d["responses_429"]),
-                           n(d["max_in_any_window"])]]),
-                "", f"Target: <= {d['target_ratio']}x the theoretical minimum, zero 429s.", ""]
+           "samples.", ""]
+    medians = c.get("median_rps") or {"bare": c["bare_httpx_rps"], "runner": c["runner_rps"],
+                                      "runner_store": c["runner_store_rps"]}
+    ratios = c.get("ratio_to_bare") or {"bare": 1.0, "runner": c.get("ratio_runner"),
+                                        "runner_store": c.get("ratio_runner_store")}
+    cpu = c.get("client_cpu_us_per_request") or {}
+    about = {**SENDER_VARIANTS, **(c.get("variants") or {})}
+    rows = [[f"`{k}`: {about.get(k, '')}".rstrip(": "), n(v),
+             n(ratios.get(k, 1.0 if k == "bare" else None)),
+             f"{cpu[k]:,.0f} µs" if k in cpu else "–"] for k, v in medians.items()]
+    out += [table(["client", "requests/s", "share of bare httpx", "client CPU per request"],
+                  rows), "", f"Target: the Runner at >= {c['target_ratio']}x bare httpx.", ""]
+    drains = res.get("drain_all") or res.get("drain") or []
+    if isinstance(drains, dict):
+        drains = [drains]
+    if drains:
+        b = drains[0]["server_budget"]
+        out += [f"Drain: `batch-toggle run` sends {drains[0]['requests']:,} requests to a sandbox "
+                f"allowing {b['hourly_limit']} per {b['window_s']:g} s, with the same `--rate`; "
+                "the span is measured on the server's clock.", "",
+                table(["--rate", "--max-rps", "theoretical minimum",
+                       "engine floor (with its safety margin)", "measured span", "ratio", "429s",
+                       "most in any window"], [[
+                           f"`{d['rate']}`", f"{d['max_rps']:g}", secs(d["theoretical_min_s"]),
+                           secs(d["engine_floor_s"]), secs(d["server_span_s"]),
+                           f"{d['ratio']:.2f}x", n(d["responses_429"]),
+                           n(d["max_in_any_window"])] for d in drains]),
+                "", f"Target: <= {drains[0]['target_ratio']}x the theoretical minimum, zero "
+                "429s.", ""]
+    met = res.get("targets_met")
+    if isinstance(met, dict):
+        out += ["Targets met: " + ", ".join(f"{k} {'yes' if v else '**no**'}"
+                                            for k, v in met.items()) + ".", ""]
     return out + _load_line(res)
 
 

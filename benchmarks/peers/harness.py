@@ -26,7 +26,6 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 # --- the sandbox, as its own process ---------------------------------------------------------
@@ -95,21 +94,27 @@ class Measured:
     stderr_tail: str = ""
 
 
-def _session_rss_kb(sid: int) -> int:
-    """Resident KiB of every live process in session `sid` (the contestant's whole tree)."""
-    total = 0
+def _session_memory_kb(sid: int) -> tuple[int, int]:
+    """(resident KiB summed over every live process of session `sid`, the largest peak
+    resident KiB (VmHWM) among them): the contestant's whole tree, right now."""
+    total = largest = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat", "rb") as fh:
                 stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        if int(fields[3]) == sid:  # field 6 of stat: session id
-            total += int(fields[21]) * PAGE_KB  # field 24: rss in pages
-    return total
+            if int(stat[stat.rindex(b")") + 2:].split()[3]) != sid:  # field 6: session id
+                continue
+            with open(f"/proc/{entry.name}/status", "rb") as fh:
+                status = fh.read().decode("ascii", "replace")
+        except (OSError, ValueError):
+            continue  # gone in between
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        rss = int(fields.get("VmRSS", "0 kB").split()[0])
+        total += rss
+        largest = max(largest, int(fields.get("VmHWM", "0 kB").split()[0]))
+    return total, largest
 
 
 def _kill_tree(pgid: int) -> None:
@@ -124,15 +129,18 @@ def run_measured(argv: Sequence[str], *, env: dict[str, str], stdout: Path | Non
     """Run `argv` in its own session; sample the tree's RSS; SIGKILL the whole tree once
     `kill_when()` turns true (polled as often as the sampler runs).
 
-    Peak RSS of the largest process comes from wait4 (the kernel's max over the child and its
-    waited-for descendants, the figure /usr/bin/time -v prints); the tree's peak is the largest
-    sampled sum, so short-lived processes between samples can be missed (a lower bound).
+    Memory comes from /proc, sampled: the tree's peak is the largest sum of VmRSS over the
+    session's processes, the largest process's peak its VmHWM (the kernel's high-water mark, as
+    /usr/bin/time -v reports it). Short-lived processes between samples can be missed, so both
+    are lower bounds. Not wait4's ru_maxrss: a child forked from this (large) process starts
+    with the parent's pages counted before it execs, and ru_maxrss keeps that figure.
     """
     out = stdout.open("wb") if stdout is not None else subprocess.DEVNULL
     started = time.perf_counter()
     proc = subprocess.Popen(list(argv), cwd=REPO, env=env, stdout=out, stderr=subprocess.PIPE,
                             start_new_session=True)
-    peak_kb, killed, timed_out = 0, False, False
+    peak_kb = largest_kb = 0
+    killed = timed_out = False
     done = threading.Event()
     err_chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()),  # type: ignore[union-attr]
@@ -140,9 +148,10 @@ def run_measured(argv: Sequence[str], *, env: dict[str, str], stdout: Path | Non
     reader.start()
 
     def sample() -> None:
-        nonlocal peak_kb, killed, timed_out
+        nonlocal peak_kb, largest_kb, killed, timed_out
         while not done.is_set():
-            peak_kb = max(peak_kb, _session_rss_kb(proc.pid))
+            tree_kb, hwm_kb = _session_memory_kb(proc.pid)
+            peak_kb, largest_kb = max(peak_kb, tree_kb), max(largest_kb, hwm_kb)
             if not killed and kill_when is not None and kill_when():
                 killed = True
                 _kill_tree(proc.pid)
@@ -153,7 +162,7 @@ def run_measured(argv: Sequence[str], *, env: dict[str, str], stdout: Path | Non
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status = os.waitpid(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     done.set()
@@ -165,8 +174,8 @@ def run_measured(argv: Sequence[str], *, env: dict[str, str], stdout: Path | Non
         out.close()  # type: ignore[union-attr]
     err = b"".join(err_chunks).decode(errors="replace")
     return Measured(exit_code=proc.returncode, wall_s=round(wall, 2),
-                    tree_peak_rss_mb=round(max(peak_kb, usage.ru_maxrss) / 1024, 1),
-                    largest_rss_mb=round(usage.ru_maxrss / 1024, 1), killed=killed,
+                    tree_peak_rss_mb=round(peak_kb / 1024, 1),
+                    largest_rss_mb=round(largest_kb / 1024, 1), killed=killed,
                     timed_out=timed_out,
                     stderr_tail=err[-600:])
 
