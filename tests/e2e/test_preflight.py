@@ -166,7 +166,7 @@ def test_a_full_disk_while_writing_the_report_loses_nothing_and_resumes(
     report = tmp_path / "roomy" / "report.csv"
     resumed = run(srv, tmp_path, inputs, "--resume", report=report, state=state)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resume: run {record.run_id}: {n} units already have an outcome, 0 to send" \
+    assert f"resume: run {record.run_id}: {n} units already have an outcome; 0 to send" \
         in resumed.stderr
     assert len(puts(srv)) == sent, "the resume sent nothing again"
     with report.open(newline="", encoding="utf-8") as fh:
