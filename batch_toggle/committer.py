@@ -3,6 +3,9 @@
 Outcomes are group-committed: one writer task drains whatever has queued up and commits it in
 one SQLite transaction on a dedicated thread, so an fsync per row never caps the send rate.
 Progress only counts a row after its commit returned: a `kill -9` loses nothing that was shown.
+A worker takes its next unit only once its last outcome is committed (`durable`), so a kill
+finds at most one unit per worker sent without its outcome on disk: at most --concurrency
+units that a resume sends a second time.
 
 The send log: a request is committed to the log before it leaves, so a run killed mid-request
 still leaves its budget use on record (synchronous=NORMAL: it survives a killed process; the
@@ -54,6 +57,7 @@ class Committer:
         self.outcomes: dict[int, Outcome] = {}  # by unit index, for the report
         self._on_committed = on_committed
         self._queue: list[Finished] = []
+        self._durable: dict[int, asyncio.Future[None]] = {}  # by unit, until committed
         self._sends: list[SendEntry] = []  # for the thread: sends waited on, reply times
         self._send_waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
@@ -76,7 +80,17 @@ class Committer:
         """Queue a final outcome; it is in the report from now on, durable at the next commit."""
         self.outcomes[finished.unit] = finished.outcome
         self._queue.append(finished)
+        if self.store is not None:
+            self._durable[finished.unit] = asyncio.get_running_loop().create_future()
         self._wake.set()
+
+    async def durable(self, unit: int) -> None:
+        """Wait until `unit`'s outcome is committed (or the store failed; at once without a
+        store). A worker that waits for this before its next request leaves at most one unit
+        sent without its outcome on disk: what a kill -9 makes a resume send again."""
+        waiter = self._durable.get(unit)
+        if waiter is not None:
+            await asyncio.shield(waiter)
 
     async def send_started(self, wall: float, wait: bool = True) -> str | None:
         """Log a request about to leave. With `wait`, it is committed before this returns, so a
@@ -188,12 +202,18 @@ class Committer:
         except Exception as exc:  # noqa: BLE001 - reported by the runner, run stops
             self.error = exc
             _settle(waiters, exc)  # in case the thread failed before it could say so
+            self._release(batch)
             return
         self._committed(batch)
 
     def _committed(self, batch: list[Finished]) -> None:
+        self._release(batch)
         for finished in batch:
             self._on_committed(finished)
+
+    def _release(self, batch: list[Finished]) -> None:
+        """Let the workers waiting on these outcomes go (the runner sees a store error)."""
+        _settle([w for f in batch if (w := self._durable.pop(f.unit, None)) is not None], None)
 
 
 def _settle(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:

@@ -306,6 +306,9 @@ class Runner:
                 result = await self._send_unit(unit)
                 if isinstance(result, Outcome):
                     self._finish(unit, result)
+                    # No next request before this outcome is on disk: a kill -9 then finds at
+                    # most one unit per worker sent without it (a resume sends those again).
+                    await self.committer.durable(unit)
                 requeue = result == "requeue"
             finally:
                 await self._release(unit, requeue and self.stop is None)
