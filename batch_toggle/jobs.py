@@ -231,7 +231,8 @@ _VERDICTS = {
     ExitCode.OK: "ok: every row is in its desired state or needs nothing",
     ExitCode.ROW_PROBLEMS: "attention: some rows are invalid, in conflict, failed or mismatched",
     ExitCode.USAGE: "refused: nothing was sent",
-    ExitCode.ABORTED: "aborted: the API refused the key or the run halted; resumable",
+    ExitCode.ABORTED: ("aborted: the API refused the key or the run halted; fix the cause, then "
+                       "run again (confirmed rows are not re-sent)"),
     ExitCode.STOPPED: "stopped early: resumable",
     ExitCode.INTERRUPTED: "interrupted: resumable",
 }

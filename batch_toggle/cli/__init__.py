@@ -441,6 +441,9 @@ def run(**opts: Any) -> None:
     from batch_toggle.live import run as run_live
 
     def body() -> int:
+        if opts.get("retry_failed") and not opts.get("resume"):
+            raise UsageError("--retry-failed goes with --resume (it re-sends the retryable "
+                             "failures of the run being resumed)")
         needs_key = not (opts.get("dry_run") or opts.get("sandbox"))
         key = read_api_key(opts.get("api_key_file"), lambda m: click.echo(m, err=True))
         if needs_key and not key:
