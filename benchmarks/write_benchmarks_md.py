@@ -309,9 +309,10 @@ def _scenario_notes(name: str, s: dict[str, Any]) -> list[str]:
         notes.append(
             f"batch-toggle's re-run is `--resume` on the same state store: it sent "
             f"{rr['requests']:,} requests, {rr['wasted']['duplicate']:,} of them for units the "
-            "killed run had already settled: requests in flight at the kill, and answers "
-            "still waiting in the group commit (a SIGKILL loses what was not yet committed; "
-            "nothing that was reported as done is lost, and a re-sent PUT is harmless). The "
+            "killed run had already settled: requests whose outcome was not yet committed "
+            "when the kill came (a worker takes its next unit only once its last outcome is "
+            "committed, so there are at most --concurrency of them; nothing reported as done "
+            "is lost, and a re-sent PUT is harmless). The "
             "other contestants have no memory of the killed run, so their re-run is the whole "
             "file again.")
     if bt and not s["kill"] and bt["statuses"].get("429"):
