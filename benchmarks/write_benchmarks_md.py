@@ -18,6 +18,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "out" / "results.json"
 BT = "batch-toggle"
+BT_CONCURRENCY = 4  # batch-toggle's default --concurrency, which bench_peers keeps
 PEER_NOTES = {
     "batch-toggle": "`batch-toggle run FILE --rate N/Ws` with the server's budget; its defaults "
                     "otherwise (concurrency 4), `--max-rps` scaled with the shrunk hour",
@@ -306,15 +307,18 @@ def _scenario_notes(name: str, s: dict[str, Any]) -> list[str]:
     bt = runs.get(BT)
     if bt and s["kill"]:
         rr = bt["rerun"]
+        resent = rr["wasted"]["duplicate"]
+        bound = ("within the engine's bound: a worker takes its next unit only once its last "
+                 "outcome is committed, so at most --concurrency (4) are re-sent"
+                 if resent <= BT_CONCURRENCY else
+                 f"**more than --concurrency ({BT_CONCURRENCY})**, the bound the engine means "
+                 "to keep")
         notes.append(
             f"batch-toggle's re-run is `--resume` on the same state store: it sent "
-            f"{rr['requests']:,} requests, {rr['wasted']['duplicate']:,} of them for units the "
-            "killed run had already settled: requests whose outcome was not yet committed "
-            "when the kill came (a worker takes its next unit only once its last outcome is "
-            "committed, so there are at most --concurrency of them; nothing reported as done "
-            "is lost, and a re-sent PUT is harmless). The "
-            "other contestants have no memory of the killed run, so their re-run is the whole "
-            "file again.")
+            f"{rr['requests']:,} requests, {resent:,} of them for units the killed run had "
+            f"already settled but not yet committed when the kill came ({bound}; nothing "
+            "reported as done is lost, and a re-sent PUT is harmless). The other contestants "
+            "have no memory of the killed run, so their re-run is the whole file again.")
     if bt and not s["kill"] and bt["statuses"].get("429"):
         notes.append(f"batch-toggle got {bt['statuses']['429']:,} 429s here.")
     curl = runs.get("xargs-curl")
