@@ -13,7 +13,8 @@ from . import secrets as _secrets  # noqa: F401
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,20 @@ def use_color(stream: Any) -> bool:
         return False
     isatty = getattr(stream, "isatty", None)
     return bool(isatty is not None and isatty())
+
+
+@contextmanager
+def session_hooks(opts: dict[str, Any]) -> Iterator[Hooks]:
+    """Hooks for a command that talks to Logis: the progress bar and the --events file, both
+    closed however the command ends."""
+    bar = ProgressBar(_want_progress(opts))
+    events = EventLog(opts["events"]) if opts.get("events") else None
+    try:
+        yield make_hooks(opts, bar, events)
+    finally:
+        bar.close()
+        if events is not None:
+            events.close()
 
 
 def _want_progress(opts: dict[str, Any]) -> bool:
@@ -452,19 +467,12 @@ def run(**opts: Any) -> None:
         config = build_config("run", opts, dry_run=bool(opts.get("dry_run")),
                               sandbox=bool(opts.get("sandbox")), resume=bool(opts.get("resume")),
                               retry_failed=bool(opts.get("retry_failed")), api_key=key)
-        bar = ProgressBar(_want_progress(opts))
-        events = EventLog(opts["events"]) if opts.get("events") else None
-        try:
-            hooks = make_hooks(opts, bar, events)
+        with session_hooks(opts) as hooks:
             if config.dry_run:
                 from batch_toggle.jobs import validate as run_validate
                 result = run_validate(config, hooks, ledger=read_ledger(config))
             else:
                 result = run_live(config, hooks)
-        finally:
-            bar.close()
-            if events is not None:
-                events.close()
         return int(result.exit_code)
 
     guarded(body)

@@ -13,10 +13,8 @@ import click
 
 from batch_toggle.audit import DEFAULT_SEED, AuditOptions
 from batch_toggle.errors import UsageError
-from batch_toggle.events import EventLog
 
-from . import _want_progress, build_config, guarded, input_options, make_hooks, send_options
-from .progress import ProgressBar
+from . import build_config, guarded, input_options, send_options, session_hooks
 from .secrets import read_api_key
 
 # Options of `run` that mean nothing to a read-only audit: it neither resumes nor retries a
@@ -67,14 +65,8 @@ def audit_command(**opts: Any) -> None:
                              "(or try --sandbox)")
         config = build_config("audit", opts, sandbox=bool(opts.get("sandbox")), api_key=key)
         options = AuditOptions(sample=opts.get("sample"), seed=int(opts["seed"]))
-        bar = ProgressBar(_want_progress(opts))
-        events = EventLog(opts["events"]) if opts.get("events") else None
-        try:
-            result = audit(config, make_hooks(opts, bar, events), options=options)
-        finally:
-            bar.close()
-            if events is not None:
-                events.close()
+        with session_hooks(opts) as hooks:
+            result = audit(config, hooks, options=options)
         return int(result.exit_code)
 
     guarded(body)
