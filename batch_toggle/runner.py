@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import httpx
 
 from . import __version__, vocab
-from .classify import Verdict, classify_exception
+from .classify import MAX_BODY, Verdict, classify_exception
 from .committer import Committer, Finished
 from .config import SendOptions
 from .errors import ExitCode
@@ -34,13 +34,12 @@ from .retry import (
     HaltDetector,
     OutageDetector,
     RateLimitStreak,
-    backoff_delay,
+    RetryPolicy,
     is_network_failure,
     parse_retry_after,
     too_long,
 )
 
-MAX_BODY = 1 << 20  # a reply larger than this is not a Logis object
 T = TypeVar("T")
 
 # Exit precedence among stops (SPEC section 9): an interrupt outranks an abort, and so on.
@@ -191,6 +190,7 @@ class Runner:
         self._attempts: dict[int, int] = {}  # failed attempts of units re-queued after a 429
         self._streak = RateLimitStreak(options.rate.period)
         self._last_429 = -float("inf")
+        self._policy = RetryPolicy.from_options(options)
         self._halt = HaltDetector(options.halt_after)
         self._outage = OutageDetector.for_concurrency(options.concurrency, options.outage_limit)
 
@@ -340,10 +340,10 @@ class Runner:
                     return None
                 continue  # an outage does not use up the row's attempts
             attempts += 1
-            if attempts >= self.options.max_attempts:
+            if not self._policy.should_retry(verdict, attempts):
                 return self._final(unit, verdict, attempts, sent_at, latency)
             self.counters.retries += 1
-            if not await self._wait(backoff_delay(attempts, self.clocks.rng)):
+            if not await self._wait(self._policy.delay(attempts, self.clocks.rng)):
                 return None
 
     async def _exchange(self, unit: int) -> tuple[Verdict | None, str, float, float]:
