@@ -88,7 +88,10 @@ _KNOWN = frozenset(Options.__annotations__)
 
 @dataclass(frozen=True)
 class Result:
-    """What a job returns: the exit code the CLI would give, the report and its summary."""
+    """What a job returns: the exit code the CLI would give, the report and its summary.
+
+    The fields mirror jobs.JobResult; not a subclass, so that `import batch_toggle` (done by
+    every CLI start for its version) does not load pyarrow and the jobs layer."""
 
     exit_code: ExitCode
     run_id: str
@@ -117,7 +120,8 @@ class Result:
 
     @property
     def summary_path(self) -> Path:
-        return self.report_path.with_name(self.report_path.name + ".summary.json")
+        from .report import summary_path
+        return summary_path(self.report_path)
 
     @property
     def html_path(self) -> Path | None:
