@@ -7,7 +7,6 @@ one-row-per-input-row guarantee whatever stopped it.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ import httpx
 from . import vocab
 from .committer import Committer, Finished
 from .errors import ExitCode, InputError, UsageError
+from .hosts import is_loopback
 from .jobs import SILENT, Hooks, JobConfig, JobResult, Prepared, announce_plan, finish, prepare
 from .ledger import ledger_view
 from .limiter import DAY, Budget
@@ -46,18 +46,9 @@ def check_base_url(url: str, insecure: bool) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--base-url {url!r}: expected an http(s) URL such as "
                          "https://app.logisapp.ca")
-    if parts.scheme == "http" and not insecure and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not insecure and not is_loopback(parts.hostname):
         raise UsageError(f"--base-url {url!r}: plain http sends the API key unencrypted; use "
                          "https, a loopback address, or --insecure")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def plan_key(config: JobConfig) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 import click
 
+from batch_toggle.hosts import is_loopback
 from batch_toggle.sandbox.config import (
     DEFAULT_API_KEY,
     DEFAULT_HOURLY_LIMIT,
@@ -15,16 +15,6 @@ from batch_toggle.sandbox.config import (
     RETRY_AFTER_STYLES,
     parse_latency,
 )
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _latency(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
