@@ -267,9 +267,17 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
     another `operation`, through the same budget, client, committer, signals and progress."""
     budget = _budget(config, store)
 
+    shown = [0.0]
+
     def committed(finished: Finished) -> None:
         runner.counters.units_done += 1
-        hooks.progress(runner.progress_snapshot())
+        now = time.monotonic()
+        done = runner.counters.units_done >= runner.counters.units_total
+        if done or now - shown[0] >= PROGRESS_INTERVAL:
+            # The snapshot's budget ETA looks at every held slot: build it at a person's pace,
+            # not once per row of a fast run.
+            shown[0] = now
+            hooks.progress(runner.progress_snapshot())
         hooks.event("row", {"unit": finished.unit, "row": finished.row,
                             "status": finished.outcome.status,
                             "error_code": finished.outcome.error_code})
@@ -294,7 +302,8 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
     return runner, runner.counters
 
 
-PROGRESS_TICK = 1.0  # seconds
+PROGRESS_TICK = 1.0  # seconds between refreshes while nothing commits
+PROGRESS_INTERVAL = 0.1  # at most this often while rows commit
 
 
 async def _tick(runner: Runner, hooks: Hooks) -> None:

@@ -7,7 +7,6 @@ tqdm's own ETA extrapolates the recent rate, which is wrong for a budget-bound r
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
 from batch_toggle.config import format_duration
@@ -17,15 +16,10 @@ class ProgressBar:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._bar: Any = None
-        self._last = 0.0
 
     def __call__(self, snap: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        now = time.monotonic()
-        if self._bar is not None and now - self._last < 0.1 and snap["done"] < snap["total"]:
-            return  # at most 10 redraws a second: a fast run must not spend itself drawing
-        self._last = now
         if self._bar is None:
             from tqdm import tqdm  # only when a bar is shown: tqdm costs import time
 
