@@ -137,10 +137,13 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
                                       runner.unsent_outcome())
     stop_exit = runner.stop.exit_code if runner.stop else None
     extra = _send_summary(runner, counters, config)
+    store_error = runner.committer.error
+    if store_error is not None:  # said before the report, which may fail for the same reason
+        hooks.notice(f"warning: the state store stopped accepting outcomes: {store_error}")
     try:
         result = finish(prepared, units, hooks, stop_exit=stop_exit, extra=extra)
     except ReportError as exc:
-        raise _report_failed(exc, store) from exc
+        raise _report_failed(exc, store, store_error) from exc
     if store is not None:
         store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
                          finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -148,20 +151,24 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
     if runner.stop is not None:
         # Last on stderr: why the run ended early and when a resume can start (daily limit).
         hooks.notice(f"stopped: {runner.stop.message}")
-    if runner.committer.error is not None:
-        hooks.notice(f"warning: the state store stopped accepting outcomes: "
-                     f"{runner.committer.error}")
     return result
 
 
-def _report_failed(exc: ReportError, store: StateStore | None) -> ReportError:
+def _report_failed(exc: ReportError, store: StateStore | None,
+                   store_error: BaseException | None) -> ReportError:
     """The report could not be written (a full disk) after requests were sent. The outcomes
     are in the store and the run stays unfinished, so a resume sends nothing again and writes
-    the report: say so, and exit 4 (resumable) rather than 2 (which means nothing was sent)."""
+    the report: say so, and exit 4 (resumable) rather than 2 (which means nothing was sent).
+    When the store failed too, some outcomes exist only in this process: never claim otherwise."""
     if store is None:
         return exc
-    err = ReportError(f"{exc}; every outcome is saved in the state store {store.path}: "
-                      "make room, then run again with --resume to write the report")
+    if store_error is None:
+        saved = f"every outcome is saved in the state store {store.path}"
+    else:
+        saved = (f"the state store {store.path} also failed ({store_error}), so the rows "
+                 "answered after that will be sent again by a resume (PUT is idempotent)")
+    err = ReportError(f"{exc}; {saved}: make room, then run again with --resume to write the "
+                      "report")
     err.exit_code = ExitCode.STOPPED
     return err
 
