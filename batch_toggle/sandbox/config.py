@@ -107,16 +107,16 @@ SEED_FILE_NAME = "sandbox_seed.csv"
 
 
 def default_seed_path() -> Path:
-    """The shipped seed: `sample_data/sandbox_seed.csv` under the current directory if it is
-    there (running from the repository root), else beside the installed package's checkout."""
-    candidates = (
-        Path.cwd() / "sample_data" / SEED_FILE_NAME,
-        Path(__file__).resolve().parents[2] / "sample_data" / SEED_FILE_NAME,
-    )
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return candidates[-1]
+    """The shipped seed: a copy of `sample_data/sandbox_seed.csv` packaged beside this module.
+
+    Why a packaged copy: `sample_data/` is not part of the wheel, so a user who installed
+    batch-toggle (not editable) and runs it from any directory must still get the default seed
+    for `batch-toggle sandbox`, `run --sandbox` and `audit --sandbox`. It is always this one file,
+    whatever the current directory holds. `sample_data/sandbox_seed.csv` (written by
+    `sample_data/make_samples.py`) is the source; tests/test_packaged_seed.py fails when the
+    two differ.
+    """
+    return Path(__file__).resolve().with_name(SEED_FILE_NAME)
 
 
 def latency_bounds(latency: Latency) -> tuple[float, float]:
