@@ -42,7 +42,8 @@ _rate = click.FloatRange(0.0, 1.0)
               help="Allow listening on a non-loopback address (the sandbox has no real auth).")
 @click.option("--seed", "seed", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Seed CSV or Parquet (job_id, review_key, client_id, do_notify_sms, "
-                   "client_do_notify_sms). Default: sample_data/sandbox_seed.csv.")
+                   "client_do_notify_sms). Default: the seed shipped in the package (a copy of "
+                   "sample_data/sandbox_seed.csv).")
 @click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
               help=f"An active key with Allow Public Track (repeatable; "
                    f"default {DEFAULT_API_KEY}).")

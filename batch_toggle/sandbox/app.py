@@ -418,8 +418,9 @@ def create_app(
     """A fresh sandbox app; its world is `app.state.world`.
 
     `seed` overrides `config.seed` (handy when many apps share one parsed seed); with neither,
-    the shipped `sample_data/sandbox_seed.csv` is used. `clock` (default time.monotonic) is what
-    the budget measures windows on; tests inject a fake one.
+    the seed shipped in the package (a copy of `sample_data/sandbox_seed.csv`) is used.
+    `clock` (default time.monotonic) is what the budget measures windows on; tests inject a
+    fake one.
     """
     config = config or SandboxConfig()
     if seed is None:
