@@ -309,6 +309,42 @@ def test_max_rps_spaces_the_burst() -> None:
     assert run(main) == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
 
 
+def test_max_rps_keeps_its_pace_when_every_sleep_wakes_late() -> None:
+    """Each sleep overshoots by 40% of the interval (a busy event loop): the pace must still
+    be --max-rps on average, not interval x 1.4, and no second ever sees more than one request
+    beyond the pace."""
+
+    async def late_sleep(seconds: float) -> None:
+        await asyncio.sleep(seconds + 0.4 * 0.01)
+
+    async def main() -> list[float]:
+        b = Budget(Rate(10_000, 3600.0), max_rps=100.0, clock=clock, sleep=late_sleep)
+        sends = []
+        for _ in range(501):
+            async with b.slot() as ticket:
+                sends.append(ticket.sent_at)
+        return sends
+
+    sends = run(main)
+    assert sends[-1] - sends[0] == pytest.approx(5.0, abs=0.02)  # 500 intervals of 10 ms
+    assert max_in_window(sends, 1.0) <= 100 + 1
+
+
+def test_max_rps_does_not_bank_idle_time_into_a_burst() -> None:
+    async def main() -> list[float]:
+        b = budget(Rate(10_000, 3600.0), max_rps=10.0)
+        async with b.slot():
+            pass
+        await asyncio.sleep(5.0)  # idle: nothing to send for 50 intervals
+        sends = []
+        for _ in range(3):
+            async with b.slot() as ticket:
+                sends.append(ticket.sent_at)
+        return sends
+
+    assert run(main) == pytest.approx([5.0, 5.1, 5.2])
+
+
 def test_pause_until_stops_every_sender_until_then() -> None:
     async def main() -> list[float]:
         b = budget(Rate(100, 3600.0))
