@@ -1,8 +1,27 @@
-"""--events: one JSON object per line for cron and CI (run start with the plan, each row's
-outcome, 429 pauses, budget waits, abort, finish with the verdict and exit code).
+"""--events: one JSON object per line for cron and CI.
 
-The file is created 0600 and flushed per line, so a tail -f or a killed run still shows
-everything up to the last event. Events never carry the API key or a review key.
+Each line has `ts` (UTC), `event` (the kind) and the kind's fields:
+
+  plan            run start: run_id, rows, requests_needed, estimated duration, rate
+  resume          a resumed run: run_id, units_with_outcome, units_to_send
+  resume_new_run  --resume found no unfinished run to continue: reason
+  request         one answer (or failure): unit, kind, http_status
+  retry           a row will be sent again: unit, row, job_id, update_target, error_code,
+                  http_status, attempt, max_attempts, seconds (the backoff)
+  pause           every worker pauses: reason ("429": seconds, source; "outage": seconds,
+                  outage_s, limit_s)
+  wait            sending waits for the budget window: reason ("budget" or "daily"), seconds
+  stop            the run was told to stop: code, exit_code, message, resume_after
+  canary          the canary's verdict: units, failed_permanently, go_on
+  row             a row's final outcome, once committed: unit, row, source (file:row), job_id,
+                  update_target, status, error_code, http_status, attempts, retryable,
+                  latency_ms
+  finish          run_id, exit_code, verdict, counts
+
+The same events drive -v/-vv on stderr (cli/verbose.py). The file is created 0600 and flushed
+per line, so a tail -f or a killed run still shows everything up to the last event. Events
+never carry the API key or a review key: rows are named by job_id and file:row, failures by
+error code and HTTP status (a stop's message quotes a server only as classify.py scrubbed it).
 """
 
 from __future__ import annotations

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from .errors import ExitCode, InputError, UsageError
 from .hosts import is_loopback
 from .jobs import SILENT, Hooks, JobConfig, JobResult, Prepared, announce_plan, finish, prepare
 from .ledger import ledger_view
-from .limiter import DAY, Budget
+from .limiter import DAY, WAIT_BUDGET, WAIT_DAILY, Budget
 from .operations import Operation
 from .outcome import Outcome
 from .plan import Units
@@ -180,6 +181,8 @@ def _find_resumable(config: JobConfig, store: StateStore, loaded: Any,
     if record is None:
         hooks.notice("resume: no unfinished run with these inputs and plan options; "
                      "starting a new run")
+        hooks.event("resume_new_run", {"reason": "no unfinished run with these inputs and "
+                                                 "plan options"})
         return None
     for (_name, digest), source in zip(record.inputs, loaded.sources, strict=True):
         if digest != source.sha256:
@@ -255,8 +258,24 @@ def make_client(config: JobConfig,
     )
 
 
-def _budget(config: JobConfig, store: StateStore | None) -> Budget:
-    budget = Budget.from_options(config.send)
+NOTABLE_WAIT = 1.0  # seconds: a budget wait at least this long is an event ("wait")
+
+
+def _wait_events(hooks: Hooks) -> Callable[[str, float], None]:
+    """The budget's `on_wait`: a wait for the hourly or daily window that is long enough to
+    notice (a full window after the first burst: up to PERIOD) becomes a "wait" event as it
+    begins, so a person watching a 40-hour run sees why nothing moves and until when. The
+    --max-rps spacing is routine, a 429 pause has its own event, and a wait for responses to
+    free a slot (no known end) is no news."""
+    def on_wait(reason: str, at: float) -> None:
+        seconds = at - time.monotonic()
+        if reason in (WAIT_BUDGET, WAIT_DAILY) and NOTABLE_WAIT <= seconds < math.inf:
+            hooks.event("wait", {"reason": reason, "seconds": round(seconds, 1)})
+    return on_wait
+
+
+def _budget(config: JobConfig, store: StateStore | None, hooks: Hooks = SILENT) -> Budget:
+    budget = Budget.from_options(config.send, on_wait=_wait_events(hooks))
     if store is not None:
         longest = DAY if config.send.daily_limit else config.send.rate.period
         now = time.time()
@@ -272,7 +291,9 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
                 ) -> tuple[Runner, Counters]:
     """Drive a Runner over `todo`: the plan's units and toggles, or (audit) other `units` with
     another `operation`, through the same budget, client, committer, signals and progress."""
-    budget = _budget(config, store)
+    budget = _budget(config, store, hooks)
+    source_file = prepared.loaded.fields["source_file"]
+    source_row = prepared.loaded.fields["source_row"]
 
     shown = [0.0]
 
@@ -285,9 +306,14 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
             # not once per row of a fast run.
             shown[0] = now
             hooks.progress(runner.progress_snapshot())
-        hooks.event("row", {"unit": finished.unit, "row": finished.row,
-                            "status": finished.outcome.status,
-                            "error_code": finished.outcome.error_code})
+        o, u, row = finished.outcome, finished.unit, finished.row
+        hooks.event("row", {"unit": u, "row": row,
+                            "source": f"{source_file[row].as_py()}:{source_row[row].as_py()}",
+                            "job_id": runner.units.job_id[u],
+                            "update_target": runner.units.update_target[u],
+                            "status": o.status, "error_code": o.error_code,
+                            "http_status": o.http_status, "attempts": o.attempts,
+                            "retryable": o.retryable, "latency_ms": o.latency_ms})
 
     committer = Committer(store, prepared.run_id, on_committed=committed)
     async with make_client(config, transport) as client:
@@ -335,6 +361,8 @@ async def _drive(runner: Runner, todo: list[int], config: JobConfig, hooks: Hook
         hooks.notice(f"canary: {runner.units.job_id[u]} {runner.units.update_target[u]}: "
                      f"{o.status if o else 'not sent'}"
                      f"{' (' + o.error_code + ')' if o and o.error_code else ''}")
+    hooks.event("canary", {"units": n, "failed_permanently": len(bad),
+                           "go_on": not bad and runner.stop is None})
     if bad:
         from .runner import Stop
         runner.request_stop(Stop("halted", ExitCode.ROW_PROBLEMS,

@@ -218,6 +218,11 @@ class Runner:
         """Stop taking units; the first stop of the highest rank decides the exit code."""
         if self.stop is None or _STOP_RANK[stop.exit_code] < _STOP_RANK[self.stop.exit_code]:
             self.stop = stop
+            # Once per decision (workers repeat a --max-requests stop): the moment a run is
+            # told to stop, not only the line at its end, since in-flight rows still finish.
+            self.hooks.event("stop", {"code": stop.code, "exit_code": int(stop.exit_code),
+                                      "message": stop.message,
+                                      "resume_after": stop.resume_after})
         self._stop_event.set()
         self._unpark()
         asyncio.get_running_loop().create_task(self._notify())
@@ -343,8 +348,20 @@ class Runner:
             if not self._policy.should_retry(verdict, attempts):
                 return self._final(unit, verdict, attempts, sent_at, latency)
             self.counters.retries += 1
-            if not await self._wait(self._policy.delay(attempts, self.clocks.rng)):
+            delay = self._policy.delay(attempts, self.clocks.rng)
+            self._retry_event(unit, verdict, attempts, delay)
+            if not await self._wait(delay):
                 return None
+
+    def _retry_event(self, unit: int, v: Verdict, attempts: int, delay: float) -> None:
+        """A row failed on a transient error and will be sent again: which one, why, which
+        attempt of how many, and how long it waits (other rows go on meanwhile)."""
+        self.hooks.event("retry", {"unit": unit, "row": int(self.units.row[unit]),
+                                   "job_id": self.units.job_id[unit],
+                                   "update_target": self.units.update_target[unit],
+                                   "error_code": v.error_code, "http_status": v.http_status,
+                                   "attempt": attempts, "max_attempts": self._policy.max_attempts,
+                                   "seconds": round(delay, 3)})
 
     async def _exchange(self, unit: int) -> tuple[Verdict | None, str, float, float]:
         """One request through the budget: (verdict, sent_at, latency_ms, monotonic send time).
@@ -503,7 +520,9 @@ class Runner:
                                    f"{self.options.outage_limit / 60:g} min; resume with --resume"))
             return False
         delay = self._outage.probe_delay()
-        self.hooks.event("pause", {"reason": "outage", "seconds": delay})
+        self.hooks.event("pause", {"reason": "outage", "seconds": delay,
+                                   "outage_s": round(self._outage.duration(self.clocks.mono()), 1),
+                                   "limit_s": self.options.outage_limit})
         self.budget.pause_until(self.clocks.mono() + delay)
         return self.stop is None
 

@@ -46,6 +46,7 @@ from batch_toggle.vocab import FIELDS
 
 from .progress import ProgressBar
 from .secrets import read_api_key
+from .verbose import VerboseLog, fan_out
 
 EPILOG_VALIDATE = """\b
 Examples:
@@ -114,7 +115,11 @@ def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "(s, m, h, d or seconds like 10s)."),
         click.option("--max-rps", type=click.FloatRange(min=0.01), default=10.0,
                      show_default=True, help="Smoothing: at most this many requests a second."),
-        click.option("-v", "--verbose", count=True, help="More detail on stderr."),
+        click.option("-v", "--verbose", count=True,
+                     help="-v: the run's notable moments on stderr, one timestamped line each "
+                          "(plan, retries with attempt n/N and wait, 429 pauses, budget waits, "
+                          "outages, stops, canary, finish). -vv: also one line per row "
+                          "outcome. Never a key; --quiet wins."),
         click.option("--quiet", is_flag=True, help="Only errors on stderr."),
         click.option("--html/--no-html", default=True, show_default=True,
                      help="Also write <report>.html: charts, timeline, the rows that need "
@@ -219,8 +224,12 @@ def make_hooks(opts: dict[str, Any], progress: Callable[[dict[str, Any]], None] 
         else:
             click.echo(message, err=True)
 
+    # -v/-vv render the same events as --events, as lines through `notice` (above the bar,
+    # silent under --quiet: --quiet wins).
+    level = 0 if quiet else int(opts.get("verbose") or 0)
+    verbose = VerboseLog(level, notice) if level > 0 else None
     return Hooks(notice=notice, progress=progress or (lambda _s: None),
-                 event=events or (lambda _k, _d: None), color=use_color(sys.stderr))
+                 event=fan_out(events, verbose), color=use_color(sys.stderr))
 
 
 def use_color(stream: Any) -> bool:

@@ -198,8 +198,10 @@ def test_no_command_writes_or_prints_a_secret(world: Any) -> None:
         state = w.tmp / f"live-{fmt}" / "state.sqlite"
         args = ["run", inputs, "--base-url", srv.base_url, "--state", str(state),
                 "--report", str(out / f"live.{fmt}"), "--rejects", str(rejects),
-                "--events", str(out / f"live-{fmt}.events.jsonl"), "-v", "--max-rps", "500",
-                "--timeout", "0.5", "--max-attempts", "2", "--concurrency", "2"]
+                "--events", str(out / f"live-{fmt}.events.jsonl"),
+                "-vv" if fmt == "csv" else "-v",  # -vv: a line per row, retries, pauses
+                "--max-rps", "500", "--timeout", "0.5", "--max-attempts", "2",
+                "--concurrency", "2"]
         if fmt == "parquet":  # the key from a file, not the environment
             key_file = w.tmp.parent / "key.txt"
             key_file.write_text(w.api_key + "\n", encoding="utf-8")
@@ -210,6 +212,9 @@ def test_no_command_writes_or_prints_a_secret(world: Any) -> None:
         assert len(statuses) == n_rows
         assert {"updated", "failed", "invalid", "conflict"} <= set(statuses), statuses
         assert b"SSLKEYLOGFILE is set and ignored" in p.stderr
+        # The scan below reads real verbose output: retries, the 429 pause, (-vv) every row.
+        assert b" retry: job " in p.stderr and b" 429: every worker pauses" in p.stderr
+        assert (b"Z row " in p.stderr) is (fmt == "csv")  # after the UTC timestamp
         assert srv.requests(), "the live run reached the server"
         assert all(r["key_hint"] != w.api_key for r in srv.requests())
 

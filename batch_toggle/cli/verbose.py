@@ -1,0 +1,183 @@
+"""-v / -vv: the run's notable moments on stderr, one readable, timestamped line each.
+
+Rendered from the same events as --events (batch_toggle/events.py), so the two never tell
+different stories and the core never prints. What each level shows:
+
+  -v   run start with the plan, resume decisions, each retry (row, unit, error, HTTP status,
+       attempt n/N, wait), rows that ran out of attempts, 429 pauses (Retry-After or backoff),
+       outage pauses, budget waits, every stop decision (abort, halt, outage, daily limit,
+       --max-requests, --stop-after, a failing state store, a signal), the canary's verdict,
+       the finish.
+  -vv  also one line per row outcome: file:row, job_id, target, status, error_code, HTTP
+       status, attempts, latency (for a row that ran out of attempts, this line takes the
+       place of -v's "gave up" line and says `retryable`).
+
+Events never carry the API key or a review key, so neither can these lines. A line that
+cannot be rendered (an event from a newer core) is skipped rather than stopping a long run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from batch_toggle.config import format_duration
+
+Writer = Callable[[str], None]
+
+# Kinds deliberately without a line: one per request is more than a person can read (a retry,
+# a 429 or a final outcome is already told by its own event).
+SILENT_KINDS = frozenset({"request"})
+
+
+def _seconds(value: Any) -> str:
+    """Backoffs are fractions of a second, budget waits up to hours: say each the readable way."""
+    seconds = float(value or 0.0)
+    return f"{seconds:.1f} s" if seconds < 60 else format_duration(seconds)
+
+
+def _http(status: Any) -> str:
+    return f"HTTP {status}" if status is not None else "no HTTP answer"
+
+
+def _unit(data: dict[str, Any]) -> str:
+    return f"job {data.get('job_id')} ({data.get('update_target')})"
+
+
+def _plural(n: Any, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}" if isinstance(n, int) else f"{n} {word}s"
+
+
+def _plan(d: dict[str, Any]) -> str:
+    needed = d.get("requests_needed", 0)
+    return (f"start: run {d.get('run_id')}: {_plural(d.get('rows', 0), 'row')}, "
+            f"{_plural(needed, 'request')}: about {d.get('estimated_duration')} at "
+            f"{d.get('rate')}")
+
+
+def _resume(d: dict[str, Any]) -> str:
+    return (f"resume: run {d.get('run_id')}: {d.get('units_with_outcome', 0):,} units already "
+            f"have an outcome, {d.get('units_to_send', 0):,} to send")
+
+
+def _resume_new_run(d: dict[str, Any]) -> str:
+    return f"resume: {d.get('reason')}; a new run starts"
+
+
+def _retry(d: dict[str, Any]) -> str:
+    return (f"retry: {_unit(d)}: {d.get('error_code')} ({_http(d.get('http_status'))}), "
+            f"attempt {d.get('attempt')}/{d.get('max_attempts')} failed; next try in "
+            f"{_seconds(d.get('seconds'))}")
+
+
+def _pause(d: dict[str, Any]) -> str:
+    if d.get("reason") == "outage":
+        return (f"outage: every recent request failed on the network (for "
+                f"{_seconds(d.get('outage_s'))}); the run pauses, next probe in "
+                f"{_seconds(d.get('seconds'))}; it stops after "
+                f"{_seconds(d.get('limit_s'))} of outage")
+    why = "as Retry-After asks" if d.get("source") == "retry_after" else "backoff"
+    return (f"429: every worker pauses {_seconds(d.get('seconds'))} ({why}); the row goes "
+            "back to the queue")
+
+
+def _wait(d: dict[str, Any]) -> str:
+    window = "the daily limit" if d.get("reason") == "daily" else "the --rate window"
+    return (f"budget: {window} is full; the next request goes in "
+            f"{_seconds(d.get('seconds'))}")
+
+
+def _stop(d: dict[str, Any]) -> str:
+    return (f"stop (exit {d.get('exit_code')}): {d.get('message')}; in-flight rows finish, "
+            f"the rest are not_attempted ({d.get('code')})")
+
+
+def _canary(d: dict[str, Any]) -> str:
+    verdict = "going on with the rest" if d.get("go_on") else "nothing more is sent"
+    return (f"canary: {_plural(d.get('units', 0), 'unit')} sent, "
+            f"{d.get('failed_permanently', 0)} failed permanently: {verdict}")
+
+
+def _finish(d: dict[str, Any]) -> str:
+    counts = ", ".join(f"{k} {v:,}" for k, v in sorted((d.get("counts") or {}).items()))
+    return (f"finish: run {d.get('run_id')}: exit {d.get('exit_code')}, {d.get('verdict')}"
+            f"{' (' + counts + ')' if counts else ''}")
+
+
+def _row(d: dict[str, Any]) -> str:
+    status = d.get("status")
+    code = f" {d['error_code']}" if d.get("error_code") else ""
+    detail = [_http(d.get("http_status")), _plural(d.get("attempts") or 0, "attempt")]
+    if d.get("latency_ms") is not None:
+        detail.append(f"{float(d['latency_ms']):.0f} ms")
+    if status == "failed" and d.get("retryable"):
+        detail.append("retryable")  # what -v's "gave up" line says
+    return f"row {d.get('source')}: {_unit(d)}: {status}{code} ({', '.join(detail)})"
+
+
+def _gave_up(d: dict[str, Any]) -> str | None:
+    """At -v, the one row outcome that is a retry decision: attempts ran out."""
+    if d.get("status") != "failed" or not d.get("retryable"):
+        return None
+    return (f"gave up: row {d.get('source')}: {_unit(d)}: {d.get('error_code')} "
+            f"({_http(d.get('http_status'))}) after {_plural(d.get('attempts') or 0, 'attempt')}; "
+            "failed, retryable (--resume --retry-failed sends it again)")
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str | None]] = {
+    "plan": _plan, "resume": _resume, "resume_new_run": _resume_new_run, "retry": _retry,
+    "pause": _pause, "wait": _wait, "stop": _stop, "canary": _canary, "finish": _finish,
+}
+
+
+def render(kind: str, data: dict[str, Any], level: int) -> str | None:
+    """The line for one event at verbosity `level` (0: none), without the timestamp."""
+    if level <= 0 or kind in SILENT_KINDS:
+        return None
+    if kind == "row":
+        return _row(data) if level >= 2 else _gave_up(data)
+    renderer = RENDERERS.get(kind)
+    return renderer(data) if renderer is not None else None
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class VerboseLog:
+    """An event sink (Hooks.event) that writes the lines of `render` through `write`: the
+    CLI's notice, which prints above a progress bar and is silent under --quiet."""
+
+    def __init__(self, level: int, write: Writer,
+                 now: Callable[[], datetime] = _utc_now) -> None:
+        self.level = level
+        self._write = write
+        self._now = now
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        # Events fire inside the send loop and the committer: an exception here would stop
+        # the run (or hang it, waiting on a commit that never reports), so a line that cannot
+        # be rendered is skipped, and a stderr that went away (a closed pipe) ends the lines.
+        if self.level <= 0:
+            return
+        try:
+            line = render(kind, data, self.level)
+            if line is not None:
+                self._write(f"{self._now():%Y-%m-%dT%H:%M:%SZ} {line}")
+        except OSError:
+            self.level = 0
+        except Exception:  # noqa: BLE001 - a line is not worth a 40-hour run
+            return
+
+
+def fan_out(*sinks: Callable[[str, dict[str, Any]], None] | None,
+            ) -> Callable[[str, dict[str, Any]], None]:
+    """One Hooks.event that feeds every sink given (the --events file, the -v lines)."""
+    live = [s for s in sinks if s is not None]
+
+    def event(kind: str, data: dict[str, Any]) -> None:
+        for sink in live:
+            sink(kind, data)
+
+    return event
