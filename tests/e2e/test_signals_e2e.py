@@ -10,14 +10,30 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from . import FAST, SIGNALS, finish, job_rows, puts, start_cli, wait_until, write_input
+from . import (
+    CLI_TIMEOUT,
+    FAST,
+    REPO,
+    SAMPLE,
+    SIGNALS,
+    cli_env,
+    finish,
+    job_rows,
+    puts,
+    start_cli,
+    wait_until,
+    write_input,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -57,3 +73,82 @@ def test_a_signal_mid_run_leaves_a_complete_report_and_exits_130(
     assert run.summary["stopped"]["code"] == "interrupted"
     assert run.summary["requests_sent"] == len(received)
     assert "--resume" in run.stderr
+
+
+# --- a signal during start-up, before any run ----------------------------------------------
+#
+# Sending a signal "as soon as the process is spawned" cannot be made to land anywhere in
+# particular: it mostly lands in the interpreter's own start-up, the one window the CLI cannot
+# cover (see batch_toggle/entry.py), so nothing could be asserted of it. Instead the child's
+# sitecustomize (test code, on the child's PYTHONPATH; the product has no such hook) sends the
+# process a real signal at a known point: when a given module is first imported. os.kill to
+# oneself delivers it before os.kill returns, so the point is exact and no sleep is involved.
+# It is sent from inside an exec() of a string, as when it lands while @dataclass builds a
+# class: under `python -m` CPython remembers that and would end the process by SIGINT (exit -2)
+# after the CLI handled the interrupt, unless told otherwise (entry._forget_handled_interrupt).
+
+TRIP = """\
+import os, signal, sys
+
+
+class _Trip:
+    \"\"\"Send this process {sig} when {module!r} is first imported (once).\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            with open({marker!r}, "w") as fh:
+                fh.write(name)
+            exec("os.kill(os.getpid(), signal.{sig})")
+        return None
+
+
+sys.meta_path.insert(0, _Trip())
+"""
+
+
+def _console_script() -> list[str]:
+    """What the installed `batch-toggle` script does, from pyproject.toml's [project.scripts]."""
+    with (REPO / "pyproject.toml").open("rb") as fh:
+        target = tomllib.load(fh)["project"]["scripts"]["batch-toggle"]
+    module, _, func = target.partition(":")
+    return [sys.executable, "-c", f"import sys; from {module} import {func}; sys.exit({func}())"]
+
+
+ENTRIES = {"python -m": [sys.executable, "-m", "batch_toggle"], "console script": None}
+# point: (the module whose first import trips the signal, the command, "{tmp}" the test's dir)
+POINTS = {
+    # importing the CLI (click, pyarrow, the jobs layer): most of a start-up's time
+    "importing": ("batch_toggle.cli",
+                  ["validate", str(SAMPLE), "--no-html", "--report", "{tmp}/report.csv"]),
+    # click resolving a lazy command: inside click's main, before the command's body
+    "parsing": ("batch_toggle.cli.status_cmd", ["status", "--state", "{tmp}/state.sqlite"]),
+}
+
+
+@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("sig", SIGNALS, ids=[s.name for s in SIGNALS])
+def test_a_signal_during_start_up_exits_130_with_one_line(
+    tmp_path: Path, sig: signal.Signals, entry: str, point: str
+) -> None:
+    module, args = POINTS[point]
+    marker = tmp_path / "tripped"
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        TRIP.format(module=module, marker=str(marker), sig=sig.name), encoding="utf-8")
+    env = cli_env(None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    command = [*(ENTRIES[entry] or _console_script()),
+               *(a.replace("{tmp}", str(tmp_path)) for a in args)]
+
+    proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=CLI_TIMEOUT, stdin=subprocess.DEVNULL)
+
+    assert marker.read_text() == module, "the signal was never sent"
+    assert proc.returncode == 130, proc.stderr
+    # One line (while parsing, after the blank line click writes to close a terminal's ^C).
+    assert proc.stderr.strip() == "batch-toggle: interrupted", proc.stderr
+    assert proc.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "tripped"], "nothing written"
