@@ -648,8 +648,13 @@ class StateStore:
 
     @_translated
     def record_outcomes(self, run_id: str,
-                        items: Sequence[tuple[int, Outcome, LedgerUpdate | None]]) -> None:
+                        items: Sequence[tuple[int, Outcome, LedgerUpdate | None]],
+                        sends: Sequence[tuple[str, float, float | None]] = ()) -> None:
         """Commit a batch of outcomes (and what they taught the ledger) in ONE transaction.
+
+        `sends` are send-log entries (as for `record_sends`) that nobody waits on: written in
+        the same transaction, they cost no commit of their own (a commit, not the rows, is most
+        of what a round costs) and are fsynced with the outcomes.
 
         `int` is the unit's representative row (0-based over the whole input table); a row that
         already has an outcome in this run is overwritten (a retry of a failed row). Durable
@@ -661,6 +666,7 @@ class StateStore:
         """
         self._writable()
         if not items:
+            self.record_sends(sends)
             return
         outcome_rows = []
         ledger_rows = []
@@ -685,6 +691,8 @@ class StateStore:
                     # In item order: a later update of the same unit wins.
                     self._conn.executemany(_LEDGER_UPSERT, ledger_rows)
                     self._conn.executemany(_LEDGER_CLIENT, ledger_rows)
+                if sends:
+                    self._conn.executemany(_SENDS_UPSERT, sends)
 
     @_translated
     def load_outcomes(self, run_id: str) -> dict[int, Outcome]:
@@ -778,10 +786,7 @@ class StateStore:
         if not entries:
             return
         with self._sends_lock, _transaction(self._sends_conn):
-            self._sends_conn.executemany(
-                "INSERT INTO sends (send_id, sent, done) VALUES (?, ?, ?) ON CONFLICT (send_id)"
-                " DO UPDATE SET sent = excluded.sent, done = COALESCE(excluded.done, done)",
-                entries)
+            self._sends_conn.executemany(_SENDS_UPSERT, entries)
 
     @_translated
     def recent_sends(self, since_wall: float) -> list[tuple[float, float | None]]:
@@ -846,6 +851,10 @@ ON CONFLICT (job_id, update_target) DO UPDATE SET
     obs_run     = excluded.obs_run
 """
 # Keep both units of a job on the job's latest known client.
+_SENDS_UPSERT = (
+    "INSERT INTO sends (send_id, sent, done) VALUES (?, ?, ?) ON CONFLICT (send_id)"
+    " DO UPDATE SET sent = excluded.sent, done = COALESCE(excluded.done, done)")
+
 _LEDGER_CLIENT = """
 UPDATE ledger SET client_id = :client_id
 WHERE job_id = :job_id AND :client_id IS NOT NULL AND client_id IS NOT :client_id

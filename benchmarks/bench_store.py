@@ -175,10 +175,10 @@ class Probe:
         self.writer_cpu_s = 0.0
         inner = store.record_outcomes
 
-        def counted(run_id: str, items: Sequence[Any]) -> None:
+        def counted(run_id: str, items: Sequence[Any], sends: Sequence[Any] = ()) -> None:
             cpu = time.thread_time()
             try:
-                inner(run_id, items)
+                inner(run_id, items, sends)
             finally:
                 self.writer_cpu_s += time.thread_time() - cpu
                 self.commits += 1
