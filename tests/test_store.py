@@ -405,6 +405,21 @@ def test_send_log_records_in_flight_then_done_and_prunes(store: StateStore) -> N
     assert store.recent_sends(0.0) == [(300.0, 301.0)]
 
 
+def test_send_log_entries_ride_in_the_outcomes_transaction(store: StateStore) -> None:
+    """With the outcomes they commit together, or not at all."""
+    store.create_run("r1", **RUN_ARGS)
+    store.record_sends([("a", 100.0, None)])
+    store.record_outcomes("r1", [(0, Outcome("updated", attempts=1), None)],
+                          [("a", 100.0, 100.5), ("b", 200.0, None)])
+    assert store.recent_sends(0.0) == [(100.0, 100.5), (200.0, None)]
+    assert sorted(store.load_outcomes("r1")) == [0]
+    with pytest.raises(StoreError, match="no run nope"):
+        store.record_outcomes("nope", [(1, Outcome("updated"), None)], [("c", 300.0, None)])
+    assert store.recent_sends(0.0) == [(100.0, 100.5), (200.0, None)]
+    store.record_outcomes("r1", [], [("d", 400.0, None)])  # no outcomes: still logged
+    assert store.recent_sends(350.0) == [(200.0, None), (400.0, None)]  # b: never answered
+
+
 def test_send_log_is_shared_by_every_handle_on_the_store(store: StateStore,
                                                          store_path: Path) -> None:
     store.record_sends([("a", 10.0, 11.0)])
