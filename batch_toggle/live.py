@@ -25,6 +25,7 @@ import httpx
 
 from . import vocab
 from .committer import Committer, Finished
+from .connections import worker_connections
 from .errors import ExitCode, InputError, UsageError
 from .hosts import is_loopback
 from .jobs import SILENT, Hooks, JobConfig, JobResult, Prepared, announce_plan, finish, prepare
@@ -245,11 +246,13 @@ def _sandbox_key() -> str:
 
 def make_client(config: JobConfig,
                 transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """One client for the run: keep-alive, a pool sized to --concurrency, no redirects (the key
-    header and body would follow them), TLS verification always on."""
+    """One client for the run: a kept-alive connection per worker (see `connections`), no
+    redirects (the key header and body would follow them), TLS verification always on."""
     if transport is None and config.sandbox:
         from .sandbox import SandboxConfig, create_app
         transport = httpx.ASGITransport(app=create_app(SandboxConfig()))
+    elif transport is None:
+        transport = worker_connections()
     n = config.send.concurrency
     return httpx.AsyncClient(
         transport=transport, timeout=httpx.Timeout(config.send.timeout),

@@ -64,6 +64,7 @@ sys.path.insert(0, str(REPO))
 
 from batch_toggle.committer import Committer  # noqa: E402
 from batch_toggle.config import Rate, SendOptions  # noqa: E402
+from batch_toggle.connections import worker_connections  # noqa: E402
 from batch_toggle.limiter import Budget  # noqa: E402
 from batch_toggle.plan import Units  # noqa: E402
 from batch_toggle.runner import Runner  # noqa: E402
@@ -145,12 +146,18 @@ def make_units(jobs: Sequence[Any], n: int) -> Units:
 
 
 def new_client(base_url: str) -> httpx.AsyncClient:
-    """The client `live.make_client` builds, pointed at the server."""
+    """A plain httpx client (one pool of CONCURRENCY connections), for the bare loop."""
     return httpx.AsyncClient(
         base_url=base_url, timeout=httpx.Timeout(30.0),
         limits=httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY),
         follow_redirects=False,
     )
+
+
+def runner_client(base_url: str) -> httpx.AsyncClient:
+    """The client `live.make_client` builds (a connection per worker), pointed at the server."""
+    return httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(30.0),
+                             transport=worker_connections(), follow_redirects=False)
 
 
 async def bare_loop(base_url: str, units: Units) -> float:
@@ -198,7 +205,7 @@ async def runner_loop(base_url: str, units: Units, store_dir: Path | None,
         if variant == "coalesced":
             committer.min_round = COALESCE
         budget = Budget.from_options(options)
-        async with new_client(base_url) as client:
+        async with runner_client(base_url) as client:
             await client.put(TOGGLE, json={"job_id": units.job_id[0], "review_key":
                              units.review_key[0], "do_notify_sms": "true",
                              "update_target": "job"}, headers={"LOGIS-API-KEY": KEY})

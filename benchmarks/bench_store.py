@@ -67,6 +67,7 @@ sys.path.insert(0, str(REPO))
 
 from batch_toggle.committer import Committer  # noqa: E402
 from batch_toggle.config import Rate, SendOptions  # noqa: E402
+from batch_toggle.connections import worker_connections  # noqa: E402
 from batch_toggle.limiter import Budget  # noqa: E402
 from batch_toggle.outcome import Outcome  # noqa: E402
 from batch_toggle.plan import Units  # noqa: E402
@@ -145,10 +146,9 @@ def make_units(jobs: Sequence[Any]) -> Units:
 
 
 def new_client(base_url: str, concurrency: int) -> httpx.AsyncClient:
-    """The client `live.make_client` builds, pointed at the server."""
+    """The client `live.make_client` builds (a connection per worker), pointed at the server."""
     return httpx.AsyncClient(
-        base_url=base_url, timeout=httpx.Timeout(30.0),
-        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        base_url=base_url, timeout=httpx.Timeout(30.0), transport=worker_connections(),
         follow_redirects=False,
     )
 
