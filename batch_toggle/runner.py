@@ -244,22 +244,28 @@ class Runner:
 
     @contextlib.contextmanager
     def signals(self) -> Any:
-        """SIGINT/SIGTERM stop the run cleanly (exit 130) instead of killing it."""
+        """SIGINT/SIGTERM stop the run cleanly (exit 130) instead of killing it. On the way out
+        the handlers the process had before come back: asyncio's own removal would reset
+        SIGTERM to the default action, and a SIGTERM while the report is written would then
+        kill the process instead of being one more clean interrupt."""
         loop = asyncio.get_running_loop()
-        installed = []
+        installed: list[tuple[signal.Signals, Any]] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(sig)
             try:
                 loop.add_signal_handler(sig, self.request_stop, Stop(
                     "interrupted", ExitCode.INTERRUPTED,
                     f"interrupted by {sig.name}; resume with --resume"))
-                installed.append(sig)
+                installed.append((sig, previous))
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
         try:
             yield
         finally:
-            for sig in installed:
+            for sig, previous in installed:
                 loop.remove_signal_handler(sig)
+                if previous is not None:
+                    signal.signal(sig, previous)
 
     # --- queue --------------------------------------------------------------------------
 

@@ -805,3 +805,25 @@ def test_outcomes_and_ledger_updates_reach_a_real_state_store_without_review_key
         data = p.read_bytes()
         for secret in secrets:
             assert secret.encode() not in data, (p.name, secret[-4:])
+
+
+def test_the_handlers_the_process_had_come_back_after_the_run() -> None:
+    """asyncio's remove_signal_handler resets SIGTERM to the default action: a SIGTERM while
+    the report is written would kill the process. Runner.signals puts back what was there."""
+    import signal
+
+    seen: list[int] = []
+
+    def before(signum: int, _frame: object) -> None:
+        seen.append(signum)
+
+    old_term = signal.signal(signal.SIGTERM, before)
+    old_int = signal.getsignal(signal.SIGINT)
+    try:
+        run_units(jobs(3), FakeLogis(), signals=True)
+        assert signal.getsignal(signal.SIGTERM) is before
+        assert signal.getsignal(signal.SIGINT) is old_int
+        signal.raise_signal(signal.SIGTERM)
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
