@@ -43,6 +43,10 @@ OnWait = Callable[[str, float], object]
 WAIT_BUDGET, WAIT_DAILY, WAIT_RPS, WAIT_PAUSE = "budget", "daily", "rps", "pause"
 
 
+# How late a paced send may be and still count as on schedule (see Budget._paced_from).
+PACE_SLACK = 0.005
+
+
 def default_margin(period: float) -> float:
     """The safety margin added to every held slot: about 2% of PERIOD, at least 50 ms."""
     return max(MARGIN_FRACTION * period, MIN_MARGIN)
@@ -322,16 +326,17 @@ class Budget:
 
     def _paced_from(self, now: float) -> float:
         """Where the next `--max-rps` interval starts counting from. A sleep always wakes a
-        little late (the event loop's turn, a busy CPU); counting from the actual send would add
-        that lateness to every interval, and a pace of 1,000/s came out near 650/s. So a send
-        late by less than one interval counts as sent on schedule: the pace is kept on average,
-        and no stretch of time ever sees more than one request beyond it. A send later than that
-        (the run was idle, or waited on something else) starts the schedule afresh, so idle time
-        never builds up into a burst."""
+        little late (epoll's timers count whole milliseconds, and the event loop may be busy);
+        counting from the actual send would add that lateness to every interval, and a pace of
+        1,000/s came out near 650/s. So a send late by less than one interval, or than
+        PACE_SLACK, counts as sent on schedule: the pace is kept on average, and no stretch of
+        time sees more than max(1, PACE_SLACK x rate) requests beyond it (one at any pace up
+        to 200/s). A send later than that (the run was idle, or waited on something else)
+        starts the schedule afresh, so idle time never builds up into a burst."""
         if self._last_send is None or self._interval <= 0:
             return now
         scheduled = self._last_send + self._interval
-        return scheduled if 0 <= now - scheduled < self._interval else now
+        return scheduled if 0 <= now - scheduled < max(self._interval, PACE_SLACK) else now
 
     async def _wait(self, at: float, now: float, reason: str) -> None:
         """Sleep until `at`, or, when only a response can free a slot, until one is released.
