@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from .store import LedgerUpdate, StateStore
 # the loopback ceiling, fewer rounds, less CPU), and is nothing beside a real API's latency.
 MIN_ROUND = 0.001
 SendEntry = tuple[str, float, float | None]  # (send_id, wall_sent, wall_done or None)
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Committer:
         self._idle = asyncio.Event()
         self._hurry = False  # a flush or close is waiting
         self.min_round = MIN_ROUND
+        self._callback_failed = False  # on_committed raised once: said once, not per row
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._writer())
@@ -217,7 +220,17 @@ class Committer:
     def _committed(self, batch: list[Finished]) -> None:
         self._release(batch)
         for finished in batch:
-            self._on_committed(finished)
+            # The callback reports (a progress bar, -vv lines, a library caller's hooks) and runs
+            # on the writer task: an exception escaping it would end the task, and every later
+            # durable() waiter, flush() and so the run would wait forever. The row is committed
+            # whatever the callback does; the run goes on.
+            try:
+                self._on_committed(finished)
+            except Exception:  # noqa: BLE001 - see above
+                if not self._callback_failed:
+                    self._callback_failed = True
+                    _log.warning("the on_committed callback failed; the run goes on",
+                                 exc_info=True)
 
     def _release(self, batch: list[Finished]) -> None:
         """Let the workers waiting on these outcomes go (the runner sees a store error)."""
