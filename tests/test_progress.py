@@ -104,6 +104,18 @@ def test_notices_without_a_bar_stop_quietly(monkeypatch: pytest.MonkeyPatch) -> 
     assert err.attempts_after_failure == 1
 
 
+def test_a_process_started_without_stderr_shows_nothing_and_raises_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`batch-toggle run ... --progress 2>&-`: Python starts with sys.stderr None."""
+    monkeypatch.setattr("sys.stderr", None)
+    bar = ProgressBar(enabled=True)
+    bar(SNAP)
+    bar.write("plan: 10 rows")
+    bar(SNAP)
+    bar.close()
+    assert bar._out.gone
+
+
 def test_the_notice_path_of_the_hooks_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     """make_hooks prints notices and the -v lines above the bar, through bar.write."""
     err = Stderr()

@@ -11,6 +11,7 @@ through `_Stderr`, which never raises; the first failed write ends the bar and e
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from typing import Any
@@ -36,13 +37,16 @@ class _Stderr:
     def write(self, text: str) -> None:
         if self.gone:
             return
+        if sys.stderr is None:  # started with stderr closed (`2>&-`): Python sets it to None
+            self.gone = True
+            return
         try:
             sys.stderr.write(text)
         except (OSError, ValueError):
             self._lost()
 
     def flush(self) -> None:
-        if self.gone:
+        if self.gone or sys.stderr is None:
             return
         try:
             sys.stderr.flush()
@@ -51,6 +55,8 @@ class _Stderr:
 
     def fileno(self) -> int:
         """For tqdm's terminal width (dynamic_ncols); it falls back when this raises."""
+        if sys.stderr is None:
+            raise io.UnsupportedOperation("no stderr")
         return sys.stderr.fileno()
 
     @property
