@@ -13,11 +13,12 @@ next outcome commit fsyncs it). When the database is free the event loop writes 
 itself (tens of microseconds); when the writer thread holds it (an outcome commit waits on its
 fsync), the request waits for the thread to write it, and the event loop goes on with other
 requests' replies meanwhile. The runner waives the wait while its run cannot fill a budget
-window (see Runner._budget_tight): the record is then queued, and the thread commits it within
-a round, about a millisecond. The time a reply came is logged without waiting, with the next
-send or the next batch of outcomes (a record with no reply time is taken as answered at the
-timeout, which only makes a resumed budget more careful). The two writers take turns through
-one lock: colliding in SQLite's own busy handler would sleep whole milliseconds.
+window (see Runner._budget_tight): the record is then queued, and the thread commits it with
+the next round of outcomes, or within SEND_LOG_DELAY when no outcome comes (retries, an
+outage). The time a reply came is logged the same way, without waiting (a record with no reply
+time is taken as answered at the timeout, which only makes a resumed budget more careful).
+The two writers take turns through one lock: colliding in SQLite's own busy handler would
+sleep whole milliseconds.
 """
 
 from __future__ import annotations
@@ -34,11 +35,15 @@ from dataclasses import dataclass
 from .outcome import Outcome
 from .store import LedgerUpdate, StateStore
 
-# Seconds a commit round waits for more outcomes to gather. A round's commit (its fsync, the
-# thread hop) costs more than its rows, and a worker waits for its own row's round anyway: a
-# millisecond lets the other workers' answers join it (bench_store: 1.8 -> 2.5 rows a round at
-# the loopback ceiling, fewer rounds, less CPU), and is nothing beside a real API's latency.
+# The longest a commit round waits for the answers still in flight to join it (it waits for
+# none when none is in flight). A round's commit (its fsync, the thread hop) costs more than
+# its rows, and a worker waits for its own row's round anyway, so the other workers' answers
+# may as well join it: bench_store at the loopback ceiling, 4 workers, 1.8 -> 4.0 rows a round
+# and the store's share of the ceiling about 0.40 -> 0.24. A millisecond is nothing beside a
+# real API's latency.
 MIN_ROUND = 0.001
+# How long a queued send-log record may wait for a round of outcomes to carry it.
+SEND_LOG_DELAY = 0.05
 SendEntry = tuple[str, float, float | None]  # (send_id, wall_sent, wall_done or None)
 _log = logging.getLogger(__name__)
 
@@ -78,6 +83,9 @@ class Committer:
         self._idle = asyncio.Event()
         self._hurry = False  # a flush or close is waiting
         self.min_round = MIN_ROUND
+        self._in_flight = 0  # requests between send_started and send_done
+        self._quiet: asyncio.Future[None] | None = None  # set when none is in flight
+        self._send_log_timer: asyncio.TimerHandle | None = None  # a round for queued sends
         self._callback_failed = False  # on_committed raised once: said once, not per row
 
     def start(self) -> None:
@@ -113,7 +121,8 @@ class Committer:
         entry = (send_id, wall, None)
         if not wait:
             self._sends.append(entry)
-            self._wake.set()
+            self._in_flight += 1
+            self._send_log_soon()
             return send_id
         if self._db.acquire(blocking=False):  # the database is free: write it here, now,
             # with whatever the thread has not written yet (reply times, waiting sends)
@@ -127,19 +136,32 @@ class Committer:
             finally:
                 self._db.release()
             _settle(waiters, None)
+            self._in_flight += 1
             return send_id
         waiter = asyncio.get_running_loop().create_future()
         self._sends.append(entry)
         self._send_waiters.append(waiter)
         self._wake.set()
         await waiter  # the thread writes it first thing in its next round
+        self._in_flight += 1
         return send_id
 
     def send_done(self, send_id: str | None, sent: float, done: float) -> None:
         """Log when the request's reply (or timeout, or error) came, with the next batch."""
         if self.store is not None and send_id is not None:
             self._sends.append((send_id, sent, done))
-            self._wake.set()
+            self._in_flight -= 1
+            if self._in_flight == 0 and self._quiet is not None:
+                _settle([self._quiet], None)
+            self._send_log_soon()
+
+    def _send_log_soon(self) -> None:
+        """A round within SEND_LOG_DELAY for queued send-log records, unless a round of
+        outcomes takes them first (waking the writer for each record would mean a round, a
+        thread hop, per request)."""
+        if self._send_log_timer is None:
+            self._send_log_timer = asyncio.get_running_loop().call_later(
+                SEND_LOG_DELAY, self._wake.set)
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -164,12 +186,16 @@ class Committer:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            if (self.min_round > 0 and self.store is not None
+            if (self._queue and self.min_round > 0 and self.store is not None
                     and not (self._closed or self._hurry or self._send_waiters)):
-                # Let a few outcomes gather (a commit round costs a thread hop and an fsync),
-                # unless a request waits on the send log or a flush/close waits on us.
-                await asyncio.sleep(self.min_round)
+                # Let the answers on their way join these outcomes (a commit round costs a
+                # thread hop and an fsync), unless a request waits on the send log or a
+                # flush/close waits on us.
+                await self._gather(loop)
             self._wake.clear()
+            if self._send_log_timer is not None:  # this round carries the queued records
+                self._send_log_timer.cancel()
+                self._send_log_timer = None
             sends, self._sends = self._sends, []
             waiters, self._send_waiters = self._send_waiters, []
             batch, self._queue = self._queue, []
@@ -182,6 +208,21 @@ class Committer:
             self._idle.set()
             if self._closed and not self._queue and not self._sends:
                 return
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for the answers still on their way, for at most `min_round`: with none in
+        flight nothing more can join this round, so it commits at once. The workers then tend
+        to move together (send, all answered, one commit for all, send again): one round per
+        --concurrency rows instead of one per row or two."""
+        if self._in_flight <= 0:
+            return
+        quiet = self._quiet = loop.create_future()
+        timer = loop.call_later(self.min_round, _settle, [quiet], None)
+        try:
+            await quiet
+        finally:
+            timer.cancel()
+            self._quiet = None
 
     async def _commit(self, loop: asyncio.AbstractEventLoop, sends: list[SendEntry],
                       waiters: list[asyncio.Future[None]], batch: list[Finished]) -> None:
