@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import urllib.request
 from collections.abc import Callable
 
 import httpx
@@ -70,3 +71,12 @@ def worker_connections() -> WorkerConnections:
     context: ssl.SSLContext = httpx.create_ssl_context(verify=True)
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     return WorkerConnections(lambda: httpx.AsyncHTTPTransport(verify=context, limits=limits))
+
+
+def proxy_configured() -> bool:
+    """Does the environment name a proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, any case)?
+
+    httpx honours those only when it builds the client's transport itself, so a run that must
+    go through a proxy keeps httpx's own pool (and its NO_PROXY rules) rather than
+    `WorkerConnections`: correct first, a little CPU second."""
+    return any(urllib.request.getproxies().get(scheme) for scheme in ("http", "https", "all"))

@@ -25,7 +25,7 @@ import httpx
 
 from . import vocab
 from .committer import Committer, Finished
-from .connections import worker_connections
+from .connections import proxy_configured, worker_connections
 from .errors import ExitCode, InputError, UsageError
 from .hosts import is_loopback
 from .jobs import SILENT, Hooks, JobConfig, JobResult, Prepared, announce_plan, finish, prepare
@@ -247,11 +247,15 @@ def _sandbox_key() -> str:
 def make_client(config: JobConfig,
                 transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """One client for the run: a kept-alive connection per worker (see `connections`), no
-    redirects (the key header and body would follow them), TLS verification always on."""
+    redirects (the key header and body would follow them), TLS verification always on.
+
+    With a proxy named in the environment, httpx builds the transport itself (it honours the
+    proxy only then): one pool sized to --concurrency, through the proxy, TLS verified; that
+    is what `limits` and `verify` below are for."""
     if transport is None and config.sandbox:
         from .sandbox import SandboxConfig, create_app
         transport = httpx.ASGITransport(app=create_app(SandboxConfig()))
-    elif transport is None:
+    elif transport is None and not proxy_configured():
         transport = worker_connections()
     n = config.send.concurrency
     return httpx.AsyncClient(

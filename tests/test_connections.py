@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpcore._backends.anyio as httpcore_anyio
 import httpx
 import pytest
 
-from batch_toggle.connections import WorkerConnections, worker_connections
+from batch_toggle.config import SendOptions
+from batch_toggle.connections import WorkerConnections, proxy_configured
+from batch_toggle.jobs import JobConfig
+from batch_toggle.live import make_client
 
 
 class Recording(httpx.MockTransport):
@@ -80,35 +82,104 @@ def test_a_task_still_running_at_close_has_its_transport_closed_too() -> None:
     assert len(made) == 1 and made[0].closed
 
 
-def test_on_a_real_socket_a_request_checks_only_its_own_idle_connection(
-        sandbox_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """httpx checks every idle connection of a pool for a server-side close before and after
-    each request. With one connection per worker that is at most two checks a request,
-    however many workers wait meanwhile (with one shared pool it grows with the pool)."""
-    checks = 0
-    real_check = httpcore_anyio.is_socket_readable
+class RecordingServer:
+    """A minimal HTTP/1.1 keep-alive server on 127.0.0.1: answers every request 200 `{}` and
+    records (client port, request line). As a forward proxy it sees absolute-form targets."""
 
-    def counted(sock: Any) -> bool:
-        nonlocal checks
-        checks += 1
-        return real_check(sock)
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, str]] = []
+        self.url = ""
+        self._server: asyncio.base_events.Server | None = None
 
-    monkeypatch.setattr(httpcore_anyio, "is_socket_readable", counted)
+    async def __aenter__(self) -> RecordingServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        port = writer.get_extra_info("peername")[1]
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                lines = head.decode("latin-1").split("\r\n")
+                length = next((int(h.split(":", 1)[1]) for h in lines
+                               if h.lower().startswith("content-length:")), 0)
+                await reader.readexactly(length)
+                self.seen.append((port, lines[0]))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 2\r\n\r\n{}")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
+              "http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def client_for(base_url: str, concurrency: int) -> httpx.AsyncClient:
+    """The client a live run gets (live.make_client), for `base_url`."""
+    config = JobConfig(inputs=("in.csv",), command="run",
+                       send=SendOptions(base_url=base_url, concurrency=concurrency))
+    return make_client(config)
+
+
+def test_a_run_gives_each_worker_one_kept_alive_connection(no_proxy_env: Any) -> None:
     workers, each = 6, 15
 
-    async def main() -> int:
-        connections = worker_connections()
-        async with httpx.AsyncClient(transport=connections,
-                                     base_url=sandbox_server.base_url) as client:
+    async def main() -> list[tuple[int, str]]:
+        async with RecordingServer() as server, client_for(server.url, workers) as client:
 
-            async def worker() -> None:
+            async def worker(name: str) -> None:
                 for _ in range(each):
-                    response = await client.get("/_sandbox/state")
+                    response = await client.put(f"{server.url}/api/{name}", json={})
                     assert response.status_code == 200
+                    await asyncio.sleep(0)  # let the other workers interleave
 
-            await asyncio.gather(*(worker() for _ in range(workers)))
-        return connections.created
+            await asyncio.gather(*(worker(f"w{i}") for i in range(workers)))
+        return server.seen
 
-    created = asyncio.run(main())
-    assert created == workers
-    assert 0 < checks <= 2 * workers * each, checks
+    seen = asyncio.run(main())
+    assert len(seen) == workers * each
+    ports_by_worker: dict[str, set[int]] = {}
+    for port, line in seen:
+        ports_by_worker.setdefault(line.split()[1], set()).add(port)
+    assert all(len(ports) == 1 for ports in ports_by_worker.values()), ports_by_worker
+    assert len({p for ports in ports_by_worker.values() for p in ports}) == workers
+
+
+def test_a_proxy_named_in_the_environment_is_used(no_proxy_env: pytest.MonkeyPatch) -> None:
+    """httpx honours HTTP(S)_PROXY only when it builds the transport: a run behind an egress
+    proxy must still go through it."""
+
+    async def main() -> list[tuple[int, str]]:
+        async with RecordingServer() as proxy:
+            no_proxy_env.setenv("HTTP_PROXY", proxy.url)
+            assert proxy_configured()
+            async with client_for("http://logis.test", 4) as client:
+                response = await client.put(
+                    "http://logis.test/api/apikeys/toggle_sms_notifications", json={})
+                assert response.status_code == 200
+        return proxy.seen
+
+    seen = asyncio.run(main())
+    assert [line for _port, line in seen] == [
+        "PUT http://logis.test/api/apikeys/toggle_sms_notifications HTTP/1.1"]
+
+
+def test_without_proxy_variables_no_proxy_is_assumed(no_proxy_env: Any) -> None:
+    assert not proxy_configured()
