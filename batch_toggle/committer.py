@@ -24,6 +24,7 @@ sleep whole milliseconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -239,7 +240,14 @@ class Committer:
         def write() -> None:
             with self._db:
                 if not waiters:  # nobody waits on the send log: one transaction for all
-                    store.record_outcomes(self.run_id, items, sends)
+                    try:
+                        store.record_outcomes(self.run_id, items, sends)
+                    except BaseException:
+                        # Those requests were sent: their records must not go down with the
+                        # outcomes' transaction (a later run sharing the store counts them).
+                        with contextlib.suppress(Exception):
+                            store.record_sends(sends)
+                        raise
                     return
                 try:
                     store.record_sends(sends)

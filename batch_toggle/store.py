@@ -819,6 +819,11 @@ _RUN_COLUMNS = ("seq, run_id, command, inputs, plan_key, options, total_rows, st
                 " finished_at, exit_code, counts, pid, host, resumes, resumed_at")
 _EXIT = 9  # index of exit_code in _RUN_COLUMNS
 
+# A send-log record: a later record of the same send adds its reply time, never removes it.
+_SENDS_UPSERT = (
+    "INSERT INTO sends (send_id, sent, done) VALUES (?, ?, ?) ON CONFLICT (send_id)"
+    " DO UPDATE SET sent = excluded.sent, done = COALESCE(excluded.done, done)")
+
 # One statement for both kinds of ledger update, so that a batch applies in item order.
 # A confirmation replaces the unit's confirmation and clears an older observation; an
 # observation only replaces the observation. A new unit inherits its job's known client.
@@ -851,10 +856,6 @@ ON CONFLICT (job_id, update_target) DO UPDATE SET
     obs_run     = excluded.obs_run
 """
 # Keep both units of a job on the job's latest known client.
-_SENDS_UPSERT = (
-    "INSERT INTO sends (send_id, sent, done) VALUES (?, ?, ?) ON CONFLICT (send_id)"
-    " DO UPDATE SET sent = excluded.sent, done = COALESCE(excluded.done, done)")
-
 _LEDGER_CLIENT = """
 UPDATE ledger SET client_id = :client_id
 WHERE job_id = :job_id AND :client_id IS NOT NULL AND client_id IS NOT :client_id

@@ -120,3 +120,21 @@ def test_a_send_record_with_no_outcome_to_ride_with_is_committed_within_the_dela
 
     assert run_virtual(main) == [(100.0, 100.5)]
     assert store.rounds == [[]]  # one round, for the send log alone
+
+
+def test_a_failed_outcome_commit_does_not_take_the_send_log_down_with_it(store: Any) -> None:
+    """The send records ride in the outcomes' transaction; when that fails (here: an unknown
+    run), the requests were still sent, so their records are written on their own."""
+
+    async def main() -> BaseException | None:
+        committer = Committer(store, "no-such-run")
+        committer.start()
+        send_id = await committer.send_started(0.0, wait=False)
+        answer(committer, send_id, 0)  # logs the reply as (sent 0.0, done 0.0)
+        await committer.durable(0)
+        await committer.close()
+        return committer.error
+
+    error = run_virtual(main)
+    assert error is not None and "no run no-such-run" in str(error)
+    assert store.recent_sends(0.0) == [(0.0, 0.0)]
