@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -193,6 +194,7 @@ def audit(config: JobConfig, hooks: Hooks = SILENT, *, options: AuditOptions | N
 def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
                   options: AuditOptions, stdin: Any,
                   transport: httpx.AsyncBaseTransport | None) -> JobResult:
+    hooks = audit_hooks(hooks)
     prepared = prepare(config, hooks=hooks, stdin=stdin,
                        ledger_for=(lambda _loaded: ledger_view(store)) if store else None)
     if store is not None:
@@ -246,13 +248,36 @@ def _announce(prepared: Prepared, reads: Reads, todo: Sequence[int], options: Au
                  f"{cost['rate']}{burst}")
     if client_only(prepared):
         hooks.notice(f"note: {CLIENT_ONLY_NOTE}")
-    hooks.event("plan", {"run_id": prepared.run_id, "rows": prepared.loaded.raw.num_rows,
+    hooks.event("plan", {"command": "audit", "run_id": prepared.run_id,
+                         "rows": prepared.loaded.raw.num_rows,
                          "units": prepared.plan.requests_needed, "jobs": len(reads), **cost})
+
+
+# The runner words its stop messages for `run` ("resume with --resume", "fix it and run again
+# with --resume"); an audit rejects --resume and is simply run again.
+_RESUME_ADVICE = re.compile(r"\b(?:resume|run again) with --resume\b")
+# The event fields that carry that advice: a stop's message, a finish's verdict.
+_ADVICE_FIELDS = {"stop": ("message",), "finish": ("verdict",)}
 
 
 def _no_resume(message: str | None) -> str | None:
     """The runner's stop messages say how to resume a run; an audit is simply run again."""
-    return message.replace("resume with --resume", "audit again") if message else message
+    return _RESUME_ADVICE.sub("audit again", message) if message else message
+
+
+def audit_hooks(hooks: Hooks) -> Hooks:
+    """`hooks` whose events say what an audit can do: the runner's `stop` (and a `finish`)
+    reach --events and -v with their --resume advice reworded by `_no_resume`, as the report
+    and the summary are; every other event passes as it is."""
+    event = hooks.event
+
+    def audit_event(kind: str, data: dict[str, Any]) -> None:
+        fields = [f for f in _ADVICE_FIELDS.get(kind, ()) if isinstance(data.get(f), str)]
+        if fields:
+            data = {**data, **{f: _no_resume(data[f]) for f in fields}}
+        event(kind, data)
+
+    return replace(hooks, event=audit_event)
 
 
 def _reads(n: int) -> str:
@@ -367,5 +392,5 @@ def audit_lines(facts: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["AuditOptions", "audit", "choose_sample", "plan_reads", "unit_outcomes",
+__all__ = ["AuditOptions", "audit", "audit_hooks", "choose_sample", "plan_reads", "unit_outcomes",
            "wilson_interval"]

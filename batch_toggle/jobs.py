@@ -179,7 +179,8 @@ def announce_plan(prepared: Prepared, hooks: Hooks) -> dict[str, Any]:
                  f"{cost_line(cost, prepared.config.send.rate.limit)}")
     if client_only(prepared):
         hooks.notice(f"note: {CLIENT_ONLY_NOTE}")
-    hooks.event("plan", {"run_id": prepared.run_id, "rows": prepared.loaded.raw.num_rows, **cost})
+    hooks.event("plan", {"command": prepared.config.command, "run_id": prepared.run_id,
+                         "rows": prepared.loaded.raw.num_rows, **cost})
     return cost
 
 

@@ -8,8 +8,10 @@ and client targets, with a duplicate, an unknown job and an invalid row.
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,12 +27,14 @@ from batch_toggle.audit import (
     NOT_SAMPLED,
     REVIEW_KEY_NOTE,
     AuditOptions,
+    _no_resume,
     audit,
     choose_sample,
     plan_reads,
     wilson_interval,
 )
 from batch_toggle.classify import TrackResult, Verdict
+from batch_toggle.cli.verbose import VerboseLog, fan_out
 from batch_toggle.config import Rate, SendOptions
 from batch_toggle.errors import ExitCode, StoreLocked, UsageError
 from batch_toggle.jobs import Hooks, JobConfig, request_cost, validate
@@ -252,6 +256,56 @@ def test_max_requests_stops_with_the_rest_not_attempted(tmp_path: Path) -> None:
     # (the CSV's formula guard prefixes the leading "-")
     assert rows[3]["error_message"] == "'--max-requests 2 reached; audit again"
     assert result.summary["verdict"] == "stopped early: the rest was not read; audit again"
+
+
+def test_a_stopped_audits_events_and_v_lines_advise_auditing_again_not_resume(
+        tmp_path: Path) -> None:
+    """Audit rejects --resume: the runner's stop advice reaches --events and -v reworded, as
+    the report and the summary are (and the -v lines name an audit, not a run)."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    lines: list[str] = []
+    hooks = Hooks(event=fan_out(lambda k, d: seen.append((k, d)), VerboseLog(2, lines.append)))
+    result = audit(_config(tmp_path, max_requests=2, concurrency=1), hooks,
+                   transport=httpx.ASGITransport(app=_app()))
+
+    assert result.exit_code == ExitCode.STOPPED
+    assert [d for k, d in seen if k == "stop"] == [
+        {"code": "budget_exhausted", "exit_code": 4,
+         "message": "--max-requests 2 reached; audit again", "resume_after": None}]
+    assert [d["command"] for k, d in seen if k == "plan"] == ["audit"]
+    (finish,) = [d for k, d in seen if k == "finish"]
+    assert finish["verdict"] == "stopped early: the rest was not read; audit again"
+    assert "--resume" not in json.dumps(seen)
+    assert lines and not [line for line in lines if "--resume" in line]
+    assert any(" start: audit " in line for line in lines)
+    assert any(" stop (exit 4): --max-requests 2 reached; audit again; " in line
+               for line in lines)
+
+
+@pytest.mark.parametrize(("message", "reworded"), [
+    ("--max-requests 5 reached; resume with --resume", "--max-requests 5 reached; audit again"),
+    ("interrupted by SIGTERM; resume with --resume", "interrupted by SIGTERM; audit again"),
+    ("daily_limit; resume with --resume after 2026-11-04T00:00:00+00:00",
+     "daily_limit; audit again after 2026-11-04T00:00:00+00:00"),
+    ("the state store failed (disk full); nothing more was sent; fix it and run again with "
+     "--resume", "the state store failed (disk full); nothing more was sent; fix it and audit "
+     "again"),
+    ("halted: 50 rows in a row failed", "halted: 50 rows in a row failed"),
+    (None, None),
+])
+def test_no_resume_rewords_each_way_the_runner_advises_a_resume(
+        message: str | None, reworded: str | None) -> None:
+    assert _no_resume(message) == reworded
+
+
+def test_no_stop_message_of_the_runner_keeps_its_resume_advice_in_an_audit() -> None:
+    """A stop message worded a new way in runner.py must not slip past the audit's rewording."""
+    source = (Path(__file__).resolve().parents[1] / "batch_toggle" / "runner.py").read_text(
+        encoding="utf-8")
+    advice = re.findall(r'"([^"\n]*--resume[^"\n]*)"', source)
+    assert advice  # the runner does advise --resume (else this test checks nothing)
+    for text in advice:
+        assert "--resume" not in (_no_resume(text) or ""), text
 
 
 def test_an_inactive_key_aborts_the_audit(tmp_path: Path) -> None:

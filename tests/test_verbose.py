@@ -190,6 +190,36 @@ def test_rows_are_lines_at_vv_and_only_exhausted_retries_at_v() -> None:
         "row optouts.csv:8: job 0d1e (client): updated (no HTTP answer, 0 attempts)")
 
 
+def test_an_audits_lines_name_an_audit_and_advise_auditing_again() -> None:
+    """Audit rejects --resume: its lines must not send a reader there."""
+    plan = {"command": "audit", "run_id": "R1", "rows": 7, "requests_needed": 3,
+            "estimated_duration": "0 s", "rate": "2500/h"}
+    assert render("plan", plan, 1, "audit") == (
+        "start: audit R1: 7 rows, 3 reads: about 0 s at 2500/h")
+    assert render("row", GAVE_UP, 1, "audit") == (
+        "gave up: row optouts.csv:8: job 0d1e (client): timeout (no HTTP answer) after "
+        "5 attempts; failed, retryable (auditing again reads it again)")
+    assert render("finish", {"run_id": "R1", "exit_code": 4, "verdict": "stopped early",
+                             "counts": {}}, 1, "audit") == "finish: audit R1: exit 4, stopped early"
+    # A run (and a command this version does not know) keeps the run's words.
+    for command in ("run", "validate", "something_new"):
+        assert "--resume --retry-failed" in (render("row", GAVE_UP, 1, command) or "")
+        assert (render("plan", plan, 1, command) or "").startswith("start: run R1: 7 rows, 3 "
+                                                                   "requests")
+
+
+def test_the_log_takes_its_command_from_the_plan_event() -> None:
+    lines: list[str] = []
+    log = VerboseLog(1, lines.append)
+    log("row", GAVE_UP)  # before any plan: a run's words
+    log("plan", {"command": "audit", "run_id": "R1", "rows": 1, "requests_needed": 1})
+    log("row", GAVE_UP)
+    first, start, then = (STAMP.sub("", line) for line in lines)
+    assert first.endswith("(--resume --retry-failed sends it again)")
+    assert start.startswith("start: audit R1: 1 row, 1 read")
+    assert then.endswith("(auditing again reads it again)")
+
+
 def test_per_request_events_and_unknown_kinds_print_nothing() -> None:
     assert render("request", {"unit": 1, "kind": "ok", "http_status": 200}, 2) is None
     assert render("something_new", {"x": 1}, 2) is None
@@ -277,5 +307,8 @@ def test_help_says_what_v_and_vv_show() -> None:
         text = " ".join(CliRunner().invoke(main, [command, "--help"],
                                            terminal_width=200).output.split())
         assert "-v, --verbose" in text
-        assert "-v: the run's notable moments" in text and "-vv: also one line per row" in text
+        assert "-v: the run's notable moments" in text
+        # -vv: a line per request sent, not per row (duplicates and the like get none).
+        assert ("-vv: also one line per request's outcome, on the row it was sent for (none "
+                "for invalid, duplicate, superseded or unchanged rows)") in text
         assert "--quiet wins" in text

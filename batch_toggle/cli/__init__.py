@@ -118,8 +118,9 @@ def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-v", "--verbose", count=True,
                      help="-v: the run's notable moments on stderr, one timestamped line each "
                           "(plan, retries with attempt n/N and wait, 429 pauses, budget waits, "
-                          "outages, stops, canary, finish). -vv: also one line per row "
-                          "outcome. Never a key; --quiet wins."),
+                          "outages, stops, canary, finish). -vv: also one line per request's "
+                          "outcome, on the row it was sent for (none for invalid, duplicate, "
+                          "superseded or unchanged rows). Never a key; --quiet wins."),
         click.option("--quiet", is_flag=True, help="Only errors on stderr."),
         click.option("--html/--no-html", default=True, show_default=True,
                      help="Also write <report>.html: charts, timeline, the rows that need "

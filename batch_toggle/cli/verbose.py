@@ -8,9 +8,16 @@ different stories and the core never prints. What each level shows:
        outage pauses, budget waits, every stop decision (abort, halt, outage, daily limit,
        --max-requests, --stop-after, a failing state store, a signal), the canary's verdict,
        the finish.
-  -vv  also one line per row outcome: file:row, job_id, target, status, error_code, HTTP
-       status, attempts, latency (for a row that ran out of attempts, this line takes the
-       place of -v's "gave up" line and says `retryable`).
+  -vv  also one line per request's outcome, once committed, on the row it was sent for
+       (file:row): job_id, target, status, error_code, HTTP status, attempts, latency (for a
+       row that ran out of attempts, this line takes the place of -v's "gave up" line and
+       says `retryable`). A request is a unit of the plan (an audit's: a read, one per job);
+       rows not sent themselves (invalid, conflict, duplicate, superseded, unchanged, a
+       job's other rows in an audit, rows left unsent by a stop) get no line: the report
+       has every row.
+
+The advice a line gives follows the command, which the `plan` event names: a run resumes
+(--resume, --retry-failed), an audit is simply run again.
 
 Events never carry the API key or a review key, so neither can these lines. A line that
 cannot be rendered (an event from a newer core) is skipped rather than stopping a long run.
@@ -49,11 +56,16 @@ def _plural(n: Any, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}" if isinstance(n, int) else f"{n} {word}s"
 
 
-def _plan(d: dict[str, Any]) -> str:
+def _job(command: str) -> str:
+    """What the lines call the job: an audit is recorded as a run, but is not one to a reader."""
+    return "audit" if command == "audit" else "run"
+
+
+def _plan(d: dict[str, Any], command: str = "run") -> str:
     needed = d.get("requests_needed", 0)
-    return (f"start: run {d.get('run_id')}: {_plural(d.get('rows', 0), 'row')}, "
-            f"{_plural(needed, 'request')}: about {d.get('estimated_duration')} at "
-            f"{d.get('rate')}")
+    return (f"start: {_job(command)} {d.get('run_id')}: {_plural(d.get('rows', 0), 'row')}, "
+            f"{_plural(needed, 'read' if command == 'audit' else 'request')}: about "
+            f"{d.get('estimated_duration')} at {d.get('rate')}")
 
 
 def _resume(d: dict[str, Any]) -> str:
@@ -99,10 +111,10 @@ def _canary(d: dict[str, Any]) -> str:
             f"{d.get('failed_permanently', 0)} failed permanently: {verdict}")
 
 
-def _finish(d: dict[str, Any]) -> str:
+def _finish(d: dict[str, Any], command: str = "run") -> str:
     counts = ", ".join(f"{k} {v:,}" for k, v in sorted((d.get("counts") or {}).items()))
-    return (f"finish: run {d.get('run_id')}: exit {d.get('exit_code')}, {d.get('verdict')}"
-            f"{' (' + counts + ')' if counts else ''}")
+    return (f"finish: {_job(command)} {d.get('run_id')}: exit {d.get('exit_code')}, "
+            f"{d.get('verdict')}{' (' + counts + ')' if counts else ''}")
 
 
 def _row(d: dict[str, Any]) -> str:
@@ -116,27 +128,37 @@ def _row(d: dict[str, Any]) -> str:
     return f"row {d.get('source')}: {_unit(d)}: {status}{code} ({', '.join(detail)})"
 
 
-def _gave_up(d: dict[str, Any]) -> str | None:
+# What a retryable failure's -v line advises, by command: an audit rejects --resume.
+RETRY_ADVICE = {"run": "--resume --retry-failed sends it again",
+                "audit": "auditing again reads it again"}
+
+
+def _gave_up(d: dict[str, Any], command: str = "run") -> str | None:
     """At -v, the one row outcome that is a retry decision: attempts ran out."""
     if d.get("status") != "failed" or not d.get("retryable"):
         return None
     return (f"gave up: row {d.get('source')}: {_unit(d)}: {d.get('error_code')} "
             f"({_http(d.get('http_status'))}) after {_plural(d.get('attempts') or 0, 'attempt')}; "
-            "failed, retryable (--resume --retry-failed sends it again)")
+            f"failed, retryable ({RETRY_ADVICE[_job(command)]})")
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str | None]] = {
     "plan": _plan, "resume": _resume, "resume_new_run": _resume_new_run, "retry": _retry,
     "pause": _pause, "wait": _wait, "stop": _stop, "canary": _canary, "finish": _finish,
 }
+# Renderers whose words depend on the command (run or audit): they also take it.
+BY_COMMAND = frozenset({"plan", "finish"})
 
 
-def render(kind: str, data: dict[str, Any], level: int) -> str | None:
-    """The line for one event at verbosity `level` (0: none), without the timestamp."""
+def render(kind: str, data: dict[str, Any], level: int, command: str = "run") -> str | None:
+    """The line for one event at verbosity `level` (0: none), without the timestamp.
+    `command` is the job's (the `plan` event's "command"): it words the advice and names."""
     if level <= 0 or kind in SILENT_KINDS:
         return None
     if kind == "row":
-        return _row(data) if level >= 2 else _gave_up(data)
+        return _row(data) if level >= 2 else _gave_up(data, command)
+    if kind in BY_COMMAND:
+        return _plan(data, command) if kind == "plan" else _finish(data, command)
     renderer = RENDERERS.get(kind)
     return renderer(data) if renderer is not None else None
 
@@ -150,8 +172,9 @@ class VerboseLog:
     CLI's notice, which prints above a progress bar and is silent under --quiet."""
 
     def __init__(self, level: int, write: Writer,
-                 now: Callable[[], datetime] = _utc_now) -> None:
+                 now: Callable[[], datetime] = _utc_now, command: str = "run") -> None:
         self.level = level
+        self.command = command  # until a `plan` event names it
         self._write = write
         self._now = now
 
@@ -162,7 +185,9 @@ class VerboseLog:
         if self.level <= 0:
             return
         try:
-            line = render(kind, data, self.level)
+            if kind == "plan" and isinstance(data.get("command"), str):
+                self.command = data["command"]
+            line = render(kind, data, self.level, self.command)
             if line is not None:
                 self._write(f"{self._now():%Y-%m-%dT%H:%M:%SZ} {line}")
         except OSError:

@@ -7,6 +7,7 @@ received (`handle.requests()`): one GET per distinct job, never a PUT.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -182,3 +183,60 @@ def test_no_key_is_a_usage_error_before_any_read(sandbox_server: Any, tmp_path: 
     assert audit.code == 2
     assert "no API key" in audit.stderr
     assert sandbox_server.requests() == []
+
+
+def _verbose(stderr: str) -> list[str]:
+    """The -v lines of stderr (each starts with a UTC timestamp), without their timestamps."""
+    return [line[21:] for line in stderr.splitlines()
+            if len(line) > 21 and line[4] == "-" and line[10] == "T" and line[19:21] == "Z "]
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("command", ["audit", "run"])
+def test_a_stopped_audit_advises_auditing_again_never_resume_a_run_still_resume(
+        sandbox_server: Any, tmp_path: Path, command: str) -> None:
+    """Audit rejects --resume, so neither its -v lines nor its --events may advise it; the same
+    stop and the same exhausted retries in a `run` keep their --resume advice."""
+    seed = sandbox_server.jobs[:4]
+    failing = seed[0].job_id
+    # The first job's request fails 3 times (its attempts run out: "gave up"), the second's
+    # is the 4th request, then --max-requests 4 stops the rest.
+    sandbox_server.set_faults(scripted={failing: ["503", "503", "503"]})
+    src = write_input(tmp_path / "in.csv", [[j.job_id, j.review_key, "false", "job"]
+                                            for j in seed])
+    events = tmp_path / "events.jsonl"
+
+    result = cli(sandbox_server, tmp_path, command, [src], "--concurrency", "1",
+                 "--max-attempts", "3", "--max-requests", "4", "--events", str(events), "-v")
+
+    assert result.code == 4, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = _verbose(result.stderr)
+    (start,) = [x for x in lines if x.startswith("start: ")]
+    (gave_up,) = [x for x in lines if x.startswith("gave up: ")]
+    (stop,) = [x for x in lines if x.startswith("stop (exit 4): ")]
+    (finish,) = [x for x in lines if x.startswith("finish: ")]
+    assert f"job {failing} (job): server_error (HTTP 503) after 3 attempts" in gave_up
+    (stop_event,) = [e for e in _events(events) if e["event"] == "stop"]
+    (plan_event,) = [e for e in _events(events) if e["event"] == "plan"]
+    assert plan_event["command"] == command
+    assert stop_event["code"] == "budget_exhausted"
+    if command == "audit":
+        assert start.startswith(f"start: audit {result.summary['run_id']}: 4 rows, 4 reads")
+        assert gave_up.endswith("failed, retryable (auditing again reads it again)")
+        assert stop.startswith("stop (exit 4): --max-requests 4 reached; audit again; ")
+        assert finish.startswith(f"finish: audit {result.summary['run_id']}: exit 4, "
+                                 "stopped early: the rest was not read; audit again")
+        assert stop_event["message"] == "--max-requests 4 reached; audit again"
+        assert "--resume" not in result.stderr
+        assert "--resume" not in events.read_text(encoding="utf-8")
+        assert "--resume" not in json.dumps(result.summary)
+    else:
+        assert start.startswith(f"start: run {result.summary['run_id']}: 4 rows, 4 requests")
+        assert gave_up.endswith("failed, retryable (--resume --retry-failed sends it again)")
+        assert stop.startswith("stop (exit 4): --max-requests 4 reached; resume with --resume; ")
+        assert finish.startswith(f"finish: run {result.summary['run_id']}: exit 4, ")
+        assert stop_event["message"] == "--max-requests 4 reached; resume with --resume"
