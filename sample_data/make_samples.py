@@ -3,7 +3,9 @@
     .venv/bin/python sample_data/make_samples.py
 
 Writes, beside this script:
-  sandbox_seed.csv             the sandbox's world: 400 jobs over 150 clients (the only "seed")
+  sandbox_seed.csv             the sandbox's world: 400 jobs over 150 clients (the only "seed");
+                               also copied, byte for byte, to batch_toggle/sandbox/, the copy
+                               the package ships and every --sandbox uses
   optouts_2026_11.csv          a messy monthly opt-out list, as operators really get them
   optouts_2026_11.parquet      the same rows, every column a string
   optouts_2026_11.expected.json  what each planted row is and what `run` should make of it
@@ -23,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+# The seed the package ships (sample_data/ is not in the wheel): the default world of
+# `batch-toggle sandbox`, `run --sandbox` and `audit --sandbox`. tests/test_packaged_seed.py
+# checks it is byte-identical to sample_data/sandbox_seed.csv.
+PACKAGED_SEED = HERE.parent / "batch_toggle" / "sandbox" / "sandbox_seed.csv"
 RNG_SEED = 20261101
 N_JOBS = 400
 N_CLIENTS = 150
@@ -305,6 +311,7 @@ def main() -> None:
           "do_notify_sms": tf(j.do_notify_sms),
           "client_do_notify_sms": tf(j.client_do_notify_sms)} for j in jobs],
     )
+    PACKAGED_SEED.write_bytes((HERE / "sandbox_seed.csv").read_bytes())
     builder = build_optouts(rng, jobs)
     pairs = shuffled(rng, builder)
     rows = [r for r, _ in pairs]
@@ -314,7 +321,8 @@ def main() -> None:
     (HERE / "optouts_2026_11.expected.json").write_text(dumps(expected(pairs)), encoding="utf-8")
     write_csv(HERE / "optins_migration.csv", ("job", "review_key", "opt_in", "scope"),
               make_optins(rng, builder.unused))
-    print(f"wrote {len(jobs)} seed jobs, {len(rows)} opt-out rows, 50 opt-in rows to {HERE}")
+    print(f"wrote {len(jobs)} seed jobs, {len(rows)} opt-out rows, 50 opt-in rows to {HERE} "
+          f"(and the seed to {PACKAGED_SEED})")
 
 
 if __name__ == "__main__":

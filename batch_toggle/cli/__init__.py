@@ -165,8 +165,9 @@ def send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--insecure", is_flag=True,
                      help="Allow a plain http:// base URL that is not loopback."),
         click.option("--sandbox", is_flag=True,
-                     help="Run against the in-process Logis simulator seeded with sample_data/ "
-                          "(no network, no key needed)."),
+                     help="Run against the in-process Logis simulator, seeded with the world "
+                          "shipped in the package (no network, no key needed; for your own, "
+                          "serve `batch-toggle sandbox --seed FILE`)."),
         click.option("--events", type=click.Path(dir_okay=False, path_type=Path),
                      help="Append one JSON line per event (plan, rows, pauses, finish)."),
         click.option("--progress/--no-progress", default=None,
