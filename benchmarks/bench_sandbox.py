@@ -21,29 +21,14 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
+from _common import KEY, REPO, TOGGLE, UNLIMITED, start_server
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from batch_toggle.sandbox import SandboxConfig, create_app, load_seed  # noqa: E402
+from batch_toggle.sandbox import SandboxConfig, create_app, load_seed
 
 SEED = REPO / "sample_data" / "sandbox_seed.csv"
-TOGGLE = "/api/apikeys/toggle_sms_notifications"
-KEY = "sandbox-key"
-UNLIMITED = 10**9
-
-SERVER = f"""
-import sys
-from batch_toggle.sandbox import SandboxConfig, run_server
-config = SandboxConfig(seed={str(SEED)!r}, hourly_limit={UNLIMITED})
-run_server(config, "127.0.0.1", 0, on_ready=lambda url: print(url, flush=True))
-"""
 
 
 async def load(client: httpx.AsyncClient, bodies: list[dict[str, str]], concurrency: int,
@@ -114,24 +99,13 @@ async def load_raw(base_url: str, bodies: list[dict[str, str]], concurrency: int
     return sum(counts) / seconds
 
 
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True,
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()  # the server prints its URL once listening
-    if not line.startswith("http://"):
-        proc.kill()
-        raise RuntimeError(f"the sandbox did not start: {line!r}")
-    return proc, line
-
-
 async def measure(args: argparse.Namespace) -> dict[str, object]:
     seed = load_seed(SEED)
     bodies = [{"job_id": j.job_id, "review_key": j.review_key, "do_notify_sms": "false",
                "update_target": "job"} for j in seed.jobs]
     server_rps: dict[str, float] = {}
     httpx_rps: dict[str, float] = {}
-    proc, base_url = start_server()
+    proc, base_url = start_server(SEED)
     try:
         for c in args.concurrency:
             server_rps[str(c)] = round(await load_raw(base_url, bodies, c, args.seconds, 0.5))

@@ -45,119 +45,57 @@ import csv
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
+from _common import (
+    CONCURRENCY,
+    KEY,
+    OUT,
+    TOGGLE,
+    UNLIMITED,
+    control,
+    make_units,
+    runner_client,
+    start_server,
+    warm_up,
+    write_seed,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from batch_toggle.committer import Committer
+from batch_toggle.config import Rate, SendOptions
+from batch_toggle.limiter import Budget
+from batch_toggle.plan import Units
+from batch_toggle.runner import Runner
+from batch_toggle.sandbox import load_seed
+from batch_toggle.store import StateStore
 
-from batch_toggle.committer import Committer  # noqa: E402
-from batch_toggle.config import Rate, SendOptions  # noqa: E402
-from batch_toggle.connections import worker_connections  # noqa: E402
-from batch_toggle.limiter import Budget  # noqa: E402
-from batch_toggle.plan import Units  # noqa: E402
-from batch_toggle.runner import Runner  # noqa: E402
-from batch_toggle.sandbox import load_seed  # noqa: E402
-from batch_toggle.store import StateStore  # noqa: E402
-
-OUT = REPO / "benchmarks" / "out"
-TOGGLE = "/api/apikeys/toggle_sms_notifications"
-KEY = "sandbox-key"
-UNLIMITED = 10**9
-CONCURRENCY = 4
 CEILING_TARGET = 0.8
 COALESCE = 0.05  # seconds, for the runner_store_coalesced variant
 DRAIN_TARGET = 1.05
 
 SEED_JOBS = 1000
-
-SERVER = """
-import sys
-from batch_toggle.sandbox import SandboxConfig, run_server
-config = SandboxConfig(seed=sys.argv[1], hourly_limit=int(sys.argv[2]))
-run_server(config, "127.0.0.1", 0, on_ready=lambda url: print(url, flush=True))
-"""
-
-
-# --- the server ---------------------------------------------------------------------------
-
-
-def write_seed(path: Path, jobs: int = SEED_JOBS) -> Path:
-    """A seed with more jobs than the shipped one, so the drain's 600 units are 600 jobs
-    (target job: no client-before-job dependencies to shape the burst)."""
-    rng = random.Random(4)
-
-    def uid() -> str:
-        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-
-    clients = [uid() for _ in range(jobs // 4)]
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["job_id", "review_key", "client_id", "do_notify_sms",
-                         "client_do_notify_sms"])
-        for i in range(jobs):
-            writer.writerow([uid(), uid(), clients[i % len(clients)], "true", "true"])
-    return path
-
-
-def start_server(seed: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(seed), str(UNLIMITED)],
-                            stdout=subprocess.PIPE, text=True,
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()  # the server prints its URL once listening
-    if not line.startswith("http://"):
-        proc.kill()
-        raise RuntimeError(f"the sandbox did not start: {line!r}")
-    return proc, line
-
-
-def control(base_url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    response = httpx.request(method, base_url + path, json=body, timeout=30)
-    response.raise_for_status()
-    return response.json()
+SEED_RNG = 4  # write_seed's RNG seed: the same generated jobs every run
 
 
 # --- (a) the ceiling ----------------------------------------------------------------------
 
 
-def make_units(jobs: Sequence[Any], n: int) -> Units:
-    """`n` units cycling over the seed's jobs (target job): all answered 200."""
-    picked = [jobs[i % len(jobs)] for i in range(n)]
-    return Units(
-        row=np.arange(n, dtype=np.int64),
-        job_id=[j.job_id for j in picked],
-        review_key=[j.review_key for j in picked],
-        do_notify_sms=np.array([i % 2 == 0 for i in range(n)], dtype=bool),
-        update_target=["job"] * n,
-        after=np.full(n, -1, dtype=np.int64),
-    )
-
-
-def new_client(base_url: str) -> httpx.AsyncClient:
-    """A plain httpx client (one pool of CONCURRENCY connections), for the bare loop."""
+def bare_client(base_url: str) -> httpx.AsyncClient:
+    """A plain httpx client (one pool of CONCURRENCY connections), for the bare loop: the
+    baseline is httpx as anyone would use it, not batch-toggle's client (`runner_client`)."""
     return httpx.AsyncClient(
         base_url=base_url, timeout=httpx.Timeout(30.0),
         limits=httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY),
         follow_redirects=False,
     )
-
-
-def runner_client(base_url: str) -> httpx.AsyncClient:
-    """The client `live.make_client` builds (a connection per worker), pointed at the server."""
-    return httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(30.0),
-                             transport=worker_connections(), follow_redirects=False)
 
 
 async def bare_loop(base_url: str, units: Units) -> float:
@@ -167,7 +105,7 @@ async def bare_loop(base_url: str, units: Units) -> float:
                "update_target": units.update_target[i]} for i in range(len(units))]
     headers = {"LOGIS-API-KEY": KEY}
     todo = iter(bodies)
-    async with new_client(base_url) as client:
+    async with bare_client(base_url) as client:
         await client.put(TOGGLE, json=bodies[0], headers=headers)  # connect outside the clock
 
         async def worker() -> None:
@@ -205,10 +143,8 @@ async def runner_loop(base_url: str, units: Units, store_dir: Path | None,
         if variant == "coalesced":
             committer.min_round = COALESCE
         budget = Budget.from_options(options)
-        async with runner_client(base_url) as client:
-            await client.put(TOGGLE, json={"job_id": units.job_id[0], "review_key":
-                             units.review_key[0], "do_notify_sms": "true",
-                             "update_target": "job"}, headers={"LOGIS-API-KEY": KEY})
+        async with runner_client(options) as client:
+            await warm_up(client, base_url, units)
             runner = Runner(units, client=client, api_key=KEY, options=options, budget=budget,
                             committer=committer, run_id=run_id,
                             review_key_hash=store.review_key_hash if store else None)
@@ -349,7 +285,9 @@ def main() -> None:
     if args.quick:
         args.repeat, args.requests = 3, 1500
     with tempfile.TemporaryDirectory(prefix="bench-sender-seed-") as tmp:
-        seed = write_seed(Path(tmp) / "seed.csv")
+        # More jobs than the shipped seed, so the drain's 600 units are 600 jobs (target job: no
+        # client-before-job dependencies to shape the burst).
+        seed = write_seed(Path(tmp) / "seed.csv", SEED_JOBS, SEED_RNG)
         proc, base_url = start_server(seed)
         try:
             result: dict[str, Any] = {"benchmark": "sender"}

@@ -58,14 +58,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import inspect
 import json
 import os
 import platform
-import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,26 +72,30 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
+from _common import (
+    CONCURRENCY,
+    KEY,
+    OUT,
+    REPO,
+    UNLIMITED,
+    control,
+    make_units,
+    runner_client,
+    start_server,
+    warm_up,
+    write_seed,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from batch_toggle.committer import Committer
+from batch_toggle.config import Rate, SendOptions
+from batch_toggle.limiter import Budget
+from batch_toggle.outcome import Outcome
+from batch_toggle.plan import Units
+from batch_toggle.runner import Runner
+from batch_toggle.sandbox import load_seed
+from batch_toggle.store import LedgerUpdate, StateStore
 
-from batch_toggle.committer import Committer  # noqa: E402
-from batch_toggle.config import Rate, SendOptions  # noqa: E402
-from batch_toggle.connections import worker_connections  # noqa: E402
-from batch_toggle.limiter import Budget  # noqa: E402
-from batch_toggle.outcome import Outcome  # noqa: E402
-from batch_toggle.plan import Units  # noqa: E402
-from batch_toggle.runner import Runner  # noqa: E402
-from batch_toggle.sandbox import load_seed  # noqa: E402
-from batch_toggle.store import LedgerUpdate, StateStore  # noqa: E402
-
-OUT = REPO / "benchmarks" / "out"
-TOGGLE = "/api/apikeys/toggle_sms_notifications"
-KEY = "sandbox-key"
-UNLIMITED = 10**9
-CONCURRENCY = 4
+SEED_RNG = 5  # write_seed's RNG seed: the same generated jobs every run
 PACED_RPS = 1000.0
 # A server that takes as long as a remote API: 1,000 rows/s then needs ~25 requests in flight.
 REMOTE_LATENCY_MS = 20.0
@@ -102,71 +103,7 @@ REMOTE_CONCURRENCY = 24
 WIDE_CONCURRENCY = 16  # more workers waiting at once: bigger commit rounds
 TARGET_SHARE = 0.10
 
-SERVER = """
-import sys
-from batch_toggle.sandbox import SandboxConfig, run_server
-config = SandboxConfig(seed=sys.argv[1], hourly_limit=int(sys.argv[2]))
-run_server(config, "127.0.0.1", 0, on_ready=lambda url: print(url, flush=True))
-"""
-
-
-# --- the server ---------------------------------------------------------------------------
-
-
-def write_seed(path: Path, jobs: int) -> Path:
-    """A seed with one job per unit, so every unit is its own ledger row."""
-    rng = random.Random(5)
-
-    def uid() -> str:
-        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-
-    clients = [uid() for _ in range(max(1, jobs // 4))]
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["job_id", "review_key", "client_id", "do_notify_sms",
-                         "client_do_notify_sms"])
-        for i in range(jobs):
-            writer.writerow([uid(), uid(), clients[i % len(clients)], "true", "true"])
-    return path
-
-
-def start_server(seed: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(seed), str(UNLIMITED)],
-                            stdout=subprocess.PIPE, text=True,
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()  # the server prints its URL once listening
-    if not line.startswith("http://"):
-        proc.kill()
-        raise RuntimeError(f"the sandbox did not start: {line!r}")
-    return proc, line
-
-
-def control(base_url: str, path: str, body: dict[str, Any]) -> None:
-    httpx.post(base_url + path, json=body, timeout=30).raise_for_status()
-
-
 # --- one sample -----------------------------------------------------------------------------
-
-
-def make_units(jobs: Sequence[Any]) -> Units:
-    n = len(jobs)
-    return Units(
-        row=np.arange(n, dtype=np.int64),
-        job_id=[j.job_id for j in jobs],
-        review_key=[j.review_key for j in jobs],
-        do_notify_sms=np.array([i % 2 == 0 for i in range(n)], dtype=bool),
-        update_target=["job"] * n,
-        after=np.full(n, -1, dtype=np.int64),
-    )
-
-
-def new_client(base_url: str, concurrency: int) -> httpx.AsyncClient:
-    """The client `live.make_client` builds (a connection per worker), pointed at the server."""
-    return httpx.AsyncClient(
-        base_url=base_url, timeout=httpx.Timeout(30.0), transport=worker_connections(),
-        follow_redirects=False,
-    )
 
 
 def open_store(path: Path, units: Units) -> StateStore:
@@ -240,10 +177,8 @@ async def send_all(base_url: str, units: Units, max_rps: float, concurrency: int
     if probe is not None:
         probe.wrap(committer)
     budget = Budget.from_options(options)
-    async with new_client(base_url, concurrency) as client:
-        await client.put(TOGGLE, json={"job_id": units.job_id[0], "review_key":
-                         units.review_key[0], "do_notify_sms": "true", "update_target": "job"},
-                         headers={"LOGIS-API-KEY": KEY})  # connect outside the clock
+    async with runner_client(options) as client:
+        await warm_up(client, base_url, units)
         runner = Runner(units, client=client, api_key=KEY, options=options, budget=budget,
                         committer=committer, run_id="bench",
                         review_key_hash=store.review_key_hash if store else None)
@@ -309,7 +244,7 @@ def sample(base_url: str, units: Units, max_rps: float, concurrency: int, tmp: P
 def workload(base_url: str, units: Units, max_rps: float, repeat: int, tmp: Path, label: str,
              concurrency: int = CONCURRENCY, latency_ms: float = 0.0,
              kind: str = "store") -> dict[str, Any]:
-    control(base_url, "/_sandbox/faults", {"latency_ms": latency_ms})
+    control(base_url, "POST", "/_sandbox/faults", {"latency_ms": latency_ms})
     samples: dict[str, list[dict[str, float]]] = {"none": [], "store": []}
     for i in range(repeat):
         order = (False, True) if i % 2 == 0 else (True, False)
@@ -402,7 +337,8 @@ class _Job:
 def run(units_n: int, repeat: int, state_dir: Path | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-store-seed-") as seed_tmp, \
             tempfile.TemporaryDirectory(prefix="bench-store-", dir=state_dir) as tmp:
-        seed = write_seed(Path(seed_tmp) / "seed.csv", units_n)
+        # One job per unit, so every unit is its own ledger row.
+        seed = write_seed(Path(seed_tmp) / "seed.csv", units_n, SEED_RNG)
         units = make_units(load_seed(seed).jobs)
         proc, base_url = start_server(seed)
         try:
