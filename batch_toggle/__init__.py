@@ -71,7 +71,7 @@ class Options(TypedDict, total=False):
     halt_after: int
     canary: int
     insecure: bool
-    sandbox: bool  # the in-process simulator seeded with sample_data/ (no network, no key)
+    sandbox: bool  # the in-process simulator, the packaged seed (no network, no key)
     dry_run: bool  # run(): plan and report only
     resume: bool
     retry_failed: bool
