@@ -22,12 +22,20 @@ The same events drive -v/-vv on stderr (cli/verbose.py). The file is created 060
 per line, so a tail -f or a killed run still shows everything up to the last event. Events
 never carry the API key or a review key: rows are named by job_id and file:row, failures by
 error code and HTTP status (a stop's message quotes a server only as classify.py scrubbed it).
+
+Events are written from inside the run (the send loop, a signal's stop, the committer), so a
+write that fails (`--events /dev/stdout | head` once head has quit: EPIPE; a full disk) must
+not become the run's failure: the log says so once on stderr and writes no more events; the
+run, its report and its exit code are what they would have been.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,10 +43,21 @@ from typing import Any, TextIO
 from .errors import UsageError
 
 
+def _stderr(message: str) -> None:
+    try:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):  # no stderr, or a closed one: nobody to tell
+        pass
+
+
 class EventLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, warn: Callable[[str], None] = _stderr) -> None:
         """Open (create 0600) for appending; UsageError naming the path when it cannot be,
-        so an unwritable --events is found before the first request, not as a traceback."""
+        so an unwritable --events is found before the first request, not as a traceback.
+        `warn` says, once, that writing failed and the log stopped (by default on stderr)."""
+        self._path = path
+        self._warn = warn
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -47,13 +66,39 @@ class EventLog:
             reason = (f"{exc.filename} is not a directory" if isinstance(exc, FileExistsError)
                       else exc.strerror or str(exc))
             raise UsageError(f"--events {path}: cannot write: {reason}") from exc
-        self._file: TextIO = os.fdopen(fd, "a", encoding="utf-8")
+        self._file: TextIO | None = os.fdopen(fd, "a", encoding="utf-8")
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if self._file is None:
+            return
         record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": kind,
                   **data}
-        self._file.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
-        self._file.flush()
+        line = json.dumps(record, default=str, ensure_ascii=False) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
+            self._stop(exc)
 
     def close(self) -> None:
-        self._file.close()
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()  # flushes: may fail as a write does
+            except (OSError, ValueError) as exc:
+                self._warn(self._message(exc))
+
+    def _stop(self, exc: BaseException) -> None:
+        """Writing failed: say so once and write no more. The file is closed now, without
+        caring whether that works: a failed flush left bytes that would only fail again (and
+        be reported as an ignored exception at exit)."""
+        file, self._file = self._file, None
+        with contextlib.suppress(OSError, ValueError):
+            if file is not None:
+                file.close()
+        self._warn(self._message(exc))
+
+    def _message(self, exc: BaseException) -> str:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return (f"warning: --events {self._path}: cannot write ({reason}); no more events are "
+                "written, the run goes on")
