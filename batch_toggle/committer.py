@@ -275,11 +275,14 @@ class Committer:
             # whatever the callback does; the run goes on.
             try:
                 self._on_committed(finished)
-            except Exception:  # noqa: BLE001 - see above
+            except Exception as exc:  # noqa: BLE001 - see above
                 if not self._callback_failed:
                     self._callback_failed = True
-                    _log.warning("the on_committed callback failed; the run goes on",
-                                 exc_info=True)
+                    # One line: the CLI has no logging set up, and logging's last resort would
+                    # print a traceback on the user's stderr. The traceback is for debugging.
+                    _log.warning("the on_committed callback failed (%s: %s); the run goes on",
+                                 type(exc).__name__, " ".join(str(exc).split()))
+                    _log.debug("the on_committed callback's failure", exc_info=True)
 
     def _release(self, batch: list[Finished]) -> None:
         """Let the workers waiting on these outcomes go (the runner sees a store error)."""
