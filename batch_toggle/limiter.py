@@ -36,7 +36,7 @@ MARGIN_FRACTION = 0.02  # of PERIOD
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
-OnWait = Callable[[str, float], object]
+OnWait = Callable[[str, float, float], object]  # (why, until when, now): the budget's clock
 
 # Why the head of the queue waits (Budget.waiting, on_wait): the hourly budget, the daily budget,
 # the --max-rps smoothing, or a 429 pause.
@@ -343,7 +343,7 @@ class Budget:
         The caller re-checks every constraint afterwards, so waking early or late is safe."""
         self.waiting = reason
         if self._on_wait is not None:
-            self._on_wait(reason, at)
+            self._on_wait(reason, at, now)
         try:
             if math.isinf(at):
                 self._freed.clear()

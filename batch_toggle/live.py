@@ -35,7 +35,7 @@ from .operations import Operation
 from .outcome import Outcome
 from .plan import Units
 from .report import ReportError
-from .results import UnitResults
+from .results import UnitResults, row_ref_array
 from .runner import Counters, RunHooks, Runner
 from .store import RunRecord, StateStore, default_state_path
 
@@ -268,14 +268,17 @@ def make_client(config: JobConfig,
 NOTABLE_WAIT = 1.0  # seconds: a budget wait at least this long is an event ("wait")
 
 
-def _wait_events(hooks: Hooks) -> Callable[[str, float], None]:
+def _wait_events(hooks: Hooks) -> Callable[..., None]:
     """The budget's `on_wait`: a wait for the hourly or daily window that is long enough to
     notice (a full window after the first burst: up to PERIOD) becomes a "wait" event as it
     begins, so a person watching a 40-hour run sees why nothing moves and until when. The
     --max-rps spacing is routine, a 429 pause has its own event, and a wait for responses to
-    free a slot (no known end) is no news."""
-    def on_wait(reason: str, at: float) -> None:
-        seconds = at - time.monotonic()
+    free a slot (no known end) is no news.
+
+    `at` and `now` are on the budget's clock, which the budget passes; a caller without one
+    may leave `now` out, meaning the monotonic clock (the budget's default)."""
+    def on_wait(reason: str, at: float, now: float | None = None) -> None:
+        seconds = at - (time.monotonic() if now is None else now)
         if reason in (WAIT_BUDGET, WAIT_DAILY) and NOTABLE_WAIT <= seconds < math.inf:
             hooks.event("wait", {"reason": reason, "seconds": round(seconds, 1)})
     return on_wait
@@ -299,13 +302,21 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
     """Drive a Runner over `todo`: the plan's units and toggles, or (audit) other `units` with
     another `operation`, through the same budget, client, committer, signals and progress."""
     budget = _budget(config, store, hooks)
-    source_file = prepared.loaded.fields["source_file"]
-    source_row = prepared.loaded.fields["source_row"]
+    sent = prepared.plan.units if units is None else units
+    sources = row_ref_array(prepared.loaded, sent.row)  # file:row of each unit, once per run
 
     shown = [0.0]
 
     def committed(finished: Finished) -> None:
         runner.counters.units_done += 1
+        o, u, row = finished.outcome, finished.unit, finished.row
+        # The event first: it is the record (--events, -vv); the progress bar is cosmetic.
+        hooks.event("row", {"unit": u, "row": row, "source": sources[u].as_py(),
+                            "job_id": runner.units.job_id[u],
+                            "update_target": runner.units.update_target[u],
+                            "status": o.status, "error_code": o.error_code,
+                            "http_status": o.http_status, "attempts": o.attempts,
+                            "retryable": o.retryable, "latency_ms": o.latency_ms})
         now = time.monotonic()
         done = runner.counters.units_done >= runner.counters.units_total
         if done or now - shown[0] >= PROGRESS_INTERVAL:
@@ -313,18 +324,10 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
             # not once per row of a fast run.
             shown[0] = now
             hooks.progress(runner.progress_snapshot())
-        o, u, row = finished.outcome, finished.unit, finished.row
-        hooks.event("row", {"unit": u, "row": row,
-                            "source": f"{source_file[row].as_py()}:{source_row[row].as_py()}",
-                            "job_id": runner.units.job_id[u],
-                            "update_target": runner.units.update_target[u],
-                            "status": o.status, "error_code": o.error_code,
-                            "http_status": o.http_status, "attempts": o.attempts,
-                            "retryable": o.retryable, "latency_ms": o.latency_ms})
 
     committer = Committer(store, prepared.run_id, on_committed=committed)
     async with make_client(config, transport) as client:
-        runner = Runner(prepared.plan.units if units is None else units, client=client,
+        runner = Runner(sent, client=client,
                         api_key=config.api_key or "",
                         options=config.send, budget=budget, committer=committer,
                         hooks=RunHooks(notice=hooks.notice, event=hooks.event),

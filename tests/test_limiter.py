@@ -488,7 +488,7 @@ def test_on_wait_reports_why_and_until_when() -> None:
     seen: list[tuple[str, float]] = []
 
     async def main() -> None:
-        b = budget(Rate(10, 60.0), max_rps=2.0, on_wait=lambda r, t: seen.append((r, t)))
+        b = budget(Rate(10, 60.0), max_rps=2.0, on_wait=lambda r, t, _now: seen.append((r, t)))
         async with b.slot():
             pass
         async with b.slot():
