@@ -11,8 +11,11 @@ and exit 1; a SIGTERM anywhere before the run's own handler killed the process o
 main() covers that stretch:
 
   * SIGTERM is made to act as SIGINT (raise KeyboardInterrupt) before anything heavy is
-    imported, unless the parent chose to ignore it; the run's loop handler replaces this one
-    while it sends, as before. (`batch-toggle sandbox` therefore also stops quietly on SIGTERM.)
+    imported, unless the parent chose to ignore it. (`batch-toggle sandbox` therefore also
+    stops quietly on SIGTERM.) A run replaces both handlers from the start of its sending part
+    until its report is written (runner.Interrupts, held by live's run): a signal then stops
+    the run instead, and it ends with a complete report, its summary and exit 130; after that
+    the handlers installed here come back.
   * The import of the CLI and click's parsing run inside one `except KeyboardInterrupt`, and
     click runs with standalone_mode=False so that an interrupt it catches (it turns one into
     `Abort`) reaches us instead of becoming "Aborted!" and exit 1. Everything else click's
@@ -31,11 +34,11 @@ What remains uncovered, and cannot be covered from here:
     a traceback once Python's own handler is in place, or a traceback and exit 1 while `site`
     imports. A SIGTERM kills it (-15). Nothing has been read or sent by then: the state store
     is untouched.
-  * Everything after: once the command has finished and the interpreter shuts down, CPython
-    puts the default actions back, so a late signal ends the process by that signal though
-    the report and the store are complete.
-  * After a run's sending part its loop handlers are removed, and asyncio leaves SIGTERM at
-    its default action, not at the handler installed here (runner.signals).
+  * Everything after: once a run's report is written and the run recorded as finished, the
+    handlers installed here are back, so a signal in the moment before the process exits
+    gives the one line and exit 130 although the report (which tells the run's own exit code)
+    and the store are complete; once the interpreter shuts down, CPython puts the default
+    actions back, and a late signal ends the process by that signal.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def main() -> NoReturn:
 
 
 def _sigterm_as_interrupt() -> None:
-    """SIGTERM raises KeyboardInterrupt, like SIGINT, until the run installs its own handler.
+    """SIGTERM raises KeyboardInterrupt, like SIGINT, except while a run catches both itself.
 
     Left alone when the parent made the process ignore SIGTERM (SIG_IGN is inherited)."""
     import signal  # here, inside main's try: even this import takes a moment (its enums)

@@ -36,7 +36,7 @@ from .outcome import Outcome
 from .plan import Units
 from .report import ReportError
 from .results import UnitResults, row_ref_array
-from .runner import Counters, RunHooks, Runner
+from .runner import Counters, Interrupts, RunHooks, Runner, interrupt_stop
 from .store import RunRecord, StateStore, default_state_path
 
 SANDBOX_BASE_URL = "http://sandbox.invalid"
@@ -133,27 +133,74 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
     todo = _todo(prepared, previous, config.retry_failed)
     if resumed:
         _announce_resume(config, hooks, prepared.run_id, len(previous), len(todo))
-    runner, counters = asyncio.run(_send(config, hooks, store, prepared, todo, transport))
-    outcomes = {**previous, **runner.committer.outcomes}
-    units = UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
-                                      runner.unsent_outcome())
-    stop_exit = runner.stop.exit_code if runner.stop else None
-    extra = _send_summary(runner, counters, config)
-    store_error = runner.committer.error
-    if store_error is not None:  # said before the report, which may fail for the same reason
-        hooks.notice(f"warning: the state store stopped accepting outcomes: {store_error}")
-    try:
-        result = finish(prepared, units, hooks, stop_exit=stop_exit, extra=extra)
-    except ReportError as exc:
-        raise _report_failed(exc, store, store_error) from exc
-    if store is not None:
-        store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
-                         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                         counts=result.summary["counts_by_status"])
-    if runner.stop is not None:
-        # Last on stderr: why the run ended early and when a resume can start (daily limit).
-        hooks.notice(f"stopped: {runner.stop.message}")
+    # From the start of sending until the report is written, SIGINT/SIGTERM stop the run
+    # (SPEC section 5: the report is written, exit 130) and never escape as the process's
+    # KeyboardInterrupt: while it sends, through the runner; after, recorded here.
+    with Interrupts() as interrupts:
+        runner, counters = asyncio.run(_send(config, hooks, store, prepared, todo, transport,
+                                             interrupts=interrupts))
+        store_error = runner.committer.error
+        if store_error is not None:  # said before the report, which may fail for the same reason
+            hooks.notice(f"warning: the state store stopped accepting outcomes: {store_error}")
+        try:
+            result = _report(config, hooks, prepared, {**previous, **runner.committer.outcomes},
+                             runner, counters, interrupts)
+        except ReportError as exc:
+            raise _report_failed(exc, store, store_error) from exc
+        # A signal from here on is too late to change anything: the report is written.
+        if store is not None:
+            store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
+                             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                             counts=result.summary["counts_by_status"])
+        if runner.stop is not None:
+            # Last on stderr: why the run ended early and when a resume can start (daily limit).
+            hooks.notice(f"stopped: {runner.stop.message}")
     return result
+
+
+def _report(config: JobConfig, hooks: Hooks, prepared: Prepared, outcomes: dict[int, Outcome],
+            runner: Runner, counters: Counters, interrupts: Interrupts) -> JobResult:
+    """`finish` for a live run, where a signal caught after the sending part counts as one
+    during it: the run stops as interrupted (its "stop" event, exit 130).
+
+    The exit code is decided before the report is written, so a signal that comes while it is
+    being written makes the report's exit code, verdict and summary out of date: the report is
+    then written once more, as interrupted (at most twice: an interrupt outranks every other
+    stop). Only the last write's notices (its summary table) and "finish" event go out, so
+    the stderr and the --events stream tell one ending."""
+    while True:
+        if interrupts.received is not None:
+            runner.request_stop(interrupt_stop(interrupts.received))
+        decided = runner.stop
+        units = UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
+                                          runner.unsent_outcome())
+        held = _Held(hooks)
+        try:
+            result = finish(prepared, units, held.hooks, stop_exit=decided.exit_code if decided
+                            else None, extra=_send_summary(runner, counters, config))
+        except ReportError:
+            held.release()
+            raise
+        if interrupts.received is None or (
+                decided is not None and decided.exit_code == ExitCode.INTERRUPTED):
+            held.release()
+            return result
+
+
+class _Held:
+    """`hooks` whose notices and events wait for `release` (and are dropped without it)."""
+
+    def __init__(self, hooks: Hooks) -> None:
+        self._calls: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self.hooks = replace(hooks, notice=self._later(hooks.notice),
+                             event=self._later(hooks.event))
+
+    def _later(self, call: Callable[..., None]) -> Callable[..., None]:
+        return lambda *args: self._calls.append((call, args))
+
+    def release(self) -> None:
+        for call, args in self._calls:
+            call(*args)
 
 
 def _report_failed(exc: ReportError, store: StateStore | None,
@@ -298,9 +345,10 @@ def _budget(config: JobConfig, store: StateStore | None, hooks: Hooks = SILENT) 
 async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepared: Prepared,
                 todo: list[int], transport: httpx.AsyncBaseTransport | None, *,
                 units: Units | None = None, operation: Operation | None = None,
-                ) -> tuple[Runner, Counters]:
+                interrupts: Interrupts | None = None) -> tuple[Runner, Counters]:
     """Drive a Runner over `todo`: the plan's units and toggles, or (audit) other `units` with
-    another `operation`, through the same budget, client, committer, signals and progress."""
+    another `operation`, through the same budget, client, committer, signals and progress.
+    `interrupts`: the caller's, when it keeps catching signals after the sending part."""
     budget = _budget(config, store, hooks)
     sent = prepared.plan.units if units is None else units
     sources = row_ref_array(prepared.loaded, sent.row)  # file:row of each unit, once per run
@@ -336,7 +384,7 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
         committer.start()
         ticker = asyncio.get_running_loop().create_task(_tick(runner, hooks))
         try:
-            with runner.signals():
+            with runner.signals(interrupts):
                 await _drive(runner, todo, config, hooks)
         finally:
             ticker.cancel()

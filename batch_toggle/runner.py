@@ -14,7 +14,7 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -55,6 +55,69 @@ class Stop:
     exit_code: ExitCode
     message: str
     resume_after: str | None = None
+
+
+def interrupt_stop(sig: signal.Signals) -> Stop:
+    """The stop a SIGINT/SIGTERM makes: exit 130, the unsent rows `interrupted`."""
+    return Stop("interrupted", ExitCode.INTERRUPTED,
+                f"interrupted by {sig.name}; resume with --resume")
+
+
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupts:
+    """While entered, SIGINT and SIGTERM are caught and recorded, never acted on here.
+
+    A plain `signal.signal` handler for the whole stretch (the run's sending part and its
+    report): asyncio's `add_signal_handler` would reset SIGINT to `default_int_handler` and
+    SIGTERM to the default action (death) on its removal, a moment in which a signal either
+    escapes as KeyboardInterrupt or kills the process. While a run sends, `Runner.signals`
+    forwards each signal to the loop as a stop; a signal outside that (the run finishing,
+    its report being written) waits in `received` for the caller. A second signal is recorded
+    like the first (no traceback, no hard stop): what follows it is bounded (in-flight
+    requests within --timeout, then the report), and a hard stop would lose the report.
+
+    Outside the main thread (a library caller's worker thread) Python cannot catch signals:
+    then nothing is installed and the process's handlers stay as they are. On exit the
+    handlers the process had before come back.
+    """
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None  # the first signal caught
+        self._forward: Callable[[signal.Signals], None] | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> Interrupts:
+        for sig in INTERRUPT_SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._caught)
+            except ValueError:  # not the main thread
+                break
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, previous in self._previous.items():
+            if previous is None:  # installed outside Python: put back what asyncio would
+                previous = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    @contextlib.contextmanager
+    def forwarding(self, to: Callable[[signal.Signals], None]) -> Iterator[None]:
+        """Also pass each signal caught inside this block to `to`."""
+        self._forward = to
+        try:
+            yield
+        finally:
+            self._forward = None
+
+    def _caught(self, signum: int, _frame: object) -> None:
+        sig = signal.Signals(signum)
+        if self.received is None:
+            self.received = sig
+        if self._forward is not None:
+            self._forward(sig)
 
 
 @dataclass
@@ -215,17 +278,29 @@ class Runner:
             self._deadline.cancel()
 
     def request_stop(self, stop: Stop) -> None:
-        """Stop taking units; the first stop of the highest rank decides the exit code."""
-        if self.stop is None or _STOP_RANK[stop.exit_code] < _STOP_RANK[self.stop.exit_code]:
+        """Stop taking units; the first stop of the highest rank decides the exit code.
+
+        Also callable once the sending part is over (no running loop: a signal that came while
+        the run was finishing), where it only decides the exit code and tells the event."""
+        decided = self.stop is None or _STOP_RANK[stop.exit_code] < _STOP_RANK[self.stop.exit_code]
+        if decided:
             self.stop = stop
+        self._stop_event.set()
+        self._unpark()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None  # the sending part is over: no worker to wake
+        if loop is not None:
+            loop.create_task(self._notify())
+        if decided:
             # Once per decision (workers repeat a --max-requests stop): the moment a run is
             # told to stop, not only the line at its end, since in-flight rows still finish.
+            # Told last, once the stop has taken effect: a sink that raises (a library
+            # caller's) can then not leave a worker parked or the stop half made.
             self.hooks.event("stop", {"code": stop.code, "exit_code": int(stop.exit_code),
                                       "message": stop.message,
                                       "resume_after": stop.resume_after})
-        self._stop_event.set()
-        self._unpark()
-        asyncio.get_running_loop().create_task(self._notify())
 
     def progress_snapshot(self) -> dict[str, Any]:
         """What a progress bar shows: rows done/total, requests, 429s, failures, budget ETA."""
@@ -243,29 +318,28 @@ class Runner:
         return Outcome(vocab.NOT_ATTEMPTED, self.stop.code, self.stop.message)
 
     @contextlib.contextmanager
-    def signals(self) -> Any:
-        """SIGINT/SIGTERM stop the run cleanly (exit 130) instead of killing it. On the way out
-        the handlers the process had before come back: asyncio's own removal would reset
-        SIGTERM to the default action, and a SIGTERM while the report is written would then
-        kill the process instead of being one more clean interrupt."""
+    def signals(self, interrupts: Interrupts | None = None) -> Any:
+        """SIGINT/SIGTERM stop the run cleanly (exit 130) instead of killing it.
+
+        The signals are caught by `interrupts` (or, without one, by an `Interrupts` for the
+        length of this block): while this block runs each one also stops the run, on the loop
+        (a signal caught before the block, while the run was starting, stops it on entry).
+        Outside the block they are only recorded, for the caller to act on: `live` keeps one
+        `Interrupts` from before the sending part until the report is written, so a signal
+        after the last request is still a clean interrupt with a report."""
         loop = asyncio.get_running_loop()
-        installed: list[tuple[signal.Signals, Any]] = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous = signal.getsignal(sig)
-            try:
-                loop.add_signal_handler(sig, self.request_stop, Stop(
-                    "interrupted", ExitCode.INTERRUPTED,
-                    f"interrupted by {sig.name}; resume with --resume"))
-                installed.append((sig, previous))
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass
-        try:
+
+        def stop(sig: signal.Signals) -> None:
+            # A Python signal handler runs between two bytecodes of the main thread, possibly
+            # inside the loop's own code: hand the stop to the loop rather than make it here.
+            loop.call_soon_threadsafe(self.request_stop, interrupt_stop(sig))
+
+        with contextlib.ExitStack() as stack:
+            caught = interrupts or stack.enter_context(Interrupts())
+            stack.enter_context(caught.forwarding(stop))
+            if caught.received is not None:
+                self.request_stop(interrupt_stop(caught.received))
             yield
-        finally:
-            for sig, previous in installed:
-                loop.remove_signal_handler(sig)
-                if previous is not None:
-                    signal.signal(sig, previous)
 
     # --- queue --------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ request log, never a sleep) until requests arrive before sending it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ from . import (
     finish,
     job_rows,
     puts,
+    run_cli,
     start_cli,
     wait_until,
     write_input,
@@ -152,3 +154,69 @@ def test_a_signal_during_start_up_exits_130_with_one_line(
     assert proc.stderr.strip() == "batch-toggle: interrupted", proc.stderr
     assert proc.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "tripped"], "nothing written"
+
+
+# --- a signal once every request is answered, while the report is written ------------------
+
+COPIES = 4000  # each unit's row again and again: duplicates, so a long report and few requests
+
+
+def _row_events(path: Path) -> int:
+    if not path.exists():
+        return 0
+    return path.read_text(encoding="utf-8").count('"event": "row"')
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=[s.name for s in SIGNALS])
+def test_a_signal_while_the_run_finishes_still_writes_the_report_and_exits_130(
+    sandbox_server: Any, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SPEC section 5: a signal means stop taking rows, let in-flight ones finish, write the
+    report, exit 130, wherever it lands. Here it lands after the last request reached the
+    server: the run is committing its last outcomes, closing its connections or writing a
+    report of 80,000 rows (the duplicates need no request, so the sending is over at once)."""
+    units = 20
+    rows = job_rows(sandbox_server.jobs[:units]) * COPIES
+    src = write_input(tmp_path / "in.csv", rows)
+    events = tmp_path / "events.jsonl"
+    started = time.monotonic()
+    proc = start_cli(sandbox_server, tmp_path, [src], *FAST, "--concurrency", "4",
+                     "--events", str(events))
+
+    # Every request reached the server, and every answer is committed (its "row" event is
+    # out): the sending part is over or ending, and the report is next.
+    wait_until(lambda: len(puts(sandbox_server)) >= units or proc.poll() is not None, 30,
+               "every unit sent")
+    wait_until(lambda: _row_events(events) >= units or proc.poll() is not None, 30,
+               "every outcome committed")
+    assert proc.poll() is None, "the run ended before the signal could be sent"
+    os.kill(proc.pid, sig)
+    run = finish(proc, tmp_path, started)
+
+    assert run.code == 130, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "batch-toggle: interrupted" not in run.stderr, "the run's own end, not an escape"
+    # A complete report: one row per input row; every unit was answered before the signal.
+    assert len(run.rows) == len(rows)
+    counts = Counter(r["status"] for r in run.rows)
+    assert counts == {"updated": units, "duplicate": len(rows) - units}
+    assert len(puts(sandbox_server)) == units
+    # The summary, and the stderr's last word, say it was interrupted.
+    assert run.summary is not None
+    assert run.summary["exit_code"] == 130
+    assert run.summary["stopped"]["code"] == "interrupted"
+    assert sig.name in run.summary["stopped"]["message"]
+    assert f"stopped: interrupted by {sig.name}" in run.stderr
+    # The events tell the stop, then the finish with the same exit code.
+    kinds = [json.loads(line) for line in events.read_text(encoding="utf-8").splitlines()]
+    names = [e["event"] for e in kinds]
+    assert names.count("row") == units
+    assert names.count("stop") == 1 and names[-1] == "finish"
+    assert names.index("stop") < names.index("finish")
+    assert kinds[-1]["exit_code"] == 130
+    # Resumable: the next --resume continues this run, sends nothing again, and ends 0.
+    again = run_cli(sandbox_server, tmp_path, [src], *FAST, "--resume")
+    assert again.code == 0, again.stderr
+    assert "resume: run " in again.stderr
+    assert len(puts(sandbox_server)) == units
+    assert len(again.rows) == len(rows)
