@@ -42,16 +42,23 @@ from .jobs import (
     JobResult,
     Prepared,
     client_only,
-    finish,
     prepare,
     request_cost,
 )
 from .ledger import ledger_view
-from .live import _record_start, _send, _send_summary, live_config, open_store
+from .live import (
+    _record_start,
+    _send,
+    _send_summary,
+    finish_interruptible,
+    live_config,
+    open_store,
+)
 from .operations import Track, track_verdict
 from .outcome import Outcome
 from .plan import Units
 from .results import UnitResults
+from .runner import Interrupts
 from .store import LedgerUpdate, StateStore
 
 DEFAULT_SEED = 20261101  # --seed's default: the same file and N give the same sample
@@ -206,27 +213,35 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
     _announce(prepared, reads, todo, options, hooks)
     track = Track(reads.units.job_id, reads.units.update_target,
                   reads.units.do_notify_sms.tolist())
-    runner, counters = asyncio.run(_send(config, hooks, store, prepared, todo, transport,
-                                         units=reads.units, operation=track))
-    outcomes = unit_outcomes(prepared.plan.units, reads, track, runner.committer.outcomes, todo)
-    if store is not None and runner.committer.error is None:
-        _record_units(store, prepared, outcomes, reads, track, hooks)
-    unsent = runner.unsent_outcome()
-    units = UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
-                                      replace(unsent, error_message=_no_resume(
-                                          unsent.error_message)))
-    facts = audit_facts(prepared, reads, todo, outcomes, options)
-    extra = {**_send_summary(runner, counters, config), **facts}
-    if "stopped" in extra:
-        extra["stopped"]["message"] = _no_resume(extra["stopped"]["message"])
-    result = finish(prepared, units, hooks, stop_exit=runner.stop.exit_code if runner.stop
-                    else None, extra=extra)
-    for line in audit_lines(facts):
-        hooks.notice(line)
-    if store is not None:
-        store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
-                         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                         counts=result.summary["counts_by_status"])
+    # As for a run: from the start of the reads until the report is written, SIGINT/SIGTERM
+    # stop the audit (the report is written, exit 130), never escape as KeyboardInterrupt.
+    with Interrupts() as interrupts:
+        runner, counters = asyncio.run(_send(config, hooks, store, prepared, todo, transport,
+                                             units=reads.units, operation=track,
+                                             interrupts=interrupts))
+        outcomes = unit_outcomes(prepared.plan.units, reads, track, runner.committer.outcomes,
+                                 todo)
+        if store is not None and runner.committer.error is None:
+            _record_units(store, prepared, outcomes, reads, track, hooks)
+        facts = audit_facts(prepared, reads, todo, outcomes, options)
+
+        def results() -> tuple[UnitResults, dict[str, Any]]:
+            unsent = runner.unsent_outcome()
+            units = UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
+                                              replace(unsent, error_message=_no_resume(
+                                                  unsent.error_message)))
+            extra = {**_send_summary(runner, counters, config), **facts}
+            if "stopped" in extra:
+                extra["stopped"]["message"] = _no_resume(extra["stopped"]["message"])
+            return units, extra
+
+        result = finish_interruptible(prepared, hooks, runner, interrupts, results)
+        for line in audit_lines(facts):
+            hooks.notice(line)
+        if store is not None:
+            store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
+                             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                             counts=result.summary["counts_by_status"])
     if runner.committer.error is not None:
         hooks.notice(f"warning: the state store stopped accepting outcomes: "
                      f"{runner.committer.error}")

@@ -161,7 +161,22 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
 def _report(config: JobConfig, hooks: Hooks, prepared: Prepared, outcomes: dict[int, Outcome],
             runner: Runner, counters: Counters, interrupts: Interrupts) -> JobResult:
     """`finish` for a live run, where a signal caught after the sending part counts as one
-    during it: the run stops as interrupted (its "stop" event, exit 130).
+    during it (see `finish_interruptible`)."""
+    return finish_interruptible(
+        prepared, hooks, runner, interrupts,
+        lambda: (UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
+                                           runner.unsent_outcome()),
+                 _send_summary(runner, counters, config)))
+
+
+def finish_interruptible(prepared: Prepared, hooks: Hooks, runner: Runner,
+                         interrupts: Interrupts,
+                         results: Callable[[], tuple[UnitResults, dict[str, Any]]]
+                         ) -> JobResult:
+    """`finish` (the report) after a sending part, where a signal caught after that part
+    counts as one during it: the job stops as interrupted (its "stop" event, exit 130).
+    `results` gives the units' results and the summary's extra fields as they stand (they
+    depend on the runner's stop).
 
     The exit code is decided before the report is written, so a signal that comes while it is
     being written makes the report's exit code, verdict and summary out of date: the report is
@@ -172,12 +187,11 @@ def _report(config: JobConfig, hooks: Hooks, prepared: Prepared, outcomes: dict[
         if interrupts.received is not None:
             runner.request_stop(interrupt_stop(interrupts.received))
         decided = runner.stop
-        units = UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
-                                          runner.unsent_outcome())
+        units, extra = results()
         held = _Held(hooks)
         try:
             result = finish(prepared, units, held.hooks, stop_exit=decided.exit_code if decided
-                            else None, extra=_send_summary(runner, counters, config))
+                            else None, extra=extra)
         except ReportError:
             held.release()
             raise

@@ -222,3 +222,28 @@ def test_interrupts_outside_the_main_thread_install_nothing() -> None:
     thread.start()
     thread.join(10)
     assert errors == []
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=[s.name for s in SIGNALS])
+def test_an_audit_signalled_while_its_report_is_written_gives_a_complete_report_and_130(
+        tmp_path: Path, sandbox_seed: Seed, monkeypatch: pytest.MonkeyPatch,
+        sig: signal.Signals) -> None:
+    """An audit finishes the way a run does: the signal is recorded, the report is written
+    again as interrupted, exit 130; and its advice never names --resume."""
+    from dataclasses import replace
+
+    from batch_toggle.audit import audit
+
+    calls = signal_during(monkeypatch, "finish", sig)
+    rec = Recorder()
+    result = audit(replace(config_for(tmp_path, sandbox_seed), command="audit"), rec.hooks())
+    assert len(calls) == 2
+    assert result.exit_code == ExitCode.INTERRUPTED
+    assert result.report.num_rows == UNITS
+    summary = json.loads(Path(f"{tmp_path / 'report.csv'}.summary.json").read_text("utf-8"))
+    assert summary["exit_code"] == 130 and summary["stopped"]["code"] == "interrupted"
+    kinds = rec.kinds()
+    assert kinds.count("stop") == 1 and kinds.count("finish") == 1
+    said = [m for c, m, _ in rec.calls if c == "notice"] + [
+        json.dumps(d) for _k, d in rec.events()]
+    assert not any("--resume" in line for line in said), said
