@@ -2,7 +2,8 @@
 
 Each line has `ts` (UTC), `event` (the kind) and the kind's fields:
 
-  plan            run start: run_id, rows, requests_needed, estimated duration, rate
+  plan            run start: command (run, validate or audit), run_id, rows, requests_needed,
+                  estimated duration, rate (an audit's also: units, jobs)
   resume          a resumed run: run_id, units_with_outcome, units_to_send
   resume_new_run  --resume found no unfinished run to continue: reason
   request         one answer (or failure): unit, kind, http_status
@@ -11,11 +12,13 @@ Each line has `ts` (UTC), `event` (the kind) and the kind's fields:
   pause           every worker pauses: reason ("429": seconds, source; "outage": seconds,
                   outage_s, limit_s)
   wait            sending waits for the budget window: reason ("budget" or "daily"), seconds
-  stop            the run was told to stop: code, exit_code, message, resume_after
+  stop            the run was told to stop: code, exit_code, message (an audit's says "audit
+                  again", never --resume), resume_after
   canary          the canary's verdict: units, failed_permanently, go_on
-  row             a row's final outcome, once committed: unit, row, source (file:row), job_id,
-                  update_target, status, error_code, http_status, attempts, retryable,
-                  latency_ms
+  row             one request's final outcome, once committed, on the row it was sent for
+                  (invalid, duplicate, superseded and unchanged rows get none): unit, row,
+                  source (file:row), job_id, update_target, status, error_code, http_status,
+                  attempts, retryable, latency_ms
   finish          run_id, exit_code, verdict, counts
 
 The same events drive -v/-vv on stderr (cli/verbose.py). The file is created 0600 and flushed
