@@ -338,8 +338,8 @@ def _wait_events(hooks: Hooks) -> Callable[..., None]:
 
     `at` and `now` are on the budget's clock, which the budget passes; a caller without one
     may leave `now` out, meaning the monotonic clock (the budget's default)."""
-    def on_wait(reason: str, at: float, now: float | None = None) -> None:
-        seconds = at - (time.monotonic() if now is None else now)
+    def on_wait(reason: str, at: float, now: float) -> None:
+        seconds = at - now
         if reason in (WAIT_BUDGET, WAIT_DAILY) and NOTABLE_WAIT <= seconds < math.inf:
             hooks.event("wait", {"reason": reason, "seconds": round(seconds, 1)})
     return on_wait

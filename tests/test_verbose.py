@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -103,16 +102,16 @@ def test_runner_events_never_carry_a_review_key_or_the_api_key() -> None:
 def test_a_long_budget_wait_is_an_event_a_short_or_routine_one_is_not() -> None:
     seen: list[tuple[str, dict[str, Any]]] = []
     on_wait = _wait_events(Hooks(event=lambda k, d: seen.append((k, d))))
-    now = time.monotonic()
-    on_wait("rps", now + 30)  # the --max-rps spacing: routine
-    on_wait("pause", now + 30)  # a 429 pause: told by its own "pause" event
-    on_wait("budget", math.inf)  # waiting for a response to free a slot: no known end
-    on_wait("budget", now + NOTABLE_WAIT / 10)  # too short to notice
+    now = 1000.0  # the budget's own clock: any monotonic origin
+    on_wait("rps", now + 30, now)  # the --max-rps spacing: routine
+    on_wait("pause", now + 30, now)  # a 429 pause: told by its own "pause" event
+    on_wait("budget", math.inf, now)  # waiting for a response to free a slot: no known end
+    on_wait("budget", now + NOTABLE_WAIT / 10, now)  # too short to notice
     assert seen == []
-    on_wait("budget", now + 3300)
-    on_wait("daily", now + 7200)
+    on_wait("budget", now + 3300, now)
+    on_wait("daily", now + 7200, now)
     assert [(k, d["reason"]) for k, d in seen] == [("wait", "budget"), ("wait", "daily")]
-    assert 3290 < seen[0][1]["seconds"] <= 3300
+    assert seen[0][1]["seconds"] == 3300
 
 
 # --- the renderer ---------------------------------------------------------------------------
