@@ -216,15 +216,13 @@ def build_config(command: str, opts: dict[str, Any], **extra: Any) -> JobConfig:
 def make_hooks(opts: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None,
                events: Callable[[str, dict[str, Any]], None] | None = None) -> Hooks:
     quiet = bool(opts.get("quiet"))
-    above_bar = getattr(progress, "write", None)  # a progress bar prints notices above itself
+    # Notices go through the bar's writer, which prints above a bar and never raises on a
+    # closed stderr; without a bar (validate), through a bar that is never drawn.
+    above_bar = getattr(progress, "write", None) or ProgressBar(False).write
 
     def notice(message: str) -> None:
-        if quiet:
-            return
-        if above_bar is not None:
+        if not quiet:
             above_bar(message)
-        else:
-            click.echo(message, err=True)
 
     # -v/-vv render the same events as --events, as lines through `notice` (above the bar,
     # silent under --quiet: --quiet wins).
