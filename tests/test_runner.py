@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 from helpers_time import run_virtual, vclock
+from test_limiter import max_in_window  # the same closed-window count the limiter is held to
 
 from batch_toggle import vocab
 from batch_toggle.committer import Committer, Finished
@@ -284,12 +284,6 @@ def run_units(units: Units, logis: FakeLogis, *, store: StateStore | None = None
 def stop_at(t: float, stop: Stop) -> Callable[[Runner], object]:
     """A `during` hook: request `stop` at virtual time t (as SIGINT would)."""
     return lambda runner: asyncio.get_running_loop().call_at(t, runner.request_stop, stop)
-
-
-def max_in_window(times: Iterable[float], period: float) -> int:
-    """The most events inside any closed window [t, t + period]."""
-    ts = sorted(times)
-    return max((bisect_right(ts, t + period) - i for i, t in enumerate(ts)), default=0)
 
 
 def by_job_latency(spread: float, seed: int = 1) -> Callable[[Req], float]:
