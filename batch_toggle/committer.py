@@ -110,21 +110,26 @@ class Committer:
 
     async def send_started(self, wall: float, wait: bool = True) -> str | None:
         """Log a request about to leave. With `wait`, it is committed before this returns, so a
-        killed run still leaves its budget use on record; without, it is queued for the writer
-        thread, which commits it within a round (about a millisecond): the caller decides when
+        killed run still leaves its budget use on record; without, it is queued and rides with
+        the next round of outcomes (or goes within SEND_LOG_DELAY): the caller decides when
         that small risk cannot matter (see Runner._budget_tight). Raises when the store has
-        failed (the request must then not be sent)."""
+        failed (the request must then not be sent). From here to `send_done` the request
+        counts as in flight (a round waits for it, see `_gather`)."""
         if self.store is None:
             return None
         if self.error is not None:
             raise self.error
         send_id = f"{self._send_prefix}{next(self._send_ids)}"
-        entry = (send_id, wall, None)
+        await self._log_start((send_id, wall, None), wait)
+        self._in_flight += 1
+        return send_id
+
+    async def _log_start(self, entry: SendEntry, wait: bool) -> None:
+        assert self.store is not None
         if not wait:
             self._sends.append(entry)
-            self._in_flight += 1
             self._send_log_soon()
-            return send_id
+            return
         if self._db.acquire(blocking=False):  # the database is free: write it here, now,
             # with whatever the thread has not written yet (reply times, waiting sends)
             pending, self._sends = self._sends, []
@@ -137,15 +142,12 @@ class Committer:
             finally:
                 self._db.release()
             _settle(waiters, None)
-            self._in_flight += 1
-            return send_id
+            return
         waiter = asyncio.get_running_loop().create_future()
         self._sends.append(entry)
         self._send_waiters.append(waiter)
         self._wake.set()
         await waiter  # the thread writes it first thing in its next round
-        self._in_flight += 1
-        return send_id
 
     def send_done(self, send_id: str | None, sent: float, done: float) -> None:
         """Log when the request's reply (or timeout, or error) came, with the next batch."""
