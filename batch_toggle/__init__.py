@@ -140,12 +140,8 @@ class Result:
     def attention(self) -> pa.Table:
         """The report rows that need attention (invalid, failed, conflict, mismatch,
         not_attempted)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        from .vocab import ATTENTION_STATUSES
-        wanted = pc.is_in(self.report["status"], value_set=pa.array(sorted(ATTENTION_STATUSES)))
-        return self.report.filter(wanted)
+        from .results import attention_mask
+        return self.report.filter(attention_mask(self.report))
 
     @classmethod
     def of(cls, job: JobResult) -> Result:
@@ -183,11 +179,8 @@ def run(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> Re
 def audit(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> Result:
     """Read-only: one GET track per distinct job; rows `in_sync` or `would_change`. Never sends
     a toggle. sample=N reads only N distinct jobs (seeded by `seed`)."""
-    try:
-        from .audit import AuditOptions
-        from .audit import audit as audit_job
-    except ImportError as exc:  # pragma: no cover - only before audit.py existed
-        raise UsageError("this version of batch-toggle has no audit") from exc
+    from .audit import AuditOptions
+    from .audit import audit as audit_job
 
     config = _config("audit", inputs, options)
     kwargs: dict[str, Any] = {"sample": options.get("sample")}

@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .config import format_duration
 from .report import write_text
+from .results import attention_mask
 from .vocab import (
-    ATTENTION_STATUSES,
     ERROR_CODES,
     NOT_ATTEMPTED,
     OK_STATUSES,
@@ -513,8 +512,7 @@ def attention_rows(summary: Mapping[str, Any], report: pa.Table,
     Column-wise filter, then only the kept rows become Python objects: cheap for 1M rows."""
     if report.num_rows == 0 or "status" not in report.column_names:
         return [], 0
-    wanted = pc.is_in(report["status"], value_set=pa.array(sorted(ATTENTION_STATUSES)))
-    hits = report.filter(wanted)
+    hits = report.filter(attention_mask(report))
     total = hits.num_rows
     keys = review_key_columns(summary, report.column_names)
     several = len(summary.get("inputs") or []) > 1  # name the file only when there are several

@@ -336,8 +336,7 @@ def _wait_events(hooks: Hooks) -> Callable[..., None]:
     --max-rps spacing is routine, a 429 pause has its own event, and a wait for responses to
     free a slot (no known end) is no news.
 
-    `at` and `now` are on the budget's clock, which the budget passes; a caller without one
-    may leave `now` out, meaning the monotonic clock (the budget's default)."""
+    `at` and `now` are on the budget's clock, which the budget passes."""
     def on_wait(reason: str, at: float, now: float) -> None:
         seconds = at - now
         if reason in (WAIT_BUDGET, WAIT_DAILY) and NOTABLE_WAIT <= seconds < math.inf:

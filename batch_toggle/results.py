@@ -220,10 +220,15 @@ def _flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
+def attention_mask(report: pa.Table) -> pa.ChunkedArray:
+    """Which report rows need attention (vocab.ATTENTION_STATUSES): the report's, the HTML
+    page's and the rejects file's one definition."""
+    return pc.is_in(report["status"], value_set=pa.array(sorted(vocab.ATTENTION_STATUSES)))
+
+
 def rejects_table(loaded: LoadedInput, report: pa.Table) -> pa.Table:
     """Rows that need attention, in the input's own layout and unmasked, ready to fix and re-run."""
-    attention = pc.is_in(report["status"], pa.array(sorted(vocab.ATTENTION_STATUSES)))
-    return loaded.raw.filter(attention)
+    return loaded.raw.filter(attention_mask(report))
 
 
 def count_by(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:

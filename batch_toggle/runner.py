@@ -240,7 +240,6 @@ class Runner:
         self._base = options.base_url.rstrip("/")
         self._headers = {"LOGIS-API-KEY": api_key, "Content-Type": "application/json",
                          "User-Agent": f"batch-toggle/{__version__}"}
-        self._stop_event = asyncio.Event()
         self._parked: set[asyncio.Task[Any]] = set()  # workers waiting in _race
         self._unparked: set[asyncio.Task[Any]] = set()  # ... that a stop has cancelled
         self._cond = asyncio.Condition()
@@ -285,7 +284,6 @@ class Runner:
         decided = self.stop is None or _STOP_RANK[stop.exit_code] < _STOP_RANK[self.stop.exit_code]
         if decided:
             self.stop = stop
-        self._stop_event.set()
         self._unpark()
         try:
             loop = asyncio.get_running_loop()
