@@ -328,19 +328,11 @@ class _hooks:
         logger = logging.getLogger("batch_toggle")
         notice = o.get("notice") or logger.info
         on_event = o.get("on_event")
+        from .events import EventLog, fan_out
+
         if o.get("events") is not None:
-            from .events import EventLog
-
             self._events = EventLog(Path(o["events"]))
-        log = self._events
-
-        def event(kind: str, data: dict[str, Any]) -> None:
-            if log is not None:
-                log(kind, data)
-            if on_event is not None:
-                on_event(kind, data)
-
-        return Hooks(notice=notice, event=event,
+        return Hooks(notice=notice, event=fan_out(self._events, on_event),
                      progress=o.get("on_progress") or (lambda _snapshot: None))
 
     def __exit__(self, *_exc: object) -> None:

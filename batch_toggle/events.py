@@ -105,3 +105,16 @@ class EventLog:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return (f"warning: --events {self._path}: cannot write ({reason}); no more events are "
                 "written, the run goes on")
+
+
+def fan_out(*sinks: Callable[[str, dict[str, Any]], None] | None,
+            ) -> Callable[[str, dict[str, Any]], None]:
+    """One Hooks.event that feeds every sink given (the --events file, the -v lines, a
+    library caller's on_event)."""
+    live = [s for s in sinks if s is not None]
+
+    def event(kind: str, data: dict[str, Any]) -> None:
+        for sink in live:
+            sink(kind, data)
+
+    return event

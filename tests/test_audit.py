@@ -34,9 +34,10 @@ from batch_toggle.audit import (
     wilson_interval,
 )
 from batch_toggle.classify import TrackResult, Verdict
-from batch_toggle.cli.verbose import VerboseLog, fan_out
+from batch_toggle.cli.verbose import VerboseLog
 from batch_toggle.config import Rate, SendOptions
 from batch_toggle.errors import ExitCode, StoreLocked, UsageError
+from batch_toggle.events import fan_out
 from batch_toggle.jobs import Hooks, JobConfig, request_cost, validate
 from batch_toggle.ledger import read_ledger
 from batch_toggle.operations import track_verdict

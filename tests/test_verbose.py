@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from test_runner import FakeLogis, job_name, jobs, review_key, run_units
 
 from batch_toggle.cli import main, make_hooks
-from batch_toggle.cli.verbose import RENDERERS, SILENT_KINDS, VerboseLog, fan_out, render
-from batch_toggle.events import EventLog
+from batch_toggle.cli.verbose import RENDERERS, SILENT_KINDS, VerboseLog, render
+from batch_toggle.events import EventLog, fan_out
 from batch_toggle.jobs import Hooks
 from batch_toggle.live import NOTABLE_WAIT, _wait_events
 

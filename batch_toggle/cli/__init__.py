@@ -44,9 +44,10 @@ from batch_toggle.events import EventLog
 from batch_toggle.jobs import Hooks, JobConfig
 from batch_toggle.vocab import FIELDS
 
+from ..events import fan_out
 from .progress import ProgressBar
 from .secrets import read_api_key
-from .verbose import VerboseLog, fan_out
+from .verbose import VerboseLog
 
 EPILOG_VALIDATE = """\b
 Examples:

@@ -196,13 +196,3 @@ class VerboseLog:
             return
 
 
-def fan_out(*sinks: Callable[[str, dict[str, Any]], None] | None,
-            ) -> Callable[[str, dict[str, Any]], None]:
-    """One Hooks.event that feeds every sink given (the --events file, the -v lines)."""
-    live = [s for s in sinks if s is not None]
-
-    def event(kind: str, data: dict[str, Any]) -> None:
-        for sink in live:
-            sink(kind, data)
-
-    return event
