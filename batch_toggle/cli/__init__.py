@@ -32,6 +32,7 @@ from batch_toggle.config import (
 )
 from batch_toggle.config_file import (
     CONFIG_ENV,
+    ENV_PREFIX,
     SECRET_KEYS,
     OptionSpec,
     check_environment,
@@ -238,6 +239,11 @@ def use_color(stream: Any) -> bool:
     never when NO_COLOR is set to anything (https://no-color.org), never on a dumb terminal."""
     if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
         return False
+    return _is_tty(stream)
+
+
+def _is_tty(stream: Any) -> bool:
+    """A terminal? Never for a stream that is gone (`2>&-`: Python sets sys.stderr to None)."""
     isatty = getattr(stream, "isatty", None)
     return bool(isatty is not None and isatty())
 
@@ -247,7 +253,8 @@ def session_hooks(opts: dict[str, Any]) -> Iterator[Hooks]:
     """Hooks for a command that talks to Logis: the progress bar and the --events file, both
     closed however the command ends."""
     bar = ProgressBar(_want_progress(opts))
-    events = EventLog(opts["events"]) if opts.get("events") else None
+    # A failed --events write is said above the bar, like every other notice.
+    events = EventLog(opts["events"], warn=bar.write) if opts.get("events") else None
     try:
         yield make_hooks(opts, bar, events)
     finally:
@@ -261,7 +268,7 @@ def _want_progress(opts: dict[str, Any]) -> bool:
         return False
     if opts.get("progress") is not None:
         return bool(opts["progress"])
-    return sys.stderr.isatty()
+    return _is_tty(sys.stderr)
 
 
 def guarded(fn: Callable[[], int]) -> None:
@@ -356,6 +363,12 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
     config file or a BATCH_TOGGLE_ variable.
     """
     try:
+        if config_path is not None or any(n.startswith(ENV_PREFIX) for n in os.environ):
+            # What a file or a variable may set is every command's options, so the lazy
+            # commands are loaded (only then: a plain `validate` still skips httpx).
+            for name in main.list_commands(ctx):
+                if name not in NOT_CONFIGURED:
+                    main.get_command(ctx, name)
         specs = option_specs(main)
         apply_env_names(main, specs)
         for warning in check_environment(os.environ, specs):

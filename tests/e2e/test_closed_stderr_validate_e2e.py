@@ -39,3 +39,20 @@ def test_a_closed_stderr_changes_nothing_but_what_is_seen(
     assert proc.returncode == 0, proc.stdout
     assert report.exists() and report.with_name("report.csv.summary.json").exists()
     assert sandbox_server.requests() == []
+
+
+def test_a_run_started_without_stderr_finishes_and_reports(
+        sandbox_server: Any, tmp_path: Path) -> None:
+    """`2>&-`: Python starts with sys.stderr None; the progress choice and every notice must
+    cope (the terminal check raised AttributeError: a traceback into nowhere, exit 1)."""
+    src = write_input(tmp_path / "in.csv", job_rows(sandbox_server.jobs[:5]))
+    report = tmp_path / "report.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "batch_toggle", "run", str(src), "--report", str(report),
+         "--state", str(tmp_path / "state.sqlite"), "--base-url", sandbox_server.base_url,
+         "--max-rps", "500"],
+        env=cli_env(sandbox_server.api_key), cwd=tmp_path, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=None, pass_fds=(), timeout=CLI_TIMEOUT,
+        preexec_fn=lambda: os.close(2))
+    assert proc.returncode == 0, proc.stdout
+    assert report.exists() and len(sandbox_server.requests()) == 5
