@@ -150,7 +150,7 @@ def write_table(table: pa.Table, path: Path) -> str:
     fmt = report_format(path)
     writer = {"csv": _write_csv, "parquet": _write_parquet, "jsonl": _write_jsonl}[fmt]
     try:
-        with _atomic_write(path) as sink:
+        with _atomic_write(path, hashed=True) as sink:
             writer(table, sink)
     except OSError as exc:
         raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from exc
@@ -163,19 +163,16 @@ def write_json(obj: Mapping[str, Any], path: Path) -> None:
     """Write `obj` as JSON (indent 2, keys in insertion order, UTF-8, trailing newline),
     atomically, mode 0600. Dates and times become ISO 8601 strings, paths plain strings; NaN or
     an unknown type is a ReportError (the summary is evidence: it must be strict JSON)."""
-    path = Path(path)
     try:
         text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False, default=_json_default)
-        with _atomic_write(path) as sink:
-            sink.write((text + "\n").encode("utf-8"))
-    except OSError as exc:
-        raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except (TypeError, ValueError) as exc:
         raise ReportError(f"cannot write {path}: {exc}") from exc
+    write_text(text + "\n", path)
 
 
 def write_text(text: str, path: Path) -> None:
-    """Write `text` as UTF-8, atomically, mode 0600 (the HTML report). ReportError on failure."""
+    """Write `text` as UTF-8, atomically, mode 0600 (the HTML report, the summary JSON).
+    ReportError on failure."""
     path = Path(path)
     try:
         with _atomic_write(path) as sink:
@@ -232,16 +229,18 @@ def _open_temp(path: Path) -> tuple[int, Path]:
 
 
 @contextmanager
-def _atomic_write(path: Path) -> Iterator[_HashingSink]:
+def _atomic_write(path: Path, *, hashed: bool = False) -> Iterator[Any]:
     """Yield a sink writing to a temp file; on success fsync it and rename it onto `path`, on any
-    error (or interrupt) remove it and leave `path` as it was."""
+    error (or interrupt) remove it and leave `path` as it was. `hashed`: the sink is a
+    `_HashingSink` (the report, whose digest the summary records); otherwise the file itself."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _open_temp(path)
     sink: _HashingSink | None = None
     try:
         with open(fd, "wb", buffering=1 << 20) as raw:
-            sink = _HashingSink(raw)
-            yield sink
+            if hashed:
+                sink = _HashingSink(raw)
+            yield sink if sink is not None else raw
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, path)

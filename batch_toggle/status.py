@@ -29,7 +29,6 @@ INTERRUPTED = "interrupted"  # exit 130: SIGINT/SIGTERM
 FINISHED = "finished"  # any other exit code
 
 _STATE_OF_EXIT = {int(ExitCode.STOPPED): STOPPED, int(ExitCode.INTERRUPTED): INTERRUPTED}
-_PLAN_FLAGS = ("map", "set_state", "default_target", "on_conflict")
 
 
 @dataclass(frozen=True)
