@@ -47,6 +47,10 @@ _STOP_RANK = {ExitCode.INTERRUPTED: 0, ExitCode.ABORTED: 1, ExitCode.STOPPED: 2,
               ExitCode.ROW_PROBLEMS: 3}
 
 
+# What _exchange returns when no request went out (the run stopped, or must not send).
+_NOT_SENT: tuple[None, str, float, float] = (None, "", 0.0, 0.0)
+
+
 @dataclass(frozen=True)
 class Stop:
     """Why a run stopped before its queue was empty; `code` marks the unsent rows."""
@@ -443,20 +447,25 @@ class Runner:
 
     async def _exchange(self, unit: int) -> tuple[Verdict | None, str, float, float]:
         """One request through the budget: (verdict, sent_at, latency_ms, monotonic send time).
-        The verdict is None when the run stopped first."""
+        The verdict is None when the run stopped first. The budget slot is held until the
+        reply (or the decision not to send), whatever happens."""
         if self._over_request_limit():
-            return None, "", 0.0, 0.0
+            return _NOT_SENT
         ticket = await self._acquire()
         if ticket is None:
-            return None, "", 0.0, 0.0
-        if not await self._honour_pause():
+            return _NOT_SENT
+        try:
+            return await self._send_holding(unit)
+        finally:
             self.budget.release(ticket)
-            return None, "", 0.0, 0.0
+
+    async def _send_holding(self, unit: int) -> tuple[Verdict | None, str, float, float]:
+        if not await self._honour_pause():
+            return _NOT_SENT
         # Check again: other workers passed the first check while this one waited for the
         # budget, and may have used up --max-requests since (no await from here to the count).
         if self._over_request_limit():
-            self.budget.release(ticket)
-            return None, "", 0.0, 0.0
+            return _NOT_SENT
         self._started += 1
         wall = self.clocks.wall()
         try:
@@ -465,20 +474,17 @@ class Runner:
             # thread commits it; the logged time is a little before the send, never after.)
             send_id = await self.committer.send_started(wall, wait=self._budget_tight())
         except Exception as exc:  # noqa: BLE001 - the store's failure stops the run
-            self.budget.release(ticket)
             self._store_failed(exc)
-            return None, "", 0.0, 0.0
+            return _NOT_SENT
         if not await self._honour_pause():  # a 429 came while the send was being logged
-            self.budget.release(ticket)
             self.committer.send_done(send_id, wall, self.clocks.wall())
-            return None, "", 0.0, 0.0
+            return _NOT_SENT
         sent_at = datetime.fromtimestamp(self.clocks.wall(), UTC).isoformat(
             timespec="milliseconds")
         t0 = self.clocks.mono()
         try:
             verdict = await self._put(unit)
         finally:
-            self.budget.release(ticket)
             self.committer.send_done(send_id, wall, self.clocks.wall())
         self.counters.requests += 1
         self.timeline.request(t0)
