@@ -28,6 +28,7 @@ from typing import Any, Final
 import pyarrow as pa
 
 from .config import format_duration
+from .errors import ExitCode
 from .report import write_text
 from .results import attention_mask
 from .vocab import (
@@ -217,9 +218,13 @@ def _head(summary: Mapping[str, Any]) -> str:
     )
 
 
+_VERDICT_CLASS = {ExitCode.OK: "ok", ExitCode.ROW_PROBLEMS: "attention",
+                  ExitCode.ABORTED: "stopped", ExitCode.STOPPED: "stopped",
+                  ExitCode.INTERRUPTED: "stopped"}
+
+
 def _verdict_class(exit_code: Any) -> str:
-    return {0: "ok", 1: "attention", 3: "stopped", 4: "stopped", 130: "stopped"}.get(
-        exit_code if isinstance(exit_code, int) else -1, "other")
+    return _VERDICT_CLASS.get(exit_code if isinstance(exit_code, int) else -1, "other")
 
 
 def _header(summary: Mapping[str, Any]) -> str:
