@@ -218,9 +218,9 @@ def _head(summary: Mapping[str, Any]) -> str:
     )
 
 
-_VERDICT_CLASS = {ExitCode.OK: "ok", ExitCode.ROW_PROBLEMS: "attention",
-                  ExitCode.ABORTED: "stopped", ExitCode.STOPPED: "stopped",
-                  ExitCode.INTERRUPTED: "stopped"}
+_VERDICT_CLASS: dict[int, str] = {
+    ExitCode.OK: "ok", ExitCode.ROW_PROBLEMS: "attention", ExitCode.ABORTED: "stopped",
+    ExitCode.STOPPED: "stopped", ExitCode.INTERRUPTED: "stopped"}
 
 
 def _verdict_class(exit_code: Any) -> str:
