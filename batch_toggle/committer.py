@@ -1,24 +1,28 @@
 """Where outcomes go as they arrive: memory for the report, the state store for durability.
 
 Outcomes are group-committed: one writer task drains whatever has queued up and commits it in
-one SQLite transaction on a dedicated thread, so an fsync per row never caps the send rate.
-Progress only counts a row after its commit returned: a `kill -9` loses nothing that was shown.
-A worker takes its next unit only once its last outcome is committed (`durable`), so a kill
-finds at most one unit per worker sent without its outcome on disk: at most --concurrency
-units that a resume sends a second time.
+one SQLite transaction, so an fsync per row never caps the send rate. Progress only counts a
+row after its commit returned: a `kill -9` loses nothing that was shown. A worker takes its
+next unit only once its last outcome is committed (`durable`), so a kill finds at most one unit
+per worker sent without its outcome on disk: at most --concurrency units that a resume sends a
+second time.
+
+The commit runs on the event loop itself, not on a thread. A thread would let the loop go on
+during the fsync, but the loop is what the store competes with: the sender is CPU-bound in
+Python, and handing each round to a thread and back makes the two threads fight over the GIL
+(every sqlite3 call drops and retakes it). Measured by bench_store at the loopback ceiling:
+with a thread, the store cost 14% of the ceiling at 16 workers and ~100 µs of CPU a row; inline,
+4% and ~15 µs. The workers wait for their round's commit either way, and the loop is blocked
+only for the commit itself (SQL for a handful of rows and one fsync): what piles up meanwhile
+joins the next round.
 
 The send log: a request is committed to the log before it leaves, so a run killed mid-request
 still leaves its budget use on record (synchronous=NORMAL: it survives a killed process; the
-next outcome commit fsyncs it). When the database is free the event loop writes that record
-itself (tens of microseconds); when the writer thread holds it (an outcome commit waits on its
-fsync), the request waits for the thread to write it, and the event loop goes on with other
-requests' replies meanwhile. The runner waives the wait while its run cannot fill a budget
-window (see Runner._budget_tight): the record is then queued, and the thread commits it with
-the next round of outcomes, or within SEND_LOG_DELAY when no outcome comes (retries, an
-outage). The time a reply came is logged the same way, without waiting (a record with no reply
-time is taken as answered at the timeout, which only makes a resumed budget more careful).
-The two writers take turns through one lock: colliding in SQLite's own busy handler would
-sleep whole milliseconds.
+next outcome commit fsyncs it). The runner waives that while its run cannot fill a budget
+window (see Runner._budget_tight): the record is then queued, and rides with the next round of
+outcomes, or is committed within SEND_LOG_DELAY when no outcome comes (retries, an outage).
+The time a reply came is logged the same way, without waiting (a record with no reply time is
+taken as answered at the timeout, which only makes a resumed budget more careful).
 """
 
 from __future__ import annotations
@@ -28,20 +32,17 @@ import contextlib
 import itertools
 import logging
 import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .outcome import Outcome
 from .store import LedgerUpdate, StateStore
 
 # The longest a commit round waits for the answers still in flight to join it (it waits for
-# none when none is in flight). A round's commit (its fsync, the thread hop) costs more than
-# its rows, and a worker waits for its own row's round anyway, so the other workers' answers
-# may as well join it: bench_store at the loopback ceiling, 4 workers, 1.8 -> 4.0 rows a round
-# and the store's share of the ceiling about 0.40 -> 0.24. A millisecond is nothing beside a
-# real API's latency.
+# none when none is in flight). A round's commit (its fsync) costs more than its rows, and a
+# worker waits for its own row's round anyway, so the other workers' answers may as well join
+# it: bench_store at the loopback ceiling, 4 workers, 1.25 -> 4.0 rows a round and the store's
+# share of the ceiling 0.33 -> 0.16. A millisecond is nothing beside a real API's latency.
 MIN_ROUND = 0.001
 # How long a queued send-log record may wait for a round of outcomes to carry it.
 SEND_LOG_DELAY = 0.05
@@ -70,17 +71,13 @@ class Committer:
         self._on_committed = on_committed
         self._queue: list[Finished] = []
         self._durable: dict[int, asyncio.Future[None]] = {}  # by unit, until committed
-        self._sends: list[SendEntry] = []  # for the thread: sends waited on, reply times
-        self._send_waiters: list[asyncio.Future[None]] = []
+        self._sends: list[SendEntry] = []  # queued send-log records, for the next round
         self._wake = asyncio.Event()
         self._closed = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt-store")
-        self._db = threading.Lock()  # one writer at a time: the event loop or the thread
         self._task: asyncio.Task[None] | None = None
         self._send_ids = itertools.count()
         self._send_prefix = f"{run_id}-{os.getpid()}-"
         self.error: BaseException | None = None
-        self._committing = False
         self._idle = asyncio.Event()
         self._hurry = False  # a flush or close is waiting
         self.min_round = MIN_ROUND
@@ -108,7 +105,7 @@ class Committer:
         if waiter is not None:
             await asyncio.shield(waiter)
 
-    async def send_started(self, wall: float, wait: bool = True) -> str | None:
+    def send_started(self, wall: float, wait: bool = True) -> str | None:
         """Log a request about to leave. With `wait`, it is committed before this returns, so a
         killed run still leaves its budget use on record; without, it is queued and rides with
         the next round of outcomes (or goes within SEND_LOG_DELAY): the caller decides when
@@ -120,34 +117,19 @@ class Committer:
         if self.error is not None:
             raise self.error
         send_id = f"{self._send_prefix}{next(self._send_ids)}"
-        await self._log_start((send_id, wall, None), wait)
-        self._in_flight += 1
-        return send_id
-
-    async def _log_start(self, entry: SendEntry, wait: bool) -> None:
-        assert self.store is not None
-        if not wait:
-            self._sends.append(entry)
-            self._send_log_soon()
-            return
-        if self._db.acquire(blocking=False):  # the database is free: write it here, now,
-            # with whatever the thread has not written yet (reply times, waiting sends)
+        entry: SendEntry = (send_id, wall, None)
+        if wait:  # with whatever is queued (reply times, records waiting for a round)
             pending, self._sends = self._sends, []
-            waiters, self._send_waiters = self._send_waiters, []
             try:
                 self.store.record_sends([*pending, entry])
-            except BaseException as exc:
-                self._sends[:0], self._send_waiters[:0] = pending, waiters
-                raise exc from None
-            finally:
-                self._db.release()
-            _settle(waiters, None)
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._sends.append(entry)
-        self._send_waiters.append(waiter)
-        self._wake.set()
-        await waiter  # the thread writes it first thing in its next round
+            except BaseException:
+                self._sends[:0] = pending
+                raise
+        else:
+            self._sends.append(entry)
+            self._send_log_soon()
+        self._in_flight += 1
+        return send_id
 
     def send_done(self, send_id: str | None, sent: float, done: float) -> None:
         """Log when the request's reply (or timeout, or error) came, with the next batch."""
@@ -155,7 +137,7 @@ class Committer:
             self._sends.append((send_id, sent, done))
             self._in_flight -= 1
             if self._in_flight == 0 and self._quiet is not None:
-                _settle([self._quiet], None)
+                _let_go([self._quiet])
             self._send_log_soon()
 
     def _send_log_soon(self) -> None:
@@ -170,7 +152,7 @@ class Committer:
         """Wait until everything queued so far is committed."""
         self._hurry = True
         try:
-            while self._queue or self._sends or self._committing:
+            while self._queue or self._sends:
                 self._wake.set()
                 await self._idle.wait()
                 self._idle.clear()
@@ -183,31 +165,24 @@ class Committer:
         self._wake.set()
         if self._task is not None:
             await self._task
-        self._executor.shutdown(wait=True)
 
     async def _writer(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             if (self._queue and self.min_round > 0 and self.store is not None
-                    and not (self._closed or self._hurry or self._send_waiters)):
-                # Let the answers on their way join these outcomes (a commit round costs a
-                # thread hop and an fsync), unless a request waits on the send log or a
-                # flush/close waits on us.
+                    and not (self._closed or self._hurry)):
+                # Let the answers on their way join these outcomes (a commit round costs an
+                # fsync), unless a flush/close waits on us.
                 await self._gather(loop)
             self._wake.clear()
             if self._send_log_timer is not None:  # this round carries the queued records
                 self._send_log_timer.cancel()
                 self._send_log_timer = None
             sends, self._sends = self._sends, []
-            waiters, self._send_waiters = self._send_waiters, []
             batch, self._queue = self._queue, []
-            if sends or batch or waiters:
-                self._committing = True
-                try:
-                    await self._commit(loop, sends, waiters, batch)
-                finally:
-                    self._committing = False
+            if sends or batch:
+                self._commit(sends, batch)
             self._idle.set()
             if self._closed and not self._queue and not self._sends:
                 return
@@ -220,50 +195,31 @@ class Committer:
         if self._in_flight <= 0:
             return
         quiet = self._quiet = loop.create_future()
-        timer = loop.call_later(self.min_round, _settle, [quiet], None)
+        timer = loop.call_later(self.min_round, _let_go, [quiet])
         try:
             await quiet
         finally:
             timer.cancel()
             self._quiet = None
 
-    async def _commit(self, loop: asyncio.AbstractEventLoop, sends: list[SendEntry],
-                      waiters: list[asyncio.Future[None]], batch: list[Finished]) -> None:
-        """One round on the writer thread. When requests wait on the send log, it is committed
-        first (they are let go as soon as it is), then the outcomes; otherwise the send log
-        rides in the outcomes' transaction (one commit, one fsync for the round)."""
+    def _commit(self, sends: list[SendEntry], batch: list[Finished]) -> None:
+        """One round: the outcomes and the queued send log in one transaction (one commit,
+        one fsync), on the event loop (see the module docstring)."""
         if self.store is None or self.error is not None:
-            _settle(waiters, self.error)
             self._committed(batch)
             return
-        store = self.store
         items = [(f.row, f.outcome, f.ledger) for f in batch]
-
-        def write() -> None:
-            with self._db:
-                if not waiters:  # nobody waits on the send log: one transaction for all
-                    try:
-                        store.record_outcomes(self.run_id, items, sends)
-                    except BaseException:
-                        # Those requests were sent: their records must not go down with the
-                        # outcomes' transaction (a later run sharing the store counts them).
-                        with contextlib.suppress(Exception):
-                            store.record_sends(sends)
-                        raise
-                    return
-                try:
-                    store.record_sends(sends)
-                except BaseException as exc:
-                    loop.call_soon_threadsafe(_settle, waiters, exc)
-                    raise
-                loop.call_soon_threadsafe(_settle, waiters, None)
-                store.record_outcomes(self.run_id, items)
-
         try:
-            await loop.run_in_executor(self._executor, write)
+            try:
+                self.store.record_outcomes(self.run_id, items, sends)
+            except Exception:
+                # Those requests were sent: their records must not go down with the outcomes'
+                # transaction (a later run sharing the store counts them).
+                with contextlib.suppress(Exception):
+                    self.store.record_sends(sends)
+                raise
         except Exception as exc:  # noqa: BLE001 - reported by the runner, run stops
             self.error = exc
-            _settle(waiters, exc)  # in case the thread failed before it could say so
             self._release(batch)
             return
         self._committed(batch)
@@ -288,15 +244,11 @@ class Committer:
 
     def _release(self, batch: list[Finished]) -> None:
         """Let the workers waiting on these outcomes go (the runner sees a store error)."""
-        _settle([w for f in batch if (w := self._durable.pop(f.unit, None)) is not None], None)
+        _let_go([w for f in batch if (w := self._durable.pop(f.unit, None)) is not None])
 
 
-def _settle(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
-    """Let requests waiting on the send log go (or fail them when it could not be written)."""
+def _let_go(waiters: list[asyncio.Future[None]]) -> None:
+    """Wake whoever waits on these (a worker on its outcome, a round on the answers)."""
     for waiter in waiters:
-        if waiter.done():
-            continue
-        if error is None:
+        if not waiter.done():
             waiter.set_result(None)
-        else:
-            waiter.set_exception(error)

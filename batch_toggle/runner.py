@@ -472,7 +472,7 @@ class Runner:
             # Recorded before it leaves: a run killed mid-request still leaves its budget use
             # on record. If that cannot be recorded, the request is not sent. (The writer
             # thread commits it; the logged time is a little before the send, never after.)
-            send_id = await self.committer.send_started(wall, wait=self._budget_tight())
+            send_id = self.committer.send_started(wall, wait=self._budget_tight())
         except Exception as exc:  # noqa: BLE001 - the store's failure stops the run
             self._store_failed(exc)
             return _NOT_SENT

@@ -692,7 +692,7 @@ class StateStore:
                     self._conn.executemany(_LEDGER_UPSERT, ledger_rows)
                     self._conn.executemany(_LEDGER_CLIENT, ledger_rows)
                 if sends:
-                    self._conn.executemany(_SENDS_UPSERT, sends)
+                    self._conn.executemany(_SENDS_UPSERT, _merged(sends))
 
     @_translated
     def load_outcomes(self, run_id: str) -> dict[int, Outcome]:
@@ -786,7 +786,7 @@ class StateStore:
         if not entries:
             return
         with self._sends_lock, _transaction(self._sends_conn):
-            self._sends_conn.executemany(_SENDS_UPSERT, entries)
+            self._sends_conn.executemany(_SENDS_UPSERT, _merged(entries))
 
     @_translated
     def recent_sends(self, since_wall: float) -> list[tuple[float, float | None]]:
@@ -823,6 +823,20 @@ _EXIT = 9  # index of exit_code in _RUN_COLUMNS
 _SENDS_UPSERT = (
     "INSERT INTO sends (send_id, sent, done) VALUES (?, ?, ?) ON CONFLICT (send_id)"
     " DO UPDATE SET sent = excluded.sent, done = COALESCE(excluded.done, done)")
+
+def _merged(entries: Sequence[tuple[str, float, float | None]]
+            ) -> list[tuple[str, float, float | None]]:
+    """One record per request: a request that left and was answered since the last write
+    is logged once, with its reply time (a row written twice costs twice). The same result
+    as upserting them in order (see _SENDS_UPSERT)."""
+    merged: dict[str, tuple[str, float, float | None]] = {}
+    for send_id, sent, done in entries:
+        earlier = merged.get(send_id)
+        if done is None and earlier is not None:
+            done = earlier[2]
+        merged[send_id] = (send_id, sent, done)
+    return list(merged.values())
+
 
 # One statement for both kinds of ledger update, so that a batch applies in item order.
 # A confirmation replaces the unit's confirmation and clears an older observation; an

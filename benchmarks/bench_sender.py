@@ -123,8 +123,8 @@ class StrictCommitter(Committer):
     """Every send committed to the log before it leaves, even where the runner would let the
     record follow (its budget cannot fill a window): the cost of that guarantee."""
 
-    async def send_started(self, wall: float, wait: bool = True) -> str | None:
-        return await super().send_started(wall, wait=True)
+    def send_started(self, wall: float, wait: bool = True) -> str | None:
+        return super().send_started(wall, wait=True)
 
 
 async def runner_loop(base_url: str, units: Units, store_dir: Path | None,

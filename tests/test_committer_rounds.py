@@ -52,7 +52,7 @@ def test_with_nothing_in_flight_a_round_commits_at_once(store: Any) -> None:
     async def main() -> float:
         committer = Committer(store, RUN_ID)
         committer.start()
-        send_id = await committer.send_started(0.0, wait=False)
+        send_id = committer.send_started(0.0, wait=False)
         answer(committer, send_id, 0)
         await committer.durable(0)
         durable_at = vclock()
@@ -67,7 +67,7 @@ def test_a_round_waits_for_the_answers_in_flight_and_takes_them_along(store: Any
     async def main() -> list[float]:
         committer = Committer(store, RUN_ID)
         committer.start()
-        ids = [await committer.send_started(0.0, wait=False) for _ in range(3)]
+        ids = [committer.send_started(0.0, wait=False) for _ in range(3)]
         loop = asyncio.get_running_loop()
         # Three answers come 0.2 ms apart: one round for all three, once the last is in.
         answer(committer, ids[0], 0)
@@ -89,8 +89,8 @@ def test_a_round_waits_no_longer_than_min_round_for_a_slow_answer(store: Any) ->
     async def main() -> float:
         committer = Committer(store, RUN_ID)
         committer.start()
-        first = await committer.send_started(0.0, wait=False)
-        slow = await committer.send_started(0.0, wait=False)  # answered only after 5 s
+        first = committer.send_started(0.0, wait=False)
+        slow = committer.send_started(0.0, wait=False)  # answered only after 5 s
         answer(committer, first, 0)
         await committer.durable(0)
         durable_at = vclock()
@@ -111,7 +111,7 @@ def test_a_send_record_with_no_outcome_to_ride_with_is_committed_within_the_dela
     async def main() -> list[tuple[float, float | None]]:
         committer = Committer(store, RUN_ID)
         committer.start()
-        send_id = await committer.send_started(100.0, wait=False)
+        send_id = committer.send_started(100.0, wait=False)
         committer.send_done(send_id, 100.0, 100.5)  # answered: a retry, no outcome
         await asyncio.sleep(SEND_LOG_DELAY + 0.001)
         logged = store.recent_sends(0.0)
@@ -129,7 +129,7 @@ def test_a_failed_outcome_commit_does_not_take_the_send_log_down_with_it(store: 
     async def main() -> BaseException | None:
         committer = Committer(store, "no-such-run")
         committer.start()
-        send_id = await committer.send_started(0.0, wait=False)
+        send_id = committer.send_started(0.0, wait=False)
         answer(committer, send_id, 0)  # logs the reply as (sent 0.0, done 0.0)
         await committer.durable(0)
         await committer.close()

@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batch_toggle.errors import StoreError, StoreLocked
 from batch_toggle.outcome import Outcome
@@ -21,6 +23,7 @@ from batch_toggle.store import (
     SCHEMA_VERSION,
     LedgerUpdate,
     StateStore,
+    _merged,
     default_state_path,
 )
 
@@ -418,6 +421,31 @@ def test_send_log_entries_ride_in_the_outcomes_transaction(store: StateStore) ->
     assert store.recent_sends(0.0) == [(100.0, 100.5), (200.0, None)]
     store.record_outcomes("r1", [], [("d", 400.0, None)])  # no outcomes: still logged
     assert store.recent_sends(350.0) == [(200.0, None), (400.0, None)]  # b: never answered
+
+
+_SEND_ENTRIES = st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from([1.0, 2.0]),
+                                     st.none() | st.sampled_from([3.0, 4.0])), max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(before=_SEND_ENTRIES, batch=_SEND_ENTRIES)
+def test_a_batch_of_send_records_ends_as_if_upserted_one_by_one(
+        tmp_path_factory: pytest.TempPathFactory, before: list, batch: list) -> None:
+    """A batch is merged to one record per request before it is written: the log must read
+    the same as if every record had been written in order."""
+    root = tmp_path_factory.mktemp("sends")
+    with StateStore.open(root / "batch.sqlite") as batched, \
+            StateStore.open(root / "single.sqlite") as single:
+        batched.record_sends(before)
+        batched.record_sends(batch)
+        for entry in [*before, *batch]:
+            single.record_sends([entry])
+        assert batched.recent_sends(0.0) == single.recent_sends(0.0)
+
+
+def test_a_request_sent_and_answered_within_one_batch_is_one_record() -> None:
+    assert _merged([("a", 1.0, None), ("b", 2.0, None), ("a", 1.0, 1.5), ("b", 2.0, None)]) \
+        == [("a", 1.0, 1.5), ("b", 2.0, None)]
 
 
 def test_send_log_is_shared_by_every_handle_on_the_store(store: StateStore,
