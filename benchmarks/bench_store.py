@@ -25,8 +25,8 @@ Workloads, each `--repeat` interleaved (none, store) pairs, alternating which go
              real `store` share beside them (`decomposition_c4`) they take the cost apart:
              the wait itself, the disk, and the SQL;
     paced    --max-rps 1000 (the brief's "about 1,000 rows a second"): the achieved rate, and
-             the client process's CPU time per row (all threads: event loop, the committer's
-             writer thread, httpx), which is what the store really adds when the pace, not the
+             the client process's CPU time per row (all threads: the event loop, which also
+             commits, and httpx's), which is what the store really adds when the pace, not the
              CPU, sets the rate. The CPU overhead per row against the 1,000 µs a row has at
              1,000 rows/s is the paced share;
     remote   --max-rps 1000 against a server that answers in 20 ms (as a remote API does), with
@@ -34,9 +34,10 @@ Workloads, each `--repeat` interleaved (none, store) pairs, alternating which go
              before a worker takes its next unit) meets a realistic request time.
 
 A worker takes its next unit only once its last outcome is committed (the bound on what a
-kill -9 re-sends), so on loopback, where a request takes about a millisecond, each request
-also waits for a commit round (a thread hop and an fsync): that, not the SQL, is most of the
-store's cost at the ceiling, and it shrinks as requests take longer.
+kill -9 re-sends), so on loopback, where a request takes under 3 ms, each request also waits
+for a commit round (its SQL and one fsync, with the event loop blocked meanwhile): at the
+4-worker ceiling that wait is most of the store's cost, and it shrinks as requests take longer
+or more workers share a round.
 
 Wall-clock figures move with the machine's load (other processes share its two cores); CPU
 time per row is steadier. Medians are reported, and every sample. Also the store's own cost
@@ -46,11 +47,12 @@ Target (issue 5): the store costs < 10% of the sender's ceiling (`target_met` re
 of the per-pair shares at --concurrency 4: each pair ran back to back, under the same load;
 `target_met_c16` the same at 16 workers).
 
-Why the ceiling share is far above the target on loopback: the sender answers a request in
-about 3 ms here, and every worker waits for its outcome's round (that wait is what bounds a
-kill -9 to at most --concurrency re-sent rows); `structure` shows that wait alone, writing
-nothing, already costs about a fifth of the ceiling at 4 workers. Against a server that takes
-as long as a real API (`remote`) the same wait hides behind the request time.
+Why the 4-worker ceiling share stays above the target on loopback: the sandbox answers a
+request in under 3 ms here, and every worker waits for its outcome's round (that wait is what
+bounds a kill -9 to at most --concurrency re-sent rows); `fsync` shows one fsync a round alone
+costs most of the 10% (synchronous=FULL is SPEC section 6), and the SQL for a round's four rows
+(outcome, ledger, send log) the rest. With 16 workers a round carries ~12 rows; against a
+server that takes as long as a real API (`remote`) the wait hides behind the request time.
 Prints one JSON object and writes benchmarks/out/store.json.
 """
 
@@ -117,7 +119,7 @@ def open_store(path: Path, units: Units) -> StateStore:
 class Probe:
     """Where the store's time goes, measured from inside (steadier than wall time when other
     processes share the cores): time the event loop spends in the committer's send-log calls
-    (the sender waits for it: the critical path), CPU time of whichever thread writes outcomes,
+    (the sender waits for it: the critical path), CPU time of the outcome commits,
     and how many rows each group commit carries."""
 
     def __init__(self, store: StateStore) -> None:
@@ -295,7 +297,7 @@ def workload(base_url: str, units: Units, max_rps: float, repeat: int, tmp: Path
 
 def micro(tmp: Path, n: int, batch: float) -> dict[str, float]:
     """The store's own calls per row, no network: what the event loop pays (two send-log
-    writes) and what the writer thread pays (the outcome commit, in batches of `batch`)."""
+    writes) and what a commit round pays (the outcome commit, in batches of `batch`)."""
     units = make_units([_Job(str(uuid.uuid4()), str(uuid.uuid4())) for _ in range(n)])
     store = open_store(tmp / "micro.sqlite", units)
     try:
