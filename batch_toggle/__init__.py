@@ -195,52 +195,22 @@ def audit(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> 
 
 def _config(command: str, inputs: PathLike | Sequence[PathLike],
             options: Mapping[str, Any]) -> JobConfig:
-    """One frozen JobConfig from keyword options, with the CLI's defaults and checks."""
-    from .config import (
-        DEFAULT_BASE_URL,
-        LoadOptions,
-        PlanOptions,
-        SendOptions,
-        parse_duration,
-        parse_rate,
-    )
-    from .jobs import JobConfig
+    """One frozen JobConfig from keyword options, built as the CLI builds it (job_options)."""
+    from .job_options import job_config
 
     unknown = sorted(set(options) - _KNOWN)
     if unknown:
         raise TypeError(f"{command}() got unexpected keyword argument(s): {', '.join(unknown)}")
     o = dict(options)
-    load = LoadOptions(column_map=_column_map(o.get("map")), encoding=o.get("encoding"),
-                       set_state=_state(o.get("set_state")),
-                       default_target=_choice(o.get("default_target"), ("job", "client"),
-                                              "default_target"))
-    plan = PlanOptions(on_conflict=_on_conflict(o.get("on_conflict", "last")),
-                       max_invalid=float(o.get("max_invalid", 50.0)),
-                       skip_confirmed=bool(o.get("skip_confirmed", True)),
-                       allow_resubscribe=bool(o.get("allow_resubscribe", False)))
-    rate = o.get("rate", "2500/h")
-    stop_after = o.get("stop_after")
-    send = SendOptions(
-        base_url=o.get("base_url") or os.environ.get("LOGIS_BASE_URL") or DEFAULT_BASE_URL,
-        rate=parse_rate(rate) if isinstance(rate, str) else rate,
-        max_rps=float(o.get("max_rps", 10.0)), concurrency=int(o.get("concurrency", 4)),
-        timeout=float(o.get("timeout", 30.0)), max_attempts=int(o.get("max_attempts", 5)),
-        daily_limit=o.get("daily_limit"), max_requests=o.get("max_requests"),
-        stop_after=(parse_duration(stop_after) if isinstance(stop_after, str) else stop_after),
-        halt_after=int(o.get("halt_after", 50)), canary=int(o.get("canary", 0)),
-        insecure=bool(o.get("insecure", False)),
-    )
+    # The CLI reads LOGIS_BASE_URL through click; the library reads it here.
+    o["base_url"] = o.get("base_url") or os.environ.get("LOGIS_BASE_URL")
     sandbox, dry_run = bool(o.get("sandbox")), bool(o.get("dry_run")) and command == "run"
     api_key = None
     if command != "validate" and not dry_run:
         api_key = _api_key(o, required=not sandbox)
-    return JobConfig(
-        inputs=_inputs(inputs), command=command, load=load, plan=plan, send=send,
-        dry_run=dry_run, report_path=_path(o.get("report")), rejects_path=_path(o.get("rejects")),
-        state_path=_path(o.get("state")), resume=bool(o.get("resume")),
-        retry_failed=bool(o.get("retry_failed")), sandbox=sandbox, html=bool(o.get("html", True)),
-        api_key=api_key,
-    )
+    return job_config(command, _inputs(inputs), o, dry_run=dry_run, sandbox=sandbox,
+                      resume=bool(o.get("resume")), retry_failed=bool(o.get("retry_failed")),
+                      api_key=api_key)
 
 
 def _inputs(inputs: PathLike | Sequence[PathLike]) -> tuple[str, ...]:
@@ -250,63 +220,14 @@ def _inputs(inputs: PathLike | Sequence[PathLike]) -> tuple[str, ...]:
     return tuple(os.fspath(i) for i in items)
 
 
-def _path(value: PathLike | None) -> Path | None:
-    return None if value is None else Path(value)
-
-
-def _column_map(value: Mapping[str, str] | Sequence[str] | None) -> tuple[tuple[str, str], ...]:
-    from .vocab import FIELDS
-
-    if not value:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    pairs = (list(value.items()) if isinstance(value, Mapping)
-             else [tuple(v.partition("=")[::2]) for v in value])
-    out = []
-    for fld, column in pairs:
-        fld = fld.strip().lower()
-        if fld not in FIELDS or not column:
-            raise UsageError(f"map {fld}={column!r}: expected FIELD=COLUMN with FIELD one of "
-                             f"{', '.join(FIELDS)}")
-        out.append((fld, column))
-    return tuple(out)
-
-
-def _state(value: bool | str | None) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text not in ("true", "false"):
-        raise UsageError(f"set_state {value!r}: expected true or false")
-    return text == "true"
-
-
-def _choice(value: str | None, choices: tuple[str, ...], name: str) -> str | None:
-    if value is None:
-        return None
-    text = value.strip().lower()
-    if text not in choices:
-        raise UsageError(f"{name} {value!r}: expected one of {', '.join(choices)}")
-    return text
-
-
-def _on_conflict(value: str) -> Any:
-    from .config import ON_CONFLICT_CHOICES
-
-    return _choice(value, ON_CONFLICT_CHOICES, "on_conflict")
-
-
 def _api_key(o: Mapping[str, Any], required: bool) -> str | None:
     """api_key=, else api_key_file=, else env LOGIS_API_KEY. A library must not change its
     host's environment, so unlike the CLI it reads the variable without removing it."""
+    from .job_options import read_key_file
+
     key = o.get("api_key")
     if not key and o.get("api_key_file"):
-        path = Path(o["api_key_file"])
-        try:
-            key = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UsageError(f"api_key_file {path}: {exc.strerror or exc}") from exc
+        key = read_key_file(Path(o["api_key_file"]))
     key = (key or os.environ.get("LOGIS_API_KEY") or "").strip() or None
     if required and not key:
         raise UsageError("no API key: pass api_key=..., api_key_file=... or set LOGIS_API_KEY "

@@ -21,15 +21,7 @@ from typing import Any
 import click
 
 from batch_toggle import __version__
-from batch_toggle.config import (
-    DEFAULT_BASE_URL,
-    ON_CONFLICT_CHOICES,
-    LoadOptions,
-    PlanOptions,
-    SendOptions,
-    parse_duration,
-    parse_rate,
-)
+from batch_toggle.config import DEFAULT_BASE_URL, ON_CONFLICT_CHOICES
 from batch_toggle.config_file import (
     CONFIG_ENV,
     ENV_PREFIX,
@@ -42,8 +34,8 @@ from batch_toggle.config_file import (
 )
 from batch_toggle.errors import BatchToggleError, ExitCode, UsageError
 from batch_toggle.events import EventLog
+from batch_toggle.job_options import cli_name, job_config
 from batch_toggle.jobs import Hooks, JobConfig
-from batch_toggle.vocab import FIELDS
 
 from ..events import fan_out
 from .progress import ProgressBar
@@ -64,18 +56,6 @@ Examples:
 def _fail(message: str, code: ExitCode) -> None:
     click.echo(f"batch-toggle: error: {message}", err=True)
     sys.exit(int(code))
-
-
-def _parse_map(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for value in values:
-        fld, sep, column = value.partition("=")
-        fld = fld.strip().lower()
-        if not sep or not column or fld not in FIELDS:
-            raise UsageError(f"--map {value!r}: expected FIELD=COLUMN with FIELD one of "
-                             f"{', '.join(FIELDS)}")
-        pairs.append((fld, column))
-    return tuple(pairs)
 
 
 def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -181,38 +161,10 @@ def send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def build_config(command: str, opts: dict[str, Any], **extra: Any) -> JobConfig:
-    """One frozen JobConfig from parsed options (no I/O here)."""
-    state = opts.get("set_state")
-    load = LoadOptions(
-        column_map=_parse_map(opts.get("maps") or ()), encoding=opts.get("encoding"),
-        set_state=None if state is None else state.lower() == "true",
-        default_target=(opts.get("default_target") or None) and opts["default_target"].lower(),
-    )
-    plan = PlanOptions(
-        on_conflict=opts.get("on_conflict") or "last",
-        max_invalid=float(opts.get("max_invalid", 50.0)),
-        skip_confirmed=opts.get("skip_confirmed", True),
-        allow_resubscribe=bool(opts.get("allow_resubscribe")),
-    )
-    send = SendOptions(
-        base_url=opts.get("base_url") or DEFAULT_BASE_URL,
-        rate=parse_rate(opts.get("rate") or "2500/h"),
-        max_rps=float(opts.get("max_rps") or 10.0),
-        concurrency=int(opts.get("concurrency") or 4),
-        timeout=float(opts.get("timeout") or 30.0),
-        max_attempts=int(opts.get("max_attempts") or 5),
-        daily_limit=opts.get("daily_limit"),
-        max_requests=opts.get("max_requests"),
-        stop_after=parse_duration(opts["stop_after"]) if opts.get("stop_after") else None,
-        halt_after=int(opts.get("halt_after") or 50),
-        canary=int(opts.get("canary") or 0),
-        insecure=bool(opts.get("insecure")),
-    )
-    return JobConfig(
-        inputs=tuple(opts["inputs"]), command=command, load=load, plan=plan, send=send,
-        report_path=opts.get("report"), rejects_path=opts.get("rejects"),
-        state_path=opts.get("state_path"), html=bool(opts.get("html", True)), **extra,
-    )
+    """One frozen JobConfig from parsed options (no I/O here): job_options builds it, as for
+    the library; click's names for two options differ from the library's."""
+    options = {**opts, "map": opts.get("maps"), "state": opts.get("state_path")}
+    return job_config(command, opts["inputs"], options, name=cli_name, **extra)
 
 
 def make_hooks(opts: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None,

@@ -10,8 +10,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from batch_toggle.errors import UsageError
-
 ENV_KEY = "LOGIS_API_KEY"
 SSLKEYLOG_ENV = "SSLKEYLOGFILE"
 
@@ -35,12 +33,10 @@ def read_api_key(key_file: Path | None, warn: Callable[[str], None]) -> str | No
     if ignored:
         warn("warning: SSLKEYLOGFILE is set and ignored: it would write TLS secrets to disk")
     if key_file is not None:
-        try:
-            key = key_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UsageError(f"--api-key-file {key_file}: {exc.strerror or exc}") from exc
-        if not key:
-            raise UsageError(f"--api-key-file {key_file}: the file is empty")
-        return key
+        # Imported here, not at the top: this module must load nothing that loads libarrow
+        # before SSLKEYLOGFILE is dropped (job_options loads the jobs layer).
+        from batch_toggle.job_options import cli_name, read_key_file
+
+        return read_key_file(key_file, cli_name)
     key = (from_env or "").strip()
     return key or None

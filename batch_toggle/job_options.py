@@ -1,0 +1,127 @@
+"""One JobConfig from a job's options: the CLI and the library build it here, the same way.
+
+Options go by the library's names (the CLI's long names in snake_case: `--on-conflict` ->
+`on_conflict`); an option that is absent or None takes the default of its dataclass in
+config.py, the one place defaults live. Values are taken in the forms a caller of the library
+may give (a map as a dict or as "FIELD=COLUMN" strings, a state as a bool or "true"/"false",
+a rate or duration as text or parsed); what click already parsed passes through unchanged.
+Errors name the option as the caller knows it: `name` turns "on_conflict" into the CLI's
+"--on-conflict". Click-free, so that the library does not load click.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import (
+    ON_CONFLICT_CHOICES,
+    LoadOptions,
+    PlanOptions,
+    SendOptions,
+    parse_duration,
+    parse_rate,
+)
+from .errors import UsageError
+from .jobs import JobConfig
+from .vocab import FIELDS
+
+Namer = Callable[[str], str]
+_TARGETS = ("job", "client")
+_PLAN_NUMBERS = {"max_invalid": float}
+_SEND_NUMBERS = {"max_rps": float, "concurrency": int, "timeout": float, "max_attempts": int,
+                 "daily_limit": int, "max_requests": int, "halt_after": int, "canary": int}
+
+
+def cli_name(option: str) -> str:
+    """"on_conflict" -> "--on-conflict": how the CLI's errors name an option."""
+    return "--" + option.replace("_", "-")
+
+
+def job_config(command: str, inputs: Sequence[str], options: Mapping[str, Any],
+               name: Namer = str, **extra: Any) -> JobConfig:
+    """The JobConfig of one command. `extra` sets the JobConfig fields that are not options
+    of every command (dry_run, sandbox, resume, retry_failed, api_key)."""
+    o = {k: v for k, v in options.items() if v is not None}
+    load = LoadOptions(
+        column_map=column_map(o.get("map"), name), encoding=o.get("encoding"),
+        set_state=_state(o.get("set_state"), name),
+        default_target=_choice(o.get("default_target"), _TARGETS, "default_target", name))
+    plan_args: dict[str, Any] = {k: kind(o[k]) for k, kind in _PLAN_NUMBERS.items() if k in o}
+    if "on_conflict" in o:
+        plan_args["on_conflict"] = _choice(o["on_conflict"], ON_CONFLICT_CHOICES, "on_conflict",
+                                           name)
+    for flag in ("skip_confirmed", "allow_resubscribe"):
+        if flag in o:
+            plan_args[flag] = bool(o[flag])
+    send_args: dict[str, Any] = {k: kind(o[k]) for k, kind in _SEND_NUMBERS.items() if k in o}
+    if o.get("base_url"):
+        send_args["base_url"] = o["base_url"]
+    if "rate" in o:
+        send_args["rate"] = parse_rate(o["rate"]) if isinstance(o["rate"], str) else o["rate"]
+    if "stop_after" in o:
+        stop = o["stop_after"]
+        send_args["stop_after"] = parse_duration(stop) if isinstance(stop, str) else float(stop)
+    if "insecure" in o:
+        send_args["insecure"] = bool(o["insecure"])
+    return JobConfig(
+        inputs=tuple(str(i) for i in inputs), command=command, load=load,
+        plan=PlanOptions(**plan_args), send=SendOptions(**send_args),
+        report_path=_path(o.get("report")), rejects_path=_path(o.get("rejects")),
+        state_path=_path(o.get("state")), html=bool(o.get("html", True)), **extra)
+
+
+def column_map(value: Mapping[str, str] | Sequence[str] | str | None,
+               name: Namer = str) -> tuple[tuple[str, str], ...]:
+    """(field, column) pairs from {"review_key": "Tracking Key"} or ["review_key=Tracking Key"]."""
+    if not value:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    given = ([f"{f}={c}" for f, c in value.items()] if isinstance(value, Mapping)
+             else list(value))
+    out = []
+    for text in given:
+        fld, _, column = text.partition("=")
+        fld = fld.strip().lower()
+        if fld not in FIELDS or not column:
+            raise UsageError(f"{name('map')} {text!r}: expected FIELD=COLUMN with FIELD one of "
+                             f"{', '.join(FIELDS)}")
+        out.append((fld, column))
+    return tuple(out)
+
+
+def read_key_file(path: Path, name: Namer = str) -> str:
+    """The API key in `path`, stripped. An unreadable or empty file is an error, never a
+    silent fall-back to another key (the environment's may be another account's)."""
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"{name('api_key_file')} {path}: {exc.strerror or exc}") from exc
+    if not key:
+        raise UsageError(f"{name('api_key_file')} {path}: the file is empty")
+    return key
+
+
+def _state(value: bool | str | None, name: Namer) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false"):
+        raise UsageError(f"{name('set_state')} {value!r}: expected true or false")
+    return text == "true"
+
+
+def _choice(value: str | None, choices: tuple[str, ...], option: str,
+            name: Namer) -> Any:
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if text not in choices:
+        raise UsageError(f"{name(option)} {value!r}: expected one of {', '.join(choices)}")
+    return text
+
+
+def _path(value: Any) -> Path | None:
+    return None if value is None else Path(value)

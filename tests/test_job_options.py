@@ -1,0 +1,80 @@
+"""One builder for the CLI and the library: the same options give the same JobConfig."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import batch_toggle
+from batch_toggle.cli import build_config, main
+from batch_toggle.config import LoadOptions, PlanOptions, Rate, SendOptions
+from batch_toggle.errors import UsageError
+from batch_toggle.job_options import cli_name, column_map, job_config, read_key_file
+
+
+def cli_config(args: list[str]) -> Any:
+    """The JobConfig `batch-toggle run ARGS` would build, parsed by click itself."""
+    command = main.get_command(None, "run")  # type: ignore[arg-type]
+    assert command is not None
+    with command.make_context("run", args) as ctx:
+        return build_config("run", ctx.params, dry_run=True)
+
+
+def test_the_cli_and_the_library_build_the_same_config(tmp_path: Path) -> None:
+    report = tmp_path / "r.csv"
+    cli = cli_config([
+        "in.csv", "--map", "review_key=Tracking Key", "--map", "job_id=Job Ref",
+        "--set-state", "true", "--default-target", "client", "--on-conflict", "opt-out-wins",
+        "--max-invalid", "12.5", "--no-skip-confirmed", "--allow-resubscribe",
+        "--rate", "100/10m", "--max-rps", "3", "--concurrency", "7", "--timeout", "9",
+        "--max-attempts", "2", "--daily-limit", "900", "--max-requests", "40",
+        "--stop-after", "55m", "--halt-after", "5", "--canary", "20",
+        "--base-url", "http://127.0.0.1:1", "--report", str(report), "--no-html",
+        "--dry-run"])
+    library = batch_toggle._config("run", "in.csv", {
+        "map": {"review_key": "Tracking Key", "job_id": "Job Ref"}, "set_state": True,
+        "default_target": "client", "on_conflict": "opt-out-wins", "max_invalid": 12.5,
+        "skip_confirmed": False, "allow_resubscribe": True, "rate": "100/10m", "max_rps": 3,
+        "concurrency": 7, "timeout": 9, "max_attempts": 2, "daily_limit": 900,
+        "max_requests": 40, "stop_after": "55m", "halt_after": 5, "canary": 20,
+        "base_url": "http://127.0.0.1:1", "report": report, "html": False, "dry_run": True})
+    assert library == cli
+    assert cli.send.rate == Rate(100, 600.0) and cli.send.stop_after == 55 * 60.0
+    assert cli.load.column_map == (("review_key", "Tracking Key"), ("job_id", "Job Ref"))
+    assert cli.plan.skip_confirmed is False and cli.html is False and cli.report_path == report
+
+
+def test_with_no_options_both_take_the_dataclasses_defaults(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    monkeypatch.delenv("LOGIS_BASE_URL", raising=False)
+    library = batch_toggle._config("run", "in.csv", {"dry_run": True})
+    assert cli_config(["in.csv", "--dry-run"]) == library
+    assert (library.load, library.plan, library.send) == (LoadOptions(), PlanOptions(),
+                                                          SendOptions())
+    assert library.html is True and library.report_path is None
+
+
+def test_an_empty_key_file_is_an_error_for_the_library_too(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Not a silent fall-back to LOGIS_API_KEY, which may be another account's key."""
+    empty = tmp_path / "key.txt"
+    empty.write_text("  \n", encoding="utf-8")
+    monkeypatch.setenv("LOGIS_API_KEY", "env-key-of-another-account")
+    with pytest.raises(UsageError, match="api_key_file .*key.txt: the file is empty"):
+        batch_toggle._config("run", "in.csv", {"api_key_file": empty})
+    with pytest.raises(UsageError, match="--api-key-file .*key.txt: the file is empty"):
+        read_key_file(empty, cli_name)
+
+
+def test_errors_name_the_option_as_its_caller_knows_it() -> None:
+    with pytest.raises(UsageError, match=r"^--map 'colour': expected FIELD=COLUMN"):
+        column_map(("colour",), cli_name)
+    with pytest.raises(UsageError, match=r"^map 'colour=Colour': expected FIELD=COLUMN"):
+        column_map({"colour": "Colour"})
+    with pytest.raises(UsageError, match=r"^set_state 'maybe': expected true or false"):
+        job_config("validate", ["in.csv"], {"set_state": "maybe"})
+    with pytest.raises(UsageError, match=r"^--default-target 'both': expected one of job"):
+        job_config("validate", ["in.csv"], {"default_target": "both"}, name=cli_name)
