@@ -201,7 +201,6 @@ def audit(config: JobConfig, hooks: Hooks = SILENT, *, options: AuditOptions | N
 def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
                   options: AuditOptions, stdin: Any,
                   transport: httpx.AsyncBaseTransport | None) -> JobResult:
-    hooks = audit_hooks(hooks)
     prepared = prepare(config, hooks=hooks, stdin=stdin,
                        ledger_for=(lambda _loaded: ledger_view(store)) if store else None)
     if store is not None:
@@ -218,7 +217,7 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
     with Interrupts() as interrupts:
         runner, counters = asyncio.run(_send(config, hooks, store, prepared, todo, transport,
                                              units=reads.units, operation=track,
-                                             interrupts=interrupts))
+                                             interrupts=interrupts, advice=_no_resume))
         outcomes = unit_outcomes(prepared.plan.units, reads, track, runner.committer.outcomes,
                                  todo)
         if store is not None and runner.committer.error is None:
@@ -226,14 +225,9 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
         facts = audit_facts(prepared, reads, todo, outcomes, options)
 
         def results() -> tuple[UnitResults, dict[str, Any]]:
-            unsent = runner.unsent_outcome()
             units = UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
-                                              replace(unsent, error_message=_no_resume(
-                                                  unsent.error_message)))
-            extra = {**_send_summary(runner, counters, config), **facts}
-            if "stopped" in extra:
-                extra["stopped"]["message"] = _no_resume(extra["stopped"]["message"])
-            return units, extra
+                                              runner.unsent_outcome())
+            return units, {**_send_summary(runner, counters, config), **facts}
 
         result = finish_interruptible(prepared, hooks, runner, interrupts, results)
         for line in audit_lines(facts):
@@ -269,30 +263,14 @@ def _announce(prepared: Prepared, reads: Reads, todo: Sequence[int], options: Au
 
 
 # The runner words its stop messages for `run` ("resume with --resume", "fix it and run again
-# with --resume"); an audit rejects --resume and is simply run again.
+# with --resume"); an audit rejects --resume and is simply run again. The runner applies this
+# to every stop (Runner's `advice`), so the report, the summary and the events agree.
 _RESUME_ADVICE = re.compile(r"\b(?:resume|run again) with --resume\b")
-# The event fields that carry that advice: a stop's message, a finish's verdict.
-_ADVICE_FIELDS = {"stop": ("message",), "finish": ("verdict",)}
 
 
-def _no_resume(message: str | None) -> str | None:
+def _no_resume(message: str) -> str:
     """The runner's stop messages say how to resume a run; an audit is simply run again."""
-    return _RESUME_ADVICE.sub("audit again", message) if message else message
-
-
-def audit_hooks(hooks: Hooks) -> Hooks:
-    """`hooks` whose events say what an audit can do: the runner's `stop` (and a `finish`)
-    reach --events and -v with their --resume advice reworded by `_no_resume`, as the report
-    and the summary are; every other event passes as it is."""
-    event = hooks.event
-
-    def audit_event(kind: str, data: dict[str, Any]) -> None:
-        fields = [f for f in _ADVICE_FIELDS.get(kind, ()) if isinstance(data.get(f), str)]
-        if fields:
-            data = {**data, **{f: _no_resume(data[f]) for f in fields}}
-        event(kind, data)
-
-    return replace(hooks, event=audit_event)
+    return _RESUME_ADVICE.sub("audit again", message)
 
 
 def _reads(n: int) -> str:
@@ -407,5 +385,5 @@ def audit_lines(facts: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["AuditOptions", "audit", "audit_hooks", "choose_sample", "plan_reads", "unit_outcomes",
+__all__ = ["AuditOptions", "audit", "choose_sample", "plan_reads", "unit_outcomes",
            "wilson_interval"]

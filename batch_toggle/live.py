@@ -358,10 +358,12 @@ def _budget(config: JobConfig, store: StateStore | None, hooks: Hooks = SILENT) 
 async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepared: Prepared,
                 todo: list[int], transport: httpx.AsyncBaseTransport | None, *,
                 units: Units | None = None, operation: Operation | None = None,
-                interrupts: Interrupts | None = None) -> tuple[Runner, Counters]:
+                interrupts: Interrupts | None = None,
+                advice: Callable[[str], str] | None = None) -> tuple[Runner, Counters]:
     """Drive a Runner over `todo`: the plan's units and toggles, or (audit) other `units` with
     another `operation`, through the same budget, client, committer, signals and progress.
-    `interrupts`: the caller's, when it keeps catching signals after the sending part."""
+    `interrupts`: the caller's, when it keeps catching signals after the sending part;
+    `advice`: rewords the runner's stop messages (see Runner)."""
     budget = _budget(config, store, hooks)
     sent = prepared.plan.units if units is None else units
     sources = row_ref_array(prepared.loaded, sent.row)  # file:row of each unit, once per run
@@ -393,7 +395,7 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
                         options=config.send, budget=budget, committer=committer,
                         hooks=RunHooks(notice=hooks.notice, event=hooks.event),
                         review_key_hash=store.review_key_hash if store is not None else None,
-                        run_id=prepared.run_id, operation=operation)
+                        run_id=prepared.run_id, operation=operation, advice=advice)
         committer.start()
         ticker = asyncio.get_running_loop().create_task(_tick(runner, hooks))
         try:

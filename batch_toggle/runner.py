@@ -15,7 +15,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -224,7 +224,8 @@ class Runner:
                  options: SendOptions, budget: Budget, committer: Committer,
                  hooks: RunHooks | None = None, clocks: _Clocks | None = None,
                  review_key_hash: Callable[[str], str] | None = None, run_id: str = "",
-                 operation: Operation | None = None) -> None:
+                 operation: Operation | None = None,
+                 advice: Callable[[str], str] | None = None) -> None:
         self.units = units
         self.client = client
         self.options = options
@@ -240,6 +241,9 @@ class Runner:
         self._waited_until = -float("inf")
         self.stop: Stop | None = None
         self.operation: Operation = operation or Toggle(units, review_key_hash)
+        # Stop messages advise `run`'s way on ("resume with --resume"); another command (an
+        # audit) rewords them here, once, for the report, the summary and the events alike.
+        self._advice = advice
         self._run_id = run_id
         self._base = options.base_url.rstrip("/")
         self._headers = {"LOGIS-API-KEY": api_key, "Content-Type": "application/json",
@@ -285,6 +289,8 @@ class Runner:
 
         Also callable once the sending part is over (no running loop: a signal that came while
         the run was finishing), where it only decides the exit code and tells the event."""
+        if self._advice is not None:
+            stop = replace(stop, message=self._advice(stop.message))
         decided = self.stop is None or _STOP_RANK[stop.exit_code] < _STOP_RANK[self.stop.exit_code]
         if decided:
             self.stop = stop

@@ -292,10 +292,9 @@ def test_a_stopped_audits_events_and_v_lines_advise_auditing_again_not_resume(
      "--resume", "the state store failed (disk full); nothing more was sent; fix it and audit "
      "again"),
     ("halted: 50 rows in a row failed", "halted: 50 rows in a row failed"),
-    (None, None),
 ])
 def test_no_resume_rewords_each_way_the_runner_advises_a_resume(
-        message: str | None, reworded: str | None) -> None:
+        message: str, reworded: str) -> None:
     assert _no_resume(message) == reworded
 
 
