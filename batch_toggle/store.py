@@ -34,8 +34,8 @@ The schema is versioned with `PRAGMA user_version` (and marked as ours with
 refused rather than guessed at.
 
 Thread safety: each connection is guarded by its own lock and opened with
-`check_same_thread=False`, so the runner may call the store from a writer thread or through
-`asyncio.to_thread`.
+`check_same_thread=False`, so any thread may call the store (the committer calls it from the
+event loop itself, see committer.py; a library caller may use another thread).
 """
 
 from __future__ import annotations
