@@ -47,6 +47,7 @@ import sys
 from typing import Any, NoReturn
 
 from batch_toggle.errors import ExitCode  # loaded already: the package's __init__ imports it
+from batch_toggle.stderr import say  # stdlib only (sys, os, io): no click, nothing slow
 
 
 def main() -> NoReturn:
@@ -113,9 +114,5 @@ def _interrupted() -> NoReturn:
     for sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(sig) is signal.default_int_handler:
             signal.signal(sig, signal.SIG_DFL)
-    try:
-        sys.stderr.write("batch-toggle: interrupted\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):  # stderr closed or gone: the exit code still says it
-        pass
+    say("batch-toggle: interrupted")  # never raises: with stderr gone the exit code still says it
     sys.exit(int(ExitCode.INTERRUPTED))

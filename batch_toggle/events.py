@@ -37,21 +37,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import UsageError
+from .stderr import say
 
 
 def _stderr(message: str) -> None:
-    try:
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
-    except (AttributeError, OSError, ValueError):  # no stderr, or a closed one: nobody to tell
-        pass
+    say(message)  # no stderr, or a closed one: nobody to tell, and never a raise
 
 
 class EventLog:

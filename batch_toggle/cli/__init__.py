@@ -36,6 +36,7 @@ from batch_toggle.errors import BatchToggleError, ExitCode, UsageError
 from batch_toggle.events import EventLog
 from batch_toggle.job_options import cli_name, job_config
 from batch_toggle.jobs import Hooks, JobConfig
+from batch_toggle.stderr import say
 
 from ..events import fan_out
 from .progress import ProgressBar
@@ -54,7 +55,7 @@ Examples:
 
 
 def _fail(message: str, code: ExitCode) -> None:
-    click.echo(f"batch-toggle: error: {message}", err=True)
+    say(f"batch-toggle: error: {message}")  # never raises: a closed stderr keeps the exit code
     sys.exit(int(code))
 
 
@@ -230,7 +231,7 @@ def guarded(fn: Callable[[], int]) -> None:
     except BatchToggleError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("batch-toggle: interrupted", err=True)
+        say("batch-toggle: interrupted")
         sys.exit(int(ExitCode.INTERRUPTED))
     else:
         sys.exit(int(code))

@@ -190,7 +190,7 @@ class VerboseLog:
             line = render(kind, data, self.level, self.command)
             if line is not None:
                 self._write(f"{self._now():%Y-%m-%dT%H:%M:%SZ} {line}")
-        except OSError:
+        except OSError:  # the CLI's writer never raises, but a library caller's may: ends the lines
             self.level = 0
         except Exception:  # noqa: BLE001 - a line is not worth a 40-hour run
             return
