@@ -76,6 +76,8 @@ class Stderr:
             null = os.open(os.devnull, os.O_WRONLY)
         except (OSError, ValueError):  # no descriptor (a closed or in-memory stream)
             return
+        if null == fd:  # the descriptor itself was closed: /dev/null took its number; keep it
+            return
         try:
             os.dup2(null, fd)
         except OSError:
