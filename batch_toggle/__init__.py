@@ -252,7 +252,9 @@ class _hooks:
         from .events import EventLog, fan_out
 
         if o.get("events") is not None:
-            self._events = EventLog(Path(o["events"]))
+            # Its failure warning goes where the library's messages go (never to the host's
+            # stderr, whose descriptor the CLI's writer would point at /dev/null).
+            self._events = EventLog(Path(o["events"]), warn=notice)
         return Hooks(notice=notice, event=fan_out(self._events, on_event),
                      progress=o.get("on_progress") or (lambda _snapshot: None))
 

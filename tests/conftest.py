@@ -24,11 +24,19 @@ from starlette.applications import Starlette
 
 from batch_toggle.sandbox import DEFAULT_API_KEY, SandboxConfig, Seed, create_app, load_seed
 from batch_toggle.sandbox.world import SeedJob, World
+from batch_toggle.stderr import STDERR
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "sample_data"
 SEED_PATH = SAMPLE_DATA / "sandbox_seed.csv"
 SANDBOX_KEY = DEFAULT_API_KEY
+
+
+@pytest.fixture(autouse=True)
+def _stderr_not_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process has one stderr writer (batch_toggle.stderr.STDERR) that stays silent once a
+    write failed: a test that breaks it in this process must not silence the tests after it."""
+    monkeypatch.setattr(STDERR, "gone", False)
 
 
 class SandboxHandle:

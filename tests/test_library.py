@@ -119,6 +119,19 @@ def test_events_go_to_the_file_and_the_callback(tmp_path: Path) -> None:
     assert kinds == seen and kinds[0] == "plan" and kinds[-1] == "finish"
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_an_events_file_that_fails_is_said_through_notice_not_on_the_hosts_stderr(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A library never writes to its host's stderr (the CLI's writer would also point the
+    host's descriptor 2 at /dev/null): the events log's failure goes to `notice`."""
+    notices: list[str] = []
+    result = batch_toggle.validate(SAMPLE, report=tmp_path / "r.csv", events="/dev/full",
+                                   notice=notices.append)
+    assert result.exit_code in (ExitCode.OK, ExitCode.ROW_PROBLEMS)
+    assert [n for n in notices if n.startswith("warning: --events /dev/full: cannot write")]
+    assert "cannot write" not in capfd.readouterr().err
+
+
 def _has_audit() -> bool:
     try:
         importlib.import_module("batch_toggle.audit")

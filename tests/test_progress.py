@@ -17,7 +17,6 @@ from tqdm.std import TqdmDefaultWriteLock
 
 from batch_toggle.cli import make_hooks
 from batch_toggle.cli.progress import ProgressBar
-from batch_toggle.stderr import STDERR
 
 SNAP = {"total": 10, "done": 3, "requests": 3, "responses_429": 0, "failures": 0,
         "eta_s": 12.0, "waiting": None}
@@ -48,13 +47,6 @@ class Stderr:
 
     def flush(self) -> None:
         self._check()
-
-
-@pytest.fixture(autouse=True)
-def _stderr_not_gone(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The bar writes through the process's one stderr writer: each test starts with it
-    working and leaves it so (a test that breaks it must not silence the tests after it)."""
-    monkeypatch.setattr(STDERR, "gone", False)
 
 
 FAILURES = [BrokenPipeError(32, "Broken pipe"), OSError(5, "Input/output error"),

@@ -78,12 +78,6 @@ def _child(breaking: str, unbuffered: bool = False, **kwargs: Any,
     return proc.returncode, seen, proc.stderr or b""
 
 
-@pytest.fixture(autouse=True)
-def _stderr_not_gone(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests here that break the shared writer in this process leave it working afterwards."""
-    monkeypatch.setattr(STDERR, "gone", False)
-
-
 @pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
 def test_a_pipe_whose_reader_left_marks_it_gone_and_points_fd2_at_devnull(
         unbuffered: bool) -> None:
