@@ -136,9 +136,10 @@ def html_path(report: Path) -> Path:
 
 
 def write_html_report(summary: Mapping[str, Any], report: pa.Table, path: Path, *,
-                      limit: int = ATTENTION_LIMIT) -> None:
-    """Render the page and write it atomically, mode 0600 (like every other report file)."""
-    write_text(render_html(summary, report, limit=limit), Path(path))
+                      limit: int = ATTENTION_LIMIT, durable: bool = True) -> None:
+    """Render the page and write it atomically, mode 0600 (like every other report file);
+    `durable` as for report.write_text."""
+    write_text(render_html(summary, report, limit=limit), Path(path), durable=durable)
 
 
 def render_html(summary: Mapping[str, Any], report: pa.Table, *,

@@ -198,15 +198,18 @@ def finish(prepared: Prepared, units: UnitResults, hooks: Hooks, *, stop_exit: E
     statuses = statuses_present(report) if report.num_rows else set()
     exit_code = exit_code_for(statuses, stop_exit)
     config = prepared.config
-    digest = write_table(report, prepared.report_path)
+    # A report of requests sent must survive a power cut; one of a plan (validate, --dry-run)
+    # can be made again by running it again, so it is not worth the fsyncs.
+    durable = config.command != "validate" and not config.dry_run
+    digest = write_table(report, prepared.report_path, durable=durable)
     summary = build_summary(prepared, report, exit_code, digest, extra)
     if config.rejects_path is not None:
         rejects = rejects_table(prepared.loaded, report)
-        write_table(rejects, config.rejects_path)
+        write_table(rejects, config.rejects_path, durable=durable)
         summary["rejects"] = {"path": str(config.rejects_path), "rows": rejects.num_rows}
     if config.html:
-        _write_html(summary, report, prepared.report_path, hooks)
-    write_json(summary, summary_path(prepared.report_path))
+        _write_html(summary, report, prepared.report_path, hooks, durable=durable)
+    write_json(summary, summary_path(prepared.report_path), durable=durable)
     hooks.notice(render_summary_table(summary, color=hooks.color))
     hooks.event("finish", {"run_id": prepared.run_id, "exit_code": int(exit_code),
                            "verdict": summary["verdict"], "counts": summary["counts_by_status"]})
@@ -214,7 +217,7 @@ def finish(prepared: Prepared, units: UnitResults, hooks: Hooks, *, stop_exit: E
 
 
 def _write_html(summary: dict[str, Any], report: pa.Table, report_path: Path,
-                hooks: Hooks) -> None:
+                hooks: Hooks, *, durable: bool = True) -> None:
     """The HTML page beside the report. It is a view of the evidence, not the evidence: a
     failure to write it is a warning, never a lost run (the report and summary JSON stand)."""
     from .html_report import html_path, write_html_report
@@ -222,7 +225,7 @@ def _write_html(summary: dict[str, Any], report: pa.Table, report_path: Path,
     path = html_path(report_path)
     summary["html_report"] = {"path": str(path)}
     try:
-        write_html_report(summary, report, path)
+        write_html_report(summary, report, path, durable=durable)
     except Exception as exc:  # noqa: BLE001 - see the docstring
         summary.pop("html_report", None)
         hooks.notice(f"warning: the HTML report was not written: {exc}")

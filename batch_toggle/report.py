@@ -5,7 +5,9 @@ The caller assembles the report table (the input's own columns with the review k
 
 * every file is written to a temp file in the target's directory, created 0600 from the start
   (O_CREAT|O_EXCL), fsynced, then renamed over the target, so a reader or a crash never sees a
-  half-written report and a failed write leaves the previous file untouched;
+  half-written report and a failed write leaves the previous file untouched. `durable=False`
+  (validate, --dry-run: nothing was sent, running it again gives the same report) skips the
+  fsyncs, still renaming atomically: on a 1M-row report they are 10-20% of validate's time;
 * CSV cells that a spreadsheet would run as a formula get a leading `'` (SPEC section 8);
   Parquet and JSONL keep values raw;
 * everything is vectorised with pyarrow.compute, in batches, so memory stays bounded and a
@@ -137,7 +139,7 @@ def check_writable(path: Path) -> None:
 # --- writing ---------------------------------------------------------------------------------
 
 
-def write_table(table: pa.Table, path: Path) -> str:
+def write_table(table: pa.Table, path: Path, *, durable: bool = True) -> str:
     """Write the report table in the format its extension names, atomically, mode 0600.
 
     Returns the sha256 (hex) of the bytes of the file as written. CSV: header row, UTF-8 without
@@ -150,7 +152,7 @@ def write_table(table: pa.Table, path: Path) -> str:
     fmt = report_format(path)
     writer = {"csv": _write_csv, "parquet": _write_parquet, "jsonl": _write_jsonl}[fmt]
     try:
-        with _atomic_write(path, hashed=True) as sink:
+        with _atomic_write(path, hashed=True, durable=durable) as sink:
             writer(table, sink)
     except OSError as exc:
         raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from exc
@@ -159,7 +161,7 @@ def write_table(table: pa.Table, path: Path) -> str:
     return sink.hexdigest()
 
 
-def write_json(obj: Mapping[str, Any], path: Path) -> None:
+def write_json(obj: Mapping[str, Any], path: Path, *, durable: bool = True) -> None:
     """Write `obj` as JSON (indent 2, keys in insertion order, UTF-8, trailing newline),
     atomically, mode 0600. Dates and times become ISO 8601 strings, paths plain strings; NaN or
     an unknown type is a ReportError (the summary is evidence: it must be strict JSON)."""
@@ -167,15 +169,15 @@ def write_json(obj: Mapping[str, Any], path: Path) -> None:
         text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise ReportError(f"cannot write {path}: {exc}") from exc
-    write_text(text + "\n", path)
+    write_text(text + "\n", path, durable=durable)
 
 
-def write_text(text: str, path: Path) -> None:
+def write_text(text: str, path: Path, *, durable: bool = True) -> None:
     """Write `text` as UTF-8, atomically, mode 0600 (the HTML report, the summary JSON).
     ReportError on failure."""
     path = Path(path)
     try:
-        with _atomic_write(path) as sink:
+        with _atomic_write(path, durable=durable) as sink:
             sink.write(text.encode("utf-8"))
     except OSError as exc:
         raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from exc
@@ -229,10 +231,11 @@ def _open_temp(path: Path) -> tuple[int, Path]:
 
 
 @contextmanager
-def _atomic_write(path: Path, *, hashed: bool = False) -> Iterator[Any]:
-    """Yield a sink writing to a temp file; on success fsync it and rename it onto `path`, on any
-    error (or interrupt) remove it and leave `path` as it was. `hashed`: the sink is a
-    `_HashingSink` (the report, whose digest the summary records); otherwise the file itself."""
+def _atomic_write(path: Path, *, hashed: bool = False, durable: bool = True) -> Iterator[Any]:
+    """Yield a sink writing to a temp file; on success fsync it (unless not `durable`) and
+    rename it onto `path`, on any error (or interrupt) remove it and leave `path` as it was.
+    `hashed`: the sink is a `_HashingSink` (the report, whose digest the summary records);
+    otherwise the file itself."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _open_temp(path)
     sink: _HashingSink | None = None
@@ -242,7 +245,8 @@ def _atomic_write(path: Path, *, hashed: bool = False) -> Iterator[Any]:
                 sink = _HashingSink(raw)
             yield sink if sink is not None else raw
             raw.flush()
-            os.fsync(raw.fileno())
+            if durable:
+                os.fsync(raw.fileno())
         os.replace(tmp, path)
     except BaseException:
         if sink is not None:
@@ -250,7 +254,8 @@ def _atomic_write(path: Path, *, hashed: bool = False) -> Iterator[Any]:
         with suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
