@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from .config import format_duration
 from .errors import ExitCode
-from .report import write_text
+from .report import html_path, write_text
 from .results import attention_mask
 from .vocab import (
     ERROR_CODES,
@@ -129,10 +129,6 @@ footer { margin-top: 28px; color: var(--muted); font-size: 12px; }
 _CSP: Final = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
-def html_path(report: Path) -> Path:
-    """Where the HTML report of a report goes: `out/x.csv` -> `out/x.csv.html`."""
-    report = Path(report)
-    return report.with_name(report.name + ".html")
 
 
 def write_html_report(summary: Mapping[str, Any], report: pa.Table, path: Path, *,

@@ -26,8 +26,10 @@ from .ingest import LoadedInput, load_inputs
 from .normalize import normalize
 from .plan import Plan, TooManyInvalid, build_plan
 from .report import (
+    check_outputs_distinct,
     check_writable,
     default_report_path,
+    html_path,
     render_summary_table,
     report_format,
     summary_path,
@@ -110,6 +112,9 @@ def load(config: JobConfig, hooks: Hooks = SILENT, *,
     """Pre-flight the output paths, then read and normalise; raises InputError/UsageError."""
     started = datetime.now(UTC)
     report_path = config.report_path or default_report_path(config.inputs[0], started)
+    check_outputs_distinct({"report": report_path, "summary": summary_path(report_path),
+                            "HTML report": html_path(report_path) if config.html else None,
+                            "rejects file": config.rejects_path}, config.inputs)
     for path in (report_path, config.rejects_path):
         if path is not None:  # before reading anything: a bad extension or directory is exit 2
             report_format(path)
@@ -220,7 +225,7 @@ def _write_html(summary: dict[str, Any], report: pa.Table, report_path: Path,
                 hooks: Hooks, *, durable: bool = True) -> None:
     """The HTML page beside the report. It is a view of the evidence, not the evidence: a
     failure to write it is a warning, never a lost run (the report and summary JSON stand)."""
-    from .html_report import html_path, write_html_report
+    from .html_report import write_html_report
 
     path = html_path(report_path)
     summary["html_report"] = {"path": str(path)}

@@ -20,7 +20,7 @@ import json
 import os
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, time
@@ -113,6 +113,41 @@ def summary_path(report: Path) -> Path:
     """Where the summary JSON of a report goes: `out/x.csv` -> `out/x.csv.summary.json`."""
     report = Path(report)
     return report.with_name(report.name + ".summary.json")
+
+
+def html_path(report: Path) -> Path:
+    """Where the HTML report of a report goes: `out/x.csv` -> `out/x.csv.html`."""
+    report = Path(report)
+    return report.with_name(report.name + ".html")
+
+
+def check_outputs_distinct(outputs: Mapping[str, Path | None], inputs: Sequence[str]) -> None:
+    """Pre-flight: no output file is an input or another output. A report written over the
+    opt-out list would destroy the list it reports on (and a resume would then refuse the
+    changed input); two outputs on one path would leave one of them, and the summary's sha256
+    of the report would not match the file. Raises UsageError naming both."""
+    seen: dict[str, str] = {}
+    for name in inputs:
+        if name != "-":
+            seen[_same_file_key(Path(name))] = f"the input {name}"
+    for what, path in outputs.items():
+        if path is None:
+            continue
+        key = _same_file_key(Path(path))
+        if key in seen:
+            raise UsageError(f"{what} {path} is {seen[key]}: writing it would overwrite that; "
+                             "choose another path")
+        seen[key] = f"the {what}"
+
+
+def _same_file_key(path: Path) -> str:
+    """What two paths that name one file have in common: the (device, inode) of a file that
+    exists (hard links, symlinks, `./x` and `x`), else the resolved path."""
+    try:
+        st = path.stat()
+    except OSError:
+        return os.path.realpath(path)
+    return f"{st.st_dev}:{st.st_ino}"
 
 
 def check_writable(path: Path) -> None:
