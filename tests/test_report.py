@@ -582,3 +582,28 @@ def test_any_text_table_survives_jsonl_unchanged(tmp_path: Path, table: pa.Table
     lines = path.read_text(encoding="utf-8").split("\n")
     assert lines.pop() == ""  # every line ends with LF
     assert [json.loads(line) for line in lines] == table.to_pylist()
+
+
+def test_an_output_on_an_input_or_on_another_output_is_refused_before_anything_is_read(
+        tmp_path: Path) -> None:
+    """`--report in.csv` would replace the opt-out list with its masked report; `--rejects`
+    on the report's path would leave a report whose summary sha256 does not match it."""
+    import batch_toggle
+
+    source = tmp_path / "in.csv"
+    source.write_text("job_id,review_key,do_notify_sms,update_target\n", encoding="utf-8")
+    (tmp_path / "link.csv").symlink_to(source)
+    cases = [({"report": source}, "report .*in.csv is the input"),
+             ({"report": tmp_path / "r.csv", "rejects": tmp_path / "link.csv"},
+              "rejects file .*link.csv is the input"),
+             ({"report": tmp_path / "r.csv", "rejects": tmp_path / "r.csv"},
+              "rejects file .*r.csv is the report"),
+             ({"report": tmp_path / "r.csv", "rejects": tmp_path / "sub" / ".." / "r.csv.html"},
+              "rejects file .* is the HTML report")]
+    for options, message in cases:
+        with pytest.raises(UsageError, match=message):
+            batch_toggle.validate(source, **options)
+    assert source.read_text(encoding="utf-8") == "job_id,review_key,do_notify_sms,update_target\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "link.csv"]
+    batch_toggle.validate(source, report=tmp_path / "r.csv", rejects=tmp_path / "fix.csv")
+    assert (tmp_path / "r.csv").exists() and (tmp_path / "fix.csv").exists()
