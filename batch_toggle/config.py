@@ -44,28 +44,30 @@ class Rate:
         return max(steady, paced)
 
 
-def parse_rate(text: str) -> Rate:
-    """Parse `N/PERIOD`, PERIOD being s, m, h, d, or a number of seconds like `10s` or `90`."""
+def parse_rate(text: str, what: str = "--rate") -> Rate:
+    """Parse `N/PERIOD`, PERIOD being s, m, h, d, or a number of seconds like `10s` or `90`.
+    `what` names the option in an error, as its caller knows it."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([smhd]?)\s*", text or "")
     if not m or int(m.group(1)) <= 0:
-        raise UsageError(f"--rate {text!r}: expected N/PERIOD such as 2500/h, 100/m or 50/10s")
+        raise UsageError(f"{what} {text!r}: expected N/PERIOD such as 2500/h, 100/m or 50/10s")
     count, number, unit = int(m.group(1)), m.group(2), m.group(3) or "s"
     if not number and not m.group(3):
-        raise UsageError(f"--rate {text!r}: missing PERIOD (s, m, h, d or seconds)")
+        raise UsageError(f"{what} {text!r}: missing PERIOD (s, m, h, d or seconds)")
     period = (float(number) if number else 1.0) * _UNIT_SECONDS[unit]
     if period <= 0:
-        raise UsageError(f"--rate {text!r}: PERIOD must be positive")
+        raise UsageError(f"{what} {text!r}: PERIOD must be positive")
     return Rate(count, period)
 
 
-def parse_duration(text: str) -> float:
-    """Parse a duration such as `90`, `45s`, `30m`, `2h`, `1h30m` or `1d` into seconds."""
+def parse_duration(text: str, what: str = "duration") -> float:
+    """Parse a duration such as `90`, `45s`, `30m`, `2h`, `1h30m` or `1d` into seconds.
+    `what` names the option in an error."""
     s = (text or "").strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", s):
         return float(s)
     parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", s)
     if not parts or "".join(n + u for n, u in parts) != s.replace(" ", ""):
-        raise UsageError(f"duration {text!r}: expected e.g. 90s, 30m, 2h, 1h30m or 1d")
+        raise UsageError(f"{what} {text!r}: expected e.g. 90s, 30m, 2h, 1h30m or 1d")
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 

@@ -43,6 +43,8 @@ def job_config(command: str, inputs: Sequence[str], options: Mapping[str, Any],
                name: Namer = str, **extra: Any) -> JobConfig:
     """The JobConfig of one command. `extra` sets the JobConfig fields that are not options
     of every command (dry_run, sandbox, resume, retry_failed, api_key)."""
+    if extra.get("api_key") is not None and not extra.get("dry_run"):  # a dry run sends none
+        check_api_key(extra["api_key"])
     o = {k: v for k, v in options.items() if v is not None}
     load = LoadOptions(
         column_map=column_map(o.get("map"), name), encoding=o.get("encoding"),
@@ -59,10 +61,12 @@ def job_config(command: str, inputs: Sequence[str], options: Mapping[str, Any],
     if o.get("base_url"):
         send_args["base_url"] = o["base_url"]
     if "rate" in o:
-        send_args["rate"] = parse_rate(o["rate"]) if isinstance(o["rate"], str) else o["rate"]
+        rate = o["rate"]
+        send_args["rate"] = parse_rate(rate, name("rate")) if isinstance(rate, str) else rate
     if "stop_after" in o:
         stop = o["stop_after"]
-        send_args["stop_after"] = parse_duration(stop) if isinstance(stop, str) else float(stop)
+        send_args["stop_after"] = (parse_duration(stop, name("stop_after"))
+                                   if isinstance(stop, str) else float(stop))
     if "insecure" in o:
         send_args["insecure"] = bool(o["insecure"])
     return JobConfig(
@@ -90,6 +94,17 @@ def column_map(value: Mapping[str, str] | Sequence[str] | str | None,
                              f"{', '.join(FIELDS)}")
         out.append((fld, column))
     return tuple(out)
+
+
+def check_api_key(key: str) -> None:
+    """A key that an HTTP header cannot carry (a non-ASCII letter, a newline pasted into the
+    key file) would fail every request, or the run, with a traceback: a usage error before
+    anything is read or sent instead. The message says where, never what the key is."""
+    for at, char in enumerate(key, start=1):
+        if not " " <= char <= "~":
+            raise UsageError(f"the API key has a character an HTTP header cannot carry at "
+                             f"position {at} of {len(key)} (only printable ASCII): check "
+                             "LOGIS_API_KEY or the key file")
 
 
 def read_key_file(path: Path, name: Namer = str) -> str:

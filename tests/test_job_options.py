@@ -78,3 +78,33 @@ def test_errors_name_the_option_as_its_caller_knows_it() -> None:
         job_config("validate", ["in.csv"], {"set_state": "maybe"})
     with pytest.raises(UsageError, match=r"^--default-target 'both': expected one of job"):
         job_config("validate", ["in.csv"], {"default_target": "both"}, name=cli_name)
+    with pytest.raises(UsageError, match=r"^--stop-after 'abc': expected e.g. 90s"):
+        job_config("run", ["in.csv"], {"stop_after": "abc"}, name=cli_name)
+    with pytest.raises(UsageError, match=r"^rate 'fast': expected N/PERIOD"):
+        job_config("run", ["in.csv"], {"rate": "fast"})
+
+
+@pytest.mark.parametrize("key", ["clé-ünicode", "bad key\nsecond line", "Zq7-tab\there",
+                                 "nul9\x00"])
+def test_a_key_no_http_header_can_carry_is_a_usage_error_that_does_not_show_it(key: str) -> None:
+    with pytest.raises(UsageError, match="an HTTP header cannot carry at position") as err:
+        job_config("run", ["in.csv"], {}, api_key=key)
+    assert key not in str(err.value) and key.split()[0] not in str(err.value)
+    job_config("run", ["in.csv"], {}, api_key=key, dry_run=True)  # not sent: not checked
+    job_config("run", ["in.csv"], {}, api_key="LK-live-7f3e 9a1b~!")  # printable ASCII is fine
+
+
+def test_the_cli_refuses_such_a_key_in_one_line_before_reading_anything(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LOGIS_API_KEY": "clé-ünicode-secret"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "batch_toggle", "run", str(tmp_path / "absent.csv"),
+         "--report", str(tmp_path / "r.csv"), "--state", str(tmp_path / "s.sqlite")],
+        capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "secret" not in proc.stderr and "absent.csv" not in proc.stderr  # before reading
+    assert not list(tmp_path.iterdir())
