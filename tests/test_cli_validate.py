@@ -589,3 +589,16 @@ def test_report_rows_survive_quoted_newlines_and_crlf(cwd: Path) -> None:
     (row,) = read_report(cwd / "out.csv")
     assert row["Note"] == "line one\r\nline two"
     assert (row["update_target"], row["status"]) == ("job", "dry_run")
+
+
+def test_validate_takes_events_like_every_command(cwd: Path) -> None:
+    """SPEC section 2 lists --events among the common options: validate appends its plan and
+    finish events, opened before anything is read (an unwritable path is exit 2 at once)."""
+    src = clean_file(cwd / "in.csv")
+    result = invoke(["validate", str(src), "--report", "r.csv", "--events", "e.jsonl"])
+    assert result.exit_code == 0, result.stderr
+    kinds = [json.loads(line)["event"] for line in (cwd / "e.jsonl").read_text().splitlines()]
+    assert kinds[0] == "plan" and kinds[-1] == "finish"
+    (cwd / "taken").mkdir()
+    bad = invoke(["validate", str(src), "--report", "r2.csv", "--events", "taken"])
+    assert bad.exit_code == 2 and "taken" in bad.stderr and not (cwd / "r2.csv").exists()

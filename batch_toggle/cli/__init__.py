@@ -59,6 +59,11 @@ def _fail(message: str, code: ExitCode) -> None:
     sys.exit(int(code))
 
 
+# SPEC section 2 lists --events among the common options: validate takes it too.
+EVENTS_OPTION = click.option("--events", type=click.Path(dir_okay=False, path_type=Path),
+                             help="Append one JSON line per event (plan, rows, pauses, finish).")
+
+
 def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by every command that reads input files."""
     decorators = [
@@ -151,8 +156,7 @@ def send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Run against the in-process Logis simulator, seeded with the world "
                           "shipped in the package (no network, no key needed; for your own, "
                           "serve `batch-toggle sandbox --seed FILE`)."),
-        click.option("--events", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Append one JSON line per event (plan, rows, pauses, finish)."),
+        EVENTS_OPTION,
         click.option("--progress/--no-progress", default=None,
                      help="Progress bar on stderr (default: on when stderr is a terminal)."),
     ]
@@ -380,6 +384,7 @@ def apply_env_names(group: click.Group, specs: dict[str, dict[str, OptionSpec]])
 
 @main.command(epilog=EPILOG_VALIDATE)
 @input_options
+@EVENTS_OPTION
 def validate(**opts: Any) -> None:
     """Load, normalise, validate and dedupe INPUT...; report what would happen. No network."""
     from batch_toggle.jobs import validate as run_validate
@@ -387,7 +392,13 @@ def validate(**opts: Any) -> None:
 
     def body() -> int:
         config = build_config("validate", opts)
-        result = run_validate(config, make_hooks(opts), ledger=read_ledger(config))
+        events = EventLog(opts["events"]) if opts.get("events") else None
+        try:
+            result = run_validate(config, make_hooks(opts, events=events),
+                                  ledger=read_ledger(config))
+        finally:
+            if events is not None:
+                events.close()
         return int(result.exit_code)
 
     guarded(body)
