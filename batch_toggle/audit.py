@@ -42,7 +42,7 @@ from .jobs import (
     JobResult,
     Prepared,
     client_only,
-    prepare,
+    prepare_or_refuse,
     request_cost,
 )
 from .ledger import ledger_view
@@ -201,7 +201,7 @@ def audit(config: JobConfig, hooks: Hooks = SILENT, *, options: AuditOptions | N
 def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
                   options: AuditOptions, stdin: Any,
                   transport: httpx.AsyncBaseTransport | None) -> JobResult:
-    prepared = prepare(config, hooks=hooks, stdin=stdin,
+    prepared = prepare_or_refuse(config, hooks, stdin=stdin,
                        ledger_for=(lambda _loaded: ledger_view(store)) if store else None)
     if store is not None:
         store.acquire_lock(prepared.run_id,

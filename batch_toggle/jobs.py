@@ -12,7 +12,7 @@ import platform
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -131,18 +131,54 @@ def prepare(config: JobConfig, ledger: Any = None, hooks: Hooks = SILENT, *, std
             ledger_for: Callable[[LoadedInput], Any] | None = None,
             run_id: str | None = None) -> Prepared:
     """Read, normalise and plan. `ledger_for` picks the ledger once the inputs are known
-    (a resume checks their hashes first). Raises InputError/UsageError/TooManyInvalid (exit 2)."""
+    (a resume checks their hashes first). Raises InputError/UsageError/TooManyInvalid (exit 2);
+    a TooManyInvalid carries the refused file's plan (`prepared`) for its report: a command
+    calls `prepare_or_refuse`, which writes it."""
     started, report_path, loaded, norm = load(config, hooks, stdin=stdin)
     if ledger_for is not None:
         ledger = ledger_for(loaded)
+
+    def refs(rows: Any) -> list[str]:
+        return row_refs(loaded, rows)
+
     try:
-        plan = build_plan(norm, lambda rows: row_refs(loaded, rows), config.plan, ledger)
+        plan = build_plan(norm, refs, config.plan, ledger)
     except TooManyInvalid as exc:
         # The refusal is about the files: name them, as every other input error does.
         names = ", ".join(s.name for s in loaded.sources)
-        raise TooManyInvalid(f"{names}: {exc}") from exc
+        refusal = TooManyInvalid(f"{names}: {exc}", exc.share)
+        unchecked = replace(config.plan, max_invalid=100.0)
+        refusal.prepared = Prepared(config, run_id or new_run_id(started), started, loaded,
+                                    norm, build_plan(norm, refs, unchecked, ledger), report_path)
+        raise refusal from exc
     return Prepared(config, run_id or new_run_id(started), started, loaded, norm, plan,
                     report_path)
+
+
+def prepare_or_refuse(config: JobConfig, hooks: Hooks = SILENT, **kwargs: Any) -> Prepared:
+    """`prepare` for a command: a file refused by --max-invalid still gets its report (SPEC
+    section 8: every row, whatever happens), then the refusal is raised naming it, with the
+    report's JobResult as its `result`. Exit 2 stays one line on stderr: the refusal's."""
+    try:
+        return prepare(config, hooks=hooks, **kwargs)
+    except TooManyInvalid as exc:
+        if exc.prepared is None:
+            raise
+        result = _refuse(exc.prepared, hooks, exc.share)
+        refusal = TooManyInvalid(f"{exc} Why each row is invalid: {result.report_path}",
+                                 exc.share)
+        refusal.result = result
+        raise refusal from exc
+
+
+def _refuse(prepared: Prepared, hooks: Hooks, why: str) -> JobResult:
+    """The report of a file refused by --max-invalid (SPEC section 8: every row, whatever
+    happens): the invalid rows say why each is invalid, which is what the operator needs to
+    see; every unit is `not_attempted`, nothing was sent. Exit 2."""
+    units = UnitResults.uniform(prepared.plan.requests_needed, vocab.NOT_ATTEMPTED, "aborted",
+                                f"not sent: the file was refused ({why})")
+    quiet = replace(hooks, notice=lambda _line: None)  # the refusal's one line says it all
+    return finish(prepared, units, quiet, stop_exit=ExitCode.USAGE, extra={})
 
 
 def plan_cost(prepared: Prepared) -> dict[str, Any]:
@@ -320,7 +356,7 @@ def _user() -> str:
 def validate(config: JobConfig, hooks: Hooks = SILENT, *, ledger: Any = None,
              stdin: Any = None) -> JobResult:
     """Load, normalise, validate, dedupe and report what would happen; sends nothing."""
-    prepared = prepare(config, ledger, hooks, stdin=stdin)
+    prepared = prepare_or_refuse(config, hooks, ledger=ledger, stdin=stdin)
     announce_plan(prepared, hooks)
     units = UnitResults.uniform(prepared.plan.requests_needed, vocab.DRY_RUN)
     return finish(prepared, units, hooks, stop_exit=None, extra={})

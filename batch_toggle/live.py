@@ -28,7 +28,16 @@ from .committer import Committer, Finished
 from .connections import proxy_configured, worker_connections
 from .errors import ExitCode, InputError, UsageError
 from .hosts import is_loopback
-from .jobs import SILENT, Hooks, JobConfig, JobResult, Prepared, announce_plan, finish, prepare
+from .jobs import (
+    SILENT,
+    Hooks,
+    JobConfig,
+    JobResult,
+    Prepared,
+    announce_plan,
+    finish,
+    prepare_or_refuse,
+)
 from .ledger import ledger_view
 from .limiter import DAY, WAIT_BUDGET, WAIT_DAILY, Budget
 from .operations import Operation
@@ -122,7 +131,7 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
                 resumed.append(record)
         return ledger_view(store, exclude_run=resumed[0].run_id if resumed else None)
 
-    prepared = prepare(config, hooks=hooks, stdin=stdin, ledger_for=ledger_for)
+    prepared = prepare_or_refuse(config, hooks, stdin=stdin, ledger_for=ledger_for)
     if resumed:
         prepared = replace(prepared, run_id=resumed[0].run_id)
     if store is not None:

@@ -28,9 +28,16 @@ _NO_ROW = -1
 
 
 class TooManyInvalid(BatchToggleError):
-    """More than --max-invalid percent of rows are invalid: likely a wrong file or --map."""
+    """More than --max-invalid percent of rows are invalid: likely a wrong file or --map.
+    `share`: that fact in a few words."""
 
     exit_code = ExitCode.USAGE
+
+    def __init__(self, message: str, share: str = "") -> None:
+        super().__init__(message)
+        self.share = share or message
+        self.prepared: Any = None  # jobs.Prepared of the refused file, unchecked
+        self.result: Any = None  # jobs.JobResult of its report, once written
 
 
 @dataclass(frozen=True)
@@ -197,10 +204,10 @@ def build_plan(norm: pa.Table, refs: Callable[[np.ndarray], list[str]], options:
 
 def _check_invalid_share(n: int, invalid: int, max_invalid: float) -> None:
     if n and invalid * 100.0 > max_invalid * n:
-        raise TooManyInvalid(
-            f"{invalid:,} of {n:,} rows ({invalid * 100.0 / n:.0f}%) are invalid, over "
-            f"--max-invalid {max_invalid:g}%: is this the right file and --map? Nothing was sent."
-        )
+        share = (f"{invalid:,} of {n:,} rows ({invalid * 100.0 / n:.0f}%) are invalid, over "
+                 f"--max-invalid {max_invalid:g}%")
+        raise TooManyInvalid(f"{share}: is this the right file and --map? Nothing was sent.",
+                             share)
 
 
 def _codes(col: pa.ChunkedArray) -> np.ndarray:

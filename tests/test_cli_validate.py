@@ -204,7 +204,6 @@ EXIT_2_CASES = [
     pytest.param(_corrupt_parquet, id="corrupt-parquet"),
     pytest.param(_undecodable, id="undecodable"),
     pytest.param(_map_to_absent_column, id="map-absent-column"),
-    pytest.param(_too_many_invalid, id="max-invalid"),
     pytest.param(_bad_map_syntax, id="map-syntax"),
     pytest.param(_bad_report_extension, id="report-extension"),
 ]
@@ -223,6 +222,24 @@ def test_input_and_usage_errors_exit_2_with_one_line_and_no_report(cwd: Path, co
     assert "Traceback" not in result.output
     written = [p for p in cwd.rglob("*") if p.is_file() and p.parent.name == "reports"]
     assert written == []
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_file_refused_by_max_invalid_exits_2_in_one_line_and_still_reports_every_row(
+        cwd: Path, command: list[str]) -> None:
+    """SPEC section 8: a report for every command, whatever happens; the operator needs to see
+    which rows are invalid. Nothing is sent; stderr is the refusal's one line, naming the
+    file and the report."""
+    args, named = _too_many_invalid(cwd)
+    result = invoke([*command, *args, "--report", "out.csv"])
+    assert result.exit_code == 2
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and named in lines[0] and lines[0].endswith("out.csv"), lines
+    rows = read_report(cwd / "out.csv")
+    assert [(r["status"], r["error_code"]) for r in rows] == [
+        ("not_attempted", "aborted"), ("invalid", "invalid_job_id")]
+    assert "the file was refused (1 of 2 rows (50%) are invalid" in rows[0]["error_message"]
+    assert summary_of(cwd / "out.csv")["verdict"] == "refused: nothing was sent"
 
 
 @pytest.mark.parametrize("case", [pytest.param(_missing_column, id="missing-column"),

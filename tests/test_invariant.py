@@ -165,7 +165,12 @@ def _pipeline(table: dict[str, Any], path: Path, max_invalid: float, *, write: b
         message = str(exc)
         assert path.name in message
         assert "\n" not in message and "\r" not in message
-        assert not report.exists()
+        refused = getattr(exc, "result", None)
+        if write and isinstance(exc, TooManyInvalid):  # a report of every row all the same
+            assert refused is not None and report.exists()
+            _check_report(table, refused.report, path)
+        else:
+            assert refused is None and not report.exists()
         return
     if not write:
         _check_report(table, out, path)
@@ -206,14 +211,16 @@ def test_any_parquet_gives_one_report_row_per_input_row_in_order(table: dict[str
 
 
 @settings(PROPERTY, max_examples=25)
-@given(tables(nulls=False), st.booleans())
+@given(tables(nulls=False), st.booleans(), st.sampled_from([100.0, 100.0, 50.0]))
 def test_validate_writes_one_report_row_per_input_row(table: dict[str, Any],
-                                                      quote_all: bool) -> None:
-    """The whole job, files included (fewer examples: each writes and fsyncs its reports)."""
+                                                      quote_all: bool,
+                                                      max_invalid: float) -> None:
+    """The whole job, files included (fewer examples: each writes its reports), a file
+    refused by --max-invalid too."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "input.csv"
         _write_csv(path, table["columns"], quote_all)
-        _pipeline(table, path, 100.0, write=True)
+        _pipeline(table, path, max_invalid, write=True)
 
 
 # --- the planner with a ledger: client-level units of one client ----------------------------------
