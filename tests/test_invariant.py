@@ -105,7 +105,8 @@ def _write_parquet(path: Path, columns: Sequence[tuple[str, list]]) -> None:
     pq.write_table(pa.Table.from_arrays(arrays, names=[name for name, _ in columns]), path)
 
 
-def _check_report(table: dict[str, Any], out: pa.Table, path: Path) -> None:
+def _check_report(table: dict[str, Any], out: pa.Table, path: Path,
+                  refused: bool = False) -> None:
     n, columns = table["rows"], table["columns"]
     assert out.num_rows == n
     names = out.column_names
@@ -114,7 +115,8 @@ def _check_report(table: dict[str, Any], out: pa.Table, path: Path) -> None:
     assert len(names) == len(columns) + len(vocab.OUTCOME_COLUMNS)
     assert out["source_row"].to_pylist() == list(range(1, n + 1))
     assert set(out["source_file"].to_pylist()) <= {str(path)}
-    assert set(out["status"].to_pylist()) <= {vocab.DRY_RUN, vocab.DUPLICATE, vocab.SUPERSEDED,
+    sent = vocab.NOT_ATTEMPTED if refused else vocab.DRY_RUN  # what a unit to send shows
+    assert set(out["status"].to_pylist()) <= {sent, vocab.DUPLICATE, vocab.SUPERSEDED,
                                               vocab.CONFLICT, vocab.INVALID}
     for i, (_, values) in enumerate(columns):  # the input's own cells, as they were
         carried = out.column(i).to_pylist()
@@ -125,10 +127,12 @@ def _check_report(table: dict[str, Any], out: pa.Table, path: Path) -> None:
             if shown != raw:
                 assert shown.startswith(vocab.REVIEW_KEY_MASK_PREFIX)
                 assert len(shown) <= len(vocab.REVIEW_KEY_MASK_PREFIX) + 4
-    _check_followers(out.select(["status", "do_notify_sms", "duplicate_of"]).to_pylist(), path)
+    _check_followers(out.select(["status", "do_notify_sms", "duplicate_of"]).to_pylist(), path,
+                     sent)
 
 
-def _check_followers(rows: list[dict[str, Any]], path: Path) -> None:
+def _check_followers(rows: list[dict[str, Any]], path: Path,
+                     sent: str = vocab.DRY_RUN) -> None:
     """A duplicate asks for what its unit sends; a superseded row's unit had rows asking for
     different states; nothing else follows a row."""
     by_ref = {f"{path}:{i + 1}": row for i, row in enumerate(rows)}
@@ -139,7 +143,7 @@ def _check_followers(rows: list[dict[str, Any]], path: Path) -> None:
     for row in rows:
         if row["status"] in (vocab.DUPLICATE, vocab.SUPERSEDED):
             winner = by_ref[row["duplicate_of"]]
-            assert winner["status"] == vocab.DRY_RUN
+            assert winner["status"] == sent
             if row["status"] == vocab.DUPLICATE:
                 assert winner["do_notify_sms"] == row["do_notify_sms"]
             else:
@@ -168,7 +172,7 @@ def _pipeline(table: dict[str, Any], path: Path, max_invalid: float, *, write: b
         refused = getattr(exc, "result", None)
         if write and isinstance(exc, TooManyInvalid):  # a report of every row all the same
             assert refused is not None and report.exists()
-            _check_report(table, refused.report, path)
+            _check_report(table, refused.report, path, refused=True)
         else:
             assert refused is None and not report.exists()
         return
