@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,7 +45,7 @@ from .outcome import Outcome
 from .plan import Units
 from .report import ReportError
 from .results import UnitResults, row_ref_array
-from .runner import Counters, Interrupts, RunHooks, Runner, interrupt_stop
+from .runner import Counters, Interrupts, RunHooks, Runner, Stop, interrupt_stop
 from .store import RunRecord, StateStore, default_state_path
 
 SANDBOX_BASE_URL = "http://sandbox.invalid"
@@ -145,9 +145,10 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
     # From the start of sending until the report is written, SIGINT/SIGTERM stop the run
     # (SPEC section 5: the report is written, exit 130) and never escape as the process's
     # KeyboardInterrupt: while it sends, through the runner; after, recorded here.
+    too_early = _before_reset(resumed[0]) if resumed and todo else None
     with Interrupts() as interrupts:
         runner, counters = asyncio.run(_send(config, hooks, store, prepared, todo, transport,
-                                             interrupts=interrupts))
+                                             interrupts=interrupts, stop_first=too_early))
         store_error = runner.committer.error
         if store_error is not None:  # said before the report, which may fail for the same reason
             hooks.notice(f"warning: the state store stopped accepting outcomes: {store_error}")
@@ -160,7 +161,8 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
         if store is not None:
             store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
                              finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                             counts=result.summary["counts_by_status"])
+                             counts=result.summary["counts_by_status"],
+                             resume_after=_daily_reset(runner.stop))
         if runner.stop is not None:
             # Last on stderr: why the run ended early and when a resume can start (daily limit).
             hooks.notice(f"stopped: {runner.stop.message}")
@@ -260,6 +262,33 @@ def _find_resumable(config: JobConfig, store: StateStore, loaded: Any,
             raise InputError(source.name, f"its content changed since run {record.run_id} "
                              "began; resume refused (see `batch-toggle status`)")
     return record
+
+
+def _daily_reset(stop: Stop | None) -> str | None:
+    """When a resume may send again: only a daily limit's reset binds a resume (a Retry-After
+    over an hour ends the run too, but a resume may try again: the server said so once)."""
+    return stop.resume_after if stop is not None and stop.code == "daily_limit" else None
+
+
+def _before_reset(record: RunRecord) -> Stop | None:
+    """A run that stopped at the API's daily limit may not send again before the limit resets:
+    a resume before then would spend requests on 429s (an hourly cron line would knock every
+    hour). It stops at once instead, sending nothing, with the same advice and exit 4."""
+    if not record.resume_after:
+        return None
+    try:
+        reset = datetime.fromisoformat(record.resume_after)
+    except ValueError:
+        return None
+    if reset.tzinfo is None:
+        reset = reset.replace(tzinfo=UTC)
+    now = datetime.now(UTC)
+    if not now < reset <= now + timedelta(hours=25):  # passed, or no daily limit's reset
+        return None
+    return Stop("daily_limit", ExitCode.STOPPED,
+                f"the daily limit this run stopped at resets at {record.resume_after}; nothing "
+                f"was sent; resume with --resume after {record.resume_after}",
+                resume_after=record.resume_after)
 
 
 def _announce_resume(config: JobConfig, hooks: Hooks, run_id: str, had: int, todo: int) -> None:
@@ -368,11 +397,13 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
                 todo: list[int], transport: httpx.AsyncBaseTransport | None, *,
                 units: Units | None = None, operation: Operation | None = None,
                 interrupts: Interrupts | None = None,
-                advice: Callable[[str], str] | None = None) -> tuple[Runner, Counters]:
+                advice: Callable[[str], str] | None = None,
+                stop_first: Stop | None = None) -> tuple[Runner, Counters]:
     """Drive a Runner over `todo`: the plan's units and toggles, or (audit) other `units` with
     another `operation`, through the same budget, client, committer, signals and progress.
     `interrupts`: the caller's, when it keeps catching signals after the sending part;
-    `advice`: rewords the runner's stop messages (see Runner)."""
+    `advice`: rewords the runner's stop messages (see Runner); `stop_first`: a stop decided
+    before any request (the runner then sends nothing, and the report says why)."""
     budget = _budget(config, store, hooks)
     sent = prepared.plan.units if units is None else units
     sources = row_ref_array(prepared.loaded, sent.row)  # file:row of each unit, once per run
@@ -406,6 +437,8 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
                         review_key_hash=store.review_key_hash if store is not None else None,
                         run_id=prepared.run_id, operation=operation, advice=advice)
         committer.start()
+        if stop_first is not None:
+            runner.request_stop(stop_first)
         ticker = asyncio.get_running_loop().create_task(_tick(runner, hooks))
         try:
             with runner.signals(interrupts):
@@ -446,7 +479,6 @@ async def _drive(runner: Runner, todo: list[int], config: JobConfig, hooks: Hook
     hooks.event("canary", {"units": n, "failed_permanently": len(bad),
                            "go_on": not bad and runner.stop is None})
     if bad:
-        from .runner import Stop
         runner.request_stop(Stop("halted", ExitCode.ROW_PROBLEMS,
                                  f"canary: {len(bad)} of {n} units failed permanently; "
                                  "nothing more was sent"))

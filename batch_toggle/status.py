@@ -62,6 +62,7 @@ class RunStatus:
     resume_sends: int | None
     resume_command: str | None
     holder: dict[str, Any] | None
+    resume_after: str | None = None  # stopped at a daily limit: a resume sends from then on
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +128,7 @@ def _describe(store: StateStore, record: RunRecord, holder: dict[str, Any] | Non
         resume_command=(resume_command(record, state_path, retry_failed=retry_only)
                         if resumable or retry_only else None),
         holder=holder if state == RUNNING else None,
+        resume_after=record.resume_after if resumable else None,
     )
 
 
@@ -284,6 +286,8 @@ def _resume_lines(run: RunStatus) -> list[str]:
         if run.retryable_failed:
             extra = (run.resume_sends or 0) + run.retryable_failed
             what += f" ({extra:,} with --retry-failed)"
+        if run.resume_after:
+            what += f", from {run.resume_after} (the daily limit resets; earlier, it sends none)"
         return [f"  resume:   {what}", f"            {run.resume_command}"]
     if run.resumable_with_retry_failed:
         return [f"  resume:   --retry-failed would re-send {run.retryable_failed:,} failed "

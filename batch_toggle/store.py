@@ -66,7 +66,7 @@ import pyarrow.csv as pcsv
 from .errors import ExitCode, StoreError, StoreLocked
 from .outcome import Outcome
 
-SCHEMA_VERSION = 2  # 2: runs.units
+SCHEMA_VERSION = 3  # 2: runs.units; 3: runs.resume_after
 # 'BTgl': marks the file as a batch-toggle state store (PRAGMA application_id).
 APPLICATION_ID = 0x4254676C
 
@@ -101,7 +101,8 @@ CREATE TABLE runs (
     host        TEXT,
     resumes     INTEGER NOT NULL DEFAULT 0,
     resumed_at  TEXT,
-    units       INTEGER                   -- requests the plan needs (status: what is left)
+    units       INTEGER,                  -- requests the plan needs (status: what is left)
+    resume_after TEXT                     -- a daily limit's reset: no resume sends before it
 );
 CREATE INDEX runs_by_inputs ON runs (command, input_names, plan_key);
 
@@ -261,6 +262,7 @@ class RunRecord:
     final_outcomes: int = 0
     units: int | None = None  # units (requests) the plan needs; None in a schema-1 record
     retryable_failed: int = 0  # outcomes `failed` with retryable true (what --retry-failed adds)
+    resume_after: str | None = None  # ISO time: the daily limit it stopped at resets then
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -315,8 +317,10 @@ class StateStore:
         self._hmac = hmac.new(self._secret, digestmod=hashlib.sha256)
         with self._lock:
             names = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
-        # A read-only view of a schema-1 file cannot be migrated: it reads units as NULL.
-        self._run_columns = f"{_RUN_COLUMNS}, {'units' if 'units' in names else 'NULL'}"
+        # A read-only view of an older file cannot be migrated: it reads the columns it
+        # lacks as NULL.
+        self._run_columns = ", ".join([_RUN_COLUMNS, *(c if c in names else "NULL"
+                                                       for c in ("units", "resume_after"))])
 
     # --- opening and closing ----------------------------------------------------------------
 
@@ -594,14 +598,16 @@ class StateStore:
 
     @_translated
     def finish_run(self, run_id: str, *, exit_code: int, finished_at: str,
-                   counts: Mapping[str, Any]) -> None:
-        """Record how a run ended. A run that ended 4 or 130 stays resumable."""
+                   counts: Mapping[str, Any], resume_after: str | None = None) -> None:
+        """Record how a run ended. A run that ended 4 or 130 stays resumable; `resume_after`
+        (a daily limit's reset) is when a resume may send again."""
         self._writable()
         with self._lock, _transaction(self._conn):
             cur = self._conn.execute(
-                "UPDATE runs SET exit_code = ?, finished_at = ?, counts = ? WHERE run_id = ?",
+                "UPDATE runs SET exit_code = ?, finished_at = ?, counts = ?, resume_after = ?"
+                " WHERE run_id = ?",
                 (int(exit_code), finished_at, json.dumps(dict(counts), sort_keys=True,
-                                                         default=str), run_id))
+                                                         default=str), resume_after, run_id))
             if cur.rowcount != 1:
                 raise StoreError(f"state store {self.path}: no run {run_id}")
 
@@ -622,7 +628,7 @@ class StateStore:
         counts = {status: n for status, n, _ in by_status}
         retryable = sum(r or 0 for status, _, r in by_status if status == "failed")
         (_, run_id, command, inputs, plan_key, options, total_rows, started_at, finished_at,
-         exit_code, finish_counts, pid, host, resumes, resumed_at, units) = row
+         exit_code, finish_counts, pid, host, resumes, resumed_at, units, resume_after) = row
         return RunRecord(
             run_id=run_id, command=command,
             inputs=tuple((str(n), str(h)) for n, h in json.loads(inputs)),
@@ -632,7 +638,7 @@ class StateStore:
             pid=pid, host=host, resumes=resumes, resumed_at=resumed_at,
             outcome_counts=counts,
             final_outcomes=sum(n for s, n in counts.items() if s != "not_attempted"),
-            units=units, retryable_failed=int(retryable))
+            units=units, retryable_failed=int(retryable), resume_after=resume_after)
 
     def _run_seq(self, run_id: str) -> int:
         seq = self._run_seqs.get(run_id)
@@ -935,6 +941,11 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
             if conn.execute("PRAGMA user_version").fetchone()[0] < 2:  # not done meanwhile
                 conn.execute("ALTER TABLE runs ADD COLUMN units INTEGER")
                 conn.execute("PRAGMA user_version=2")
+    if version < 3:
+        with _transaction(conn):
+            if conn.execute("PRAGMA user_version").fetchone()[0] < 3:
+                conn.execute("ALTER TABLE runs ADD COLUMN resume_after TEXT")
+                conn.execute("PRAGMA user_version=3")
 
 
 def _tighten(path: Path) -> None:

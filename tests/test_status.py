@@ -186,9 +186,28 @@ def test_a_resume_updates_the_unit_count(state: Path, src: Path) -> None:
 # --- the schema-1 file -----------------------------------------------------------------------
 
 
+def test_a_run_stopped_at_a_daily_limit_says_from_when_a_resume_sends(state: Path,
+                                                                      src: Path) -> None:
+    reset = "2026-11-02T00:00:00+00:00"
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, outcomes=[UPDATED] * 4, exit_code=4)
+        store.finish_run("r1", exit_code=4, finished_at="2026-11-01T01:00:00+00:00",
+                         counts={"updated": 4}, resume_after=reset)
+    run = one(state)
+    assert (run.resumable, run.resume_sends, run.resume_after) == (True, 6, reset)
+    assert run.as_dict()["resume_after"] == reset
+    assert f"would send 6 units, from {reset} (the daily limit resets" in render_status(
+        store_status(state))
+    with StateStore.open(state) as store:  # a later finish without a limit clears it
+        store.finish_run("r1", exit_code=4, finished_at="2026-11-02T01:00:00+00:00",
+                         counts={"updated": 4})
+    assert one(state).resume_after is None
+
+
 def _downgrade_to_schema_1(path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute("ALTER TABLE runs DROP COLUMN units")
+    conn.execute("ALTER TABLE runs DROP COLUMN resume_after")  # schema 3's
     conn.execute("PRAGMA user_version=1")
     conn.close()
 
@@ -201,8 +220,9 @@ def test_a_schema_1_store_reads_without_unit_counts_and_migrates_when_written(
     run = one(state)  # read-only: no migration, the count is unknown
     assert (run.units, run.units_done, run.resume_sends, run.resumable) == (None, 2, None, True)
     assert "would send the units without a final outcome" in render_status(store_status(state))
-    with StateStore.open(state) as store:
-        assert store.get_run("r1").units is None  # type: ignore[union-attr]
+    with StateStore.open(state) as store:  # migrates 1 -> 2 -> 3
+        record = store.get_run("r1")
+        assert record is not None and (record.units, record.resume_after) == (None, None)
     conn = sqlite3.connect(state)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()

@@ -326,6 +326,16 @@ def test_daily_limit_ends_the_run_resumably_and_says_when(
     assert stopped["code"] == "daily_limit" and stopped["resume_after"]
     assert stopped["resume_after"] in run.stderr  # a person reading stderr knows when
 
+    # A resume before the limit resets (an hourly cron line) sends nothing: no request would
+    # get anything but a 429. Its report still covers every row; still exit 4, same advice.
+    sent_before = len(puts(sandbox_server))
+    again = run_cli(sandbox_server, tmp_path, [src], *FAST, "--resume")
+    assert again.code == 4, again.stderr
+    assert len(puts(sandbox_server)) == sent_before
+    assert Counter((r["status"], r["error_code"]) for r in again.rows) == counts
+    assert again.summary["stopped"]["resume_after"] == stopped["resume_after"]
+    assert f"resume with --resume after {stopped['resume_after']}" in again.stderr
+
 
 # --- safety ---------------------------------------------------------------------------------
 
