@@ -33,6 +33,7 @@ from .report import (
     render_summary_table,
     report_format,
     summary_path,
+    unused_report_path,
     write_json,
     write_table,
 )
@@ -111,7 +112,8 @@ def load(config: JobConfig, hooks: Hooks = SILENT, *,
          stdin: Any = None) -> tuple[datetime, Path, LoadedInput, pa.Table]:
     """Pre-flight the output paths, then read and normalise; raises InputError/UsageError."""
     started = datetime.now(UTC)
-    report_path = config.report_path or default_report_path(config.inputs[0], started)
+    report_path = config.report_path or unused_report_path(
+        default_report_path(config.inputs[0], started))
     check_outputs_distinct({"report": report_path, "summary": summary_path(report_path),
                             "HTML report": html_path(report_path) if config.html else None,
                             "rejects file": config.rejects_path}, config.inputs)

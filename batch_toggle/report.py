@@ -96,6 +96,18 @@ def default_report_path(
     return Path(reports_dir) / f"{stem}-{now.strftime('%Y%m%dT%H%M%S')}.csv"
 
 
+def unused_report_path(path: Path) -> Path:
+    """`path`, or `x-2.csv`, `x-3.csv`... when a report (or its summary) is already there: two
+    runs started in the same second with the default path must not write over each other's
+    evidence. Two processes starting at the very same moment can still pick the same name."""
+    path = Path(path)
+    candidate, n = path, 2
+    while candidate.exists() or summary_path(candidate).exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
 def report_format(path: Path) -> str:
     """`csv`, `parquet` or `jsonl`, from the extension (case-insensitive; `.ndjson` is JSONL)."""
     suffix = Path(path).suffix.lower()

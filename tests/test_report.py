@@ -607,3 +607,38 @@ def test_an_output_on_an_input_or_on_another_output_is_refused_before_anything_i
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "link.csv"]
     batch_toggle.validate(source, report=tmp_path / "r.csv", rejects=tmp_path / "fix.csv")
     assert (tmp_path / "r.csv").exists() and (tmp_path / "fix.csv").exists()
+
+
+def test_a_default_report_path_already_taken_gets_a_number(tmp_path: Path) -> None:
+    from batch_toggle.report import unused_report_path
+
+    first = tmp_path / "in-20261128T103000.csv"
+    assert unused_report_path(first) == first
+    first.write_text("x", encoding="utf-8")
+    second = tmp_path / "in-20261128T103000-2.csv"
+    assert unused_report_path(first) == second
+    (tmp_path / "in-20261128T103000-2.csv.summary.json").write_text("{}", encoding="utf-8")
+    assert unused_report_path(first) == tmp_path / "in-20261128T103000-3.csv"
+
+
+def test_two_runs_in_the_same_second_keep_both_reports(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by exploratory testing: the default path has one-second resolution, and the
+    second run's report replaced the first's (compliance evidence) without a word."""
+    import batch_toggle
+    from batch_toggle import jobs
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz: object = None) -> Frozen:  # type: ignore[override]
+            return cls(2026, 11, 28, 10, 30, 0, tzinfo=tz)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jobs, "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "in.csv"
+    source.write_text("job_id,review_key,do_notify_sms,update_target\n", encoding="utf-8")
+    first = batch_toggle.validate(source)
+    second = batch_toggle.validate(source, on_conflict="reject")
+    assert first.report_path.name == "in-20261128T103000.csv"
+    assert second.report_path.name == "in-20261128T103000-2.csv"
+    assert first.report_path.exists() and second.report_path.exists()
