@@ -139,6 +139,10 @@ def _why_not_resumable(store: StateStore, record: RunRecord, state: str,
         return f"a `{record.command}` run; only `run` resumes"
     if state == RUNNING:
         return "it is running now"
+    if state == FINISHED and record.exit_code == int(ExitCode.ABORTED):
+        # Not resumable (SPEC section 9), but "finished" alone reads as done at 1% progress.
+        return ("it was aborted (exit 3: the API refused the key, or --halt-after stopped "
+                "it); fix the cause, then run again: rows already confirmed are not re-sent")
     if state == FINISHED:
         return f"it finished (exit {record.exit_code})"
     return _later_run_or_changed_input(store, record, check_inputs)

@@ -204,6 +204,17 @@ def test_a_run_stopped_at_a_daily_limit_says_from_when_a_resume_sends(state: Pat
     assert one(state).resume_after is None
 
 
+def test_a_run_aborted_by_the_api_says_what_to_do_instead_of_only_finished(
+        state: Path, src: Path) -> None:
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, outcomes=[UPDATED], exit_code=3)
+    run = one(state)
+    assert (run.state, run.resumable) == ("finished", False)
+    assert run.not_resumable_because.startswith("it was aborted (exit 3: the API refused")
+    assert "run again: rows already confirmed are not re-sent" in render_status(
+        store_status(state))
+
+
 def _downgrade_to_schema_1(path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute("ALTER TABLE runs DROP COLUMN units")
