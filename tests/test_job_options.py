@@ -108,3 +108,21 @@ def test_the_cli_refuses_such_a_key_in_one_line_before_reading_anything(tmp_path
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "secret" not in proc.stderr and "absent.csv" not in proc.stderr  # before reading
     assert not list(tmp_path.iterdir())
+
+
+def test_a_bad_value_is_named_where_it_came_from(tmp_path: Path) -> None:
+    """Who set BATCH_TOGGLE_RATE, or a key in the config file, typed no --rate."""
+    from click.testing import CliRunner
+
+    src = tmp_path / "in.csv"
+    src.write_text("job_id,review_key,do_notify_sms\n", encoding="utf-8")
+    config = tmp_path / "bt.toml"
+    config.write_text('[validate]\nrate = "soon"\n', encoding="utf-8")
+    runner = CliRunner()
+    cases = [(["validate", str(src), "--rate", "fast"], {}, "--rate 'fast'"),
+             (["validate", str(src)], {"BATCH_TOGGLE_RATE": "fast"}, "BATCH_TOGGLE_RATE 'fast'"),
+             (["--config", str(config), "validate", str(src)], {}, "rate (config file) 'soon'")]
+    for args, env, named in cases:
+        result = runner.invoke(main, [*args, "--report", str(tmp_path / "r.csv")], env=env)
+        assert result.exit_code == 2, result.output
+        assert f"batch-toggle: error: {named}: expected N/PERIOD" in result.stderr

@@ -169,7 +169,20 @@ def build_config(command: str, opts: dict[str, Any], **extra: Any) -> JobConfig:
     """One frozen JobConfig from parsed options (no I/O here): job_options builds it, as for
     the library; click's names for two options differ from the library's."""
     options = {**opts, "map": opts.get("maps"), "state": opts.get("state_path")}
-    return job_config(command, opts["inputs"], options, name=cli_name, **extra)
+    return job_config(command, opts["inputs"], options, name=_source_name, **extra)
+
+
+def _source_name(option: str) -> str:
+    """An option as the user gave it, for an error about its value: the flag, or the
+    BATCH_TOGGLE_ variable or config-file key it came from (who typed no --rate should not
+    be told about one)."""
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source(option) if ctx is not None else None
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        return env_name(option)
+    if source is click.core.ParameterSource.DEFAULT_MAP:
+        return f"{option.replace('_', '-')} (config file)"
+    return cli_name(option)
 
 
 def make_hooks(opts: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None,
