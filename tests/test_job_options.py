@@ -126,3 +126,13 @@ def test_a_bad_value_is_named_where_it_came_from(tmp_path: Path) -> None:
         result = runner.invoke(main, [*args, "--report", str(tmp_path / "r.csv")], env=env)
         assert result.exit_code == 2, result.output
         assert f"batch-toggle: error: {named}: expected N/PERIOD" in result.stderr
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("concurrency", 0), ("concurrency", -3), ("concurrency", 65), ("max_rps", 0),
+    ("timeout", 0), ("max_attempts", 0), ("daily_limit", 0), ("max_requests", 0),
+    ("halt_after", 0), ("canary", -1), ("max_invalid", 101)])
+def test_the_library_checks_the_ranges_the_cli_checks(option: str, value: float) -> None:
+    """Found by exploratory testing: run(concurrency=0) sent nothing and returned exit 0."""
+    with pytest.raises(UsageError, match=rf"^{option} {value!r}: must be"):
+        batch_toggle._config("run", "in.csv", {option: value, "dry_run": True})
