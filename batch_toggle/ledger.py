@@ -14,7 +14,9 @@ from .store import StateStore, default_state_path
 if TYPE_CHECKING:
     from .jobs import JobConfig
 
-_COLUMNS = ["job_id", "update_target", "do_notify_sms", "review_key_hash", "entity_id"]
+# confirmed_at: a client's latest client-level confirmation decides its state (plan).
+_COLUMNS = ["job_id", "update_target", "do_notify_sms", "review_key_hash", "entity_id",
+            "confirmed_at"]
 
 
 def ledger_view(store: StateStore, exclude_run: str | None = None) -> LedgerView | None:

@@ -197,6 +197,7 @@ def build_plan(norm: pa.Table, refs: Callable[[np.ndarray], list[str]], options:
     reps = _dedupe(norm, valid, job_code, is_client, options, rows)
     if ledger is not None and len(reps):
         reps = _apply_ledger(norm, reps, options, ledger, rows)
+        reps = _client_optouts(norm, reps, is_client, options, ledger, rows)
         reps = _client_groups(norm, reps, is_client, ledger, rows, refs)
     units = _order_units(norm, reps, job_code, is_client)
     return _finish(norm, rows, units, refs)
@@ -351,6 +352,47 @@ def _apply_ledger(norm: pa.Table, reps: np.ndarray, options: PlanOptions, ledger
         rows.ledger_pos[reps[hit]] = pos[hit]
         keep[hit] = False
     rows.known = known
+    return reps[keep]
+
+
+def _client_optouts(norm: pa.Table, reps: np.ndarray, is_client: np.ndarray,
+                    options: PlanOptions, ledger: LedgerView, rows: _Rows) -> np.ndarray:
+    """A client's confirmed opt-out is sticky across its jobs, not only for the unit that
+    confirmed it: a `client` row asking for true for another job of that client would turn the
+    same client default back on. Blocked (`resubscribe_blocked`) unless --allow-resubscribe.
+    A client's state is its latest confirmed client-level update (by confirmation time when
+    the ledger gives it, else the latest entry)."""
+    if options.allow_resubscribe or not ledger.job_clients:
+        return reps
+    confirmed = ledger.confirmed.filter(pc.equal(ledger.confirmed["update_target"], "client"))
+    if confirmed.num_rows == 0:
+        return reps
+    at = (confirmed["confirmed_at"].to_pylist() if "confirmed_at" in confirmed.column_names
+          else [""] * confirmed.num_rows)
+    latest: dict[str, tuple[str, bool, str]] = {}
+    for job, entity, state, when in zip(confirmed["job_id"].to_pylist(),
+                                        confirmed["entity_id"].to_pylist(),
+                                        confirmed["do_notify_sms"].to_pylist(), at, strict=True):
+        client = entity or ledger.job_clients.get(job)
+        if client is not None and (client not in latest or (when or "") >= latest[client][0]):
+            latest[client] = (when or "", bool(state), job)
+    opted_out = {client: job for client, (_, state, job) in latest.items() if not state}
+    if not opted_out:
+        return reps
+    asking_on = np.flatnonzero(is_client[reps] & _states(norm)[reps])
+    if not len(asking_on):
+        return reps
+    jobs = norm["job_id"].take(pa.array(reps[asking_on])).to_pylist()
+    via = [opted_out.get(ledger.job_clients.get(job, "")) for job in jobs]
+    blocked = asking_on[[v is not None for v in via]]
+    if not len(blocked):
+        return reps
+    for rep, job in zip(reps[blocked].tolist(), [v for v in via if v is not None], strict=True):
+        rows.custom[rep] = (f"an earlier run confirmed this client's opt-out (through job {job}); "
+                            "--allow-resubscribe to turn SMS back on")
+    rows.mark(reps[blocked], CONFLICT, _RESUBSCRIBE, _RESUBSCRIBE)
+    keep = np.ones(len(reps), dtype=bool)
+    keep[blocked] = False
     return reps[keep]
 
 

@@ -176,6 +176,33 @@ def test_resubscribing_a_confirmed_opt_out_is_blocked_with_its_duplicates():
     assert list(allowed.state) == [SEND]
 
 
+def test_a_clients_confirmed_opt_out_blocks_a_client_row_for_its_other_jobs():
+    """Sticky opt-out at the client's level: J2 is another job of client c1, whose default
+    an earlier run confirmed false through J1."""
+    led = ledger((J1, "client", False, K1, "c1"), job_clients={J1: "c1", J2: "c1", J3: "c2"})
+    p = plan_of(norm((J2, K2, True, "client"), (J2, K2, True, "job"), (J3, K1, True, "client")),
+                led)
+    assert list(p.state) == [CONFLICT, SEND, SEND]  # a job-level row is its job's own setting
+    assert p.error_code.to_pylist()[0] == "resubscribe_blocked"
+    assert f"through job {J1}" in p.error_message.to_pylist()[0]
+    assert list(plan_of(norm((J2, K2, True, "client")), led, allow_resubscribe=True).state) \
+        == [SEND]
+
+
+def test_a_clients_latest_confirmation_decides_its_state():
+    """Opted out through J1, then opted back in through J2 (later): not blocked."""
+    led = ledger((J1, "client", False, K1, "c1"), (J2, "client", True, K2, "c1"),
+                 job_clients={J1: "c1", J2: "c1", J3: "c1"})
+    times = pa.array(["2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"], pa.string())
+    led = LedgerView(led.confirmed.append_column("confirmed_at", times), led.job_clients,
+                     led.hash_review_key)
+    assert list(plan_of(norm((J3, K1, True, "client")), led).state) == [SEND]
+    earlier = pa.array(["2026-11-02T00:00:00Z", "2026-11-01T00:00:00Z"], pa.string())
+    led = LedgerView(led.confirmed.set_column(5, "confirmed_at", earlier), led.job_clients,
+                     led.hash_review_key)
+    assert list(plan_of(norm((J3, K1, True, "client")), led).state) == [CONFLICT]
+
+
 def test_client_rows_for_jobs_of_one_client_conflict_when_states_differ():
     led = ledger(job_clients={J1: "c1", J2: "c1"})
     p = plan_of(norm((J1, K1, False, "client"), (J2, K2, True, "client"),

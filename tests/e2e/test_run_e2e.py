@@ -462,3 +462,30 @@ def test_progress_shows_a_wait_for_the_budget_and_the_whole_total_after_a_canary
     assert "waiting:budget" in run.stderr
     assert "8/8" in run.stderr  # the bar's total grew from the canary's 2 to all 8
     assert len(puts(sandbox_server)) == 8
+
+
+def test_a_clients_confirmed_opt_out_is_sticky_through_its_other_jobs(
+    sandbox_server: Any, tmp_path: Path
+) -> None:
+    """Found by exploratory testing: a `client` row asking for true for another job of a
+    client whose opt-out an earlier run confirmed turned the client's default back on."""
+    by_client: dict[str, list[Any]] = {}
+    for job in sandbox_server.jobs:
+        by_client.setdefault(job.client_id, []).append(job)
+    a, b = next(jobs for jobs in by_client.values() if len(jobs) >= 2)[:2]
+    opt_out = write_input(tmp_path / "a.csv", job_rows([a], "false", "client"))
+    assert run_cli(sandbox_server, tmp_path, [opt_out], *FAST).code == 0
+    learn = write_input(tmp_path / "b_job.csv", job_rows([b], "false", "job"))  # b -> client
+    assert run_cli(sandbox_server, tmp_path, [learn], *FAST).code == 0
+    sent = len(puts(sandbox_server))
+
+    back_on = write_input(tmp_path / "b.csv", job_rows([b], "true", "client"))
+    run = run_cli(sandbox_server, tmp_path, [back_on], *FAST)
+
+    assert run.code == 1, run.stderr
+    assert len(puts(sandbox_server)) == sent  # nothing sent
+    (row,) = run.rows
+    assert (row["status"], row["error_code"]) == ("conflict", "resubscribe_blocked")
+    assert f"this client's opt-out (through job {a.job_id})" in row["error_message"]
+    again = run_cli(sandbox_server, tmp_path, [back_on], *FAST, "--allow-resubscribe")
+    assert again.code == 0 and again.statuses() == ["updated"]
