@@ -563,6 +563,22 @@ def test_latency_fixed_and_range(make_api):
     assert time.monotonic() - started >= 0.03
 
 
+def test_requests_in_flight_together_get_distinct_seqs_matching_the_log(make_api):
+    """Found by exploratory testing: seq was taken when a request arrived, before its latency,
+    so four requests in flight at once all read seq 0. It is its place in the log now."""
+    api = make_api(latency_ms=[20, 40])
+
+    async def four() -> list[httpx.Response]:
+        return list(await asyncio.gather(*(api.client.get(
+            TRACK, params={"job_id": api.job(i).job_id}, headers={"LOGIS-API-KEY": KEY})
+            for i in range(4))))
+
+    assert [r.status_code for r in api.run(four())] == [200] * 4
+    log = api.sandbox("GET", "requests")[1]["requests"]
+    assert [r["seq"] for r in log] == [0, 1, 2, 3]
+    assert [r["seq"] for r in api.sandbox("GET", "requests?since=2")[1]["requests"]] == [2, 3]
+
+
 def test_faults_change_at_runtime_through_the_api(make_api):
     api = make_api()
     job = api.job(0)

@@ -194,7 +194,7 @@ class Sandbox:
     def _begin(self, request: Request, fields: dict[str, Any]) -> dict[str, Any]:
         key = request.headers.get(KEY_HEADER)
         entry: dict[str, Any] = {
-            "seq": len(self.world.requests),
+            "seq": None,  # its place in the log, given when it joins it (after any latency)
             "t": None,
             "at": None,
             "method": request.method,
@@ -213,6 +213,9 @@ class Sandbox:
         if delay > 0:
             await asyncio.sleep(delay)
         entry["t"], entry["at"] = world.clock(), time.time()
+        # The log is in arrival order after latency: seq is the entry's index, so seq values
+        # are unique and `?since=` (an index) and seq agree, however the latency interleaves.
+        entry["seq"] = len(world.requests)
         world.requests.append(entry)
         refused = self._gate(request, entry)
         if refused is not None:
