@@ -127,6 +127,9 @@ def load_inputs(
     """
     if not paths:
         raise UsageError("no input files given")
+    if sum(os.fspath(p) == "-" for p in paths) > 1:
+        # Standard input can be read once: the second `-` would read it empty.
+        raise UsageError("standard input (-) is given more than once: give it once")
     column_map = _check_column_map(options.column_map)
     loaded = [_load_one(os.fspath(p), options, column_map, stdin) for p in paths]
 

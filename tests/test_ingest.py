@@ -160,6 +160,13 @@ def test_stdin_dash_reads_csv(tmp_path: Path) -> None:
     assert loaded.sources[0].sha256 == hashlib.sha256(data).hexdigest()
 
 
+def test_stdin_given_twice_is_a_usage_error_not_an_empty_file() -> None:
+    """Found by exploratory testing: `- -` read stdin once and called the second one empty."""
+    data = delimited([HEADER, *ROWS]).encode()
+    with pytest.raises(UsageError, match=r"standard input \(-\) is given more than once"):
+        load_inputs(["-", "-"], LoadOptions(), stdin=io.BytesIO(data))
+
+
 def test_unknown_extension_that_is_delimited_text_is_read(tmp_path: Path) -> None:
     path = write(tmp_path / "export.dat", delimited([HEADER, *ROWS], "|"))
     assert_standard(load(path), str(path))
