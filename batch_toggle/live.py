@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -274,21 +274,12 @@ def _before_reset(record: RunRecord) -> Stop | None:
     """A run that stopped at the API's daily limit may not send again before the limit resets:
     a resume before then would spend requests on 429s (an hourly cron line would knock every
     hour). It stops at once instead, sending nothing, with the same advice and exit 4."""
-    if not record.resume_after:
-        return None
-    try:
-        reset = datetime.fromisoformat(record.resume_after)
-    except ValueError:
-        return None
-    if reset.tzinfo is None:
-        reset = reset.replace(tzinfo=UTC)
-    now = datetime.now(UTC)
-    if not now < reset <= now + timedelta(hours=25):  # passed, or no daily limit's reset
+    reset = record.sends_from(datetime.now(UTC))
+    if reset is None:
         return None
     return Stop("daily_limit", ExitCode.STOPPED,
-                f"the daily limit this run stopped at resets at {record.resume_after}; nothing "
-                f"was sent; resume with --resume after {record.resume_after}",
-                resume_after=record.resume_after)
+                f"the daily limit this run stopped at resets at {reset}; nothing was sent; "
+                f"resume with --resume after {reset}", resume_after=reset)
 
 
 def _announce_resume(config: JobConfig, hooks: Hooks, run_id: str, had: int, todo: int) -> None:

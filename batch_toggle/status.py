@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,7 @@ def _describe(store: StateStore, record: RunRecord, holder: dict[str, Any] | Non
         resume_command=(resume_command(record, state_path, retry_failed=retry_only)
                         if resumable or retry_only else None),
         holder=holder if state == RUNNING else None,
-        resume_after=record.resume_after if resumable else None,
+        resume_after=record.sends_from(datetime.now(UTC)) if resumable else None,
     )
 
 

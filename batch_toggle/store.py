@@ -56,7 +56,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -263,6 +263,20 @@ class RunRecord:
     units: int | None = None  # units (requests) the plan needs; None in a schema-1 record
     retryable_failed: int = 0  # outcomes `failed` with retryable true (what --retry-failed adds)
     resume_after: str | None = None  # ISO time: the daily limit it stopped at resets then
+
+    def sends_from(self, now: datetime) -> str | None:
+        """When a resume may send again, if that is still ahead: the reset of the daily limit
+        the run stopped at. None when there is none, it has passed, or it is more than 25 h
+        away (no daily limit's reset: a resume may try)."""
+        if not self.resume_after:
+            return None
+        try:
+            reset = datetime.fromisoformat(self.resume_after)
+        except ValueError:
+            return None
+        if reset.tzinfo is None:
+            reset = reset.replace(tzinfo=UTC)
+        return self.resume_after if now < reset <= now + timedelta(hours=25) else None
 
     @property
     def input_names(self) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,7 @@ def test_a_resume_updates_the_unit_count(state: Path, src: Path) -> None:
 
 def test_a_run_stopped_at_a_daily_limit_says_from_when_a_resume_sends(state: Path,
                                                                       src: Path) -> None:
-    reset = "2026-11-02T00:00:00+00:00"
+    reset = (datetime.now(UTC) + timedelta(hours=2)).isoformat(timespec="seconds")
     with StateStore.open(state) as store:
         record_run(store, "r1", src, outcomes=[UPDATED] * 4, exit_code=4)
         store.finish_run("r1", exit_code=4, finished_at="2026-11-01T01:00:00+00:00",
@@ -197,6 +198,11 @@ def test_a_run_stopped_at_a_daily_limit_says_from_when_a_resume_sends(state: Pat
     assert (run.resumable, run.resume_sends, run.resume_after) == (True, 6, reset)
     assert run.as_dict()["resume_after"] == reset
     assert f"would send 6 units, from {reset} (the daily limit resets" in render_status(
+        store_status(state))
+    with StateStore.open(state) as store:  # a reset that has passed binds nothing
+        store.finish_run("r1", exit_code=4, finished_at="2026-11-01T01:00:00+00:00",
+                         counts={"updated": 4}, resume_after="2026-11-02T00:00:00+00:00")
+    assert one(state).resume_after is None and "from 2026" not in render_status(
         store_status(state))
     with StateStore.open(state) as store:  # a later finish without a limit clears it
         store.finish_run("r1", exit_code=4, finished_at="2026-11-02T01:00:00+00:00",
