@@ -34,7 +34,7 @@ _SEND_NUMBERS = {"max_rps": float, "concurrency": int, "timeout": float, "max_at
                  "daily_limit": int, "max_requests": int, "halt_after": int, "canary": int}
 # The CLI's ranges (click checks them there); the library checks the same here, so that
 # concurrency=0 is an error, not a run that sends nothing and reports success.
-_RANGES: dict[str, tuple[float, float]] = {
+OPTION_RANGES: dict[str, tuple[float, float]] = {
     "max_invalid": (0, 100), "max_rps": (0.01, float("inf")), "concurrency": (1, 64),
     "timeout": (0.1, float("inf")), "max_attempts": (1, 100), "daily_limit": (1, float("inf")),
     "max_requests": (1, float("inf")), "halt_after": (1, float("inf")),
@@ -57,7 +57,7 @@ def job_config(command: str, inputs: Sequence[str], options: Mapping[str, Any],
         column_map=column_map(o.get("map"), name), encoding=o.get("encoding"),
         set_state=_state(o.get("set_state"), name),
         default_target=_choice(o.get("default_target"), _TARGETS, "default_target", name))
-    for key, (low, high) in _RANGES.items():
+    for key, (low, high) in OPTION_RANGES.items():
         if key in o and not low <= float(o[key]) <= high:
             bound = f"at least {low:g}" if high == float("inf") else f"{low:g} to {high:g}"
             raise UsageError(f"{name(key)} {o[key]!r}: must be {bound}")

@@ -34,7 +34,7 @@ from batch_toggle.config_file import (
 )
 from batch_toggle.errors import BatchToggleError, ExitCode, UsageError
 from batch_toggle.events import EventLog
-from batch_toggle.job_options import cli_name, job_config
+from batch_toggle.job_options import OPTION_RANGES, cli_name, job_config
 from batch_toggle.jobs import Hooks, JobConfig
 from batch_toggle.stderr import say
 
@@ -57,6 +57,16 @@ Examples:
 def _fail(message: str, code: ExitCode) -> None:
     say(f"batch-toggle: error: {message}")  # never raises: a closed stderr keeps the exit code
     sys.exit(int(code))
+
+
+def _ranged(option: str, kind: type) -> click.ParamType:
+    """The click type of a numeric option, from the ranges the library checks too (one table,
+    job_options.OPTION_RANGES)."""
+    low, high = OPTION_RANGES[option]
+    top = None if high == float("inf") else high
+    if kind is int:
+        return click.IntRange(int(low), None if top is None else int(top))
+    return click.FloatRange(low, top)
 
 
 # SPEC section 2 lists --events among the common options: validate takes it too.
@@ -82,7 +92,7 @@ def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True,
                      help="Rows of one job and target asking for different states: keep the "
                           "last or first in file order, let the opt-out win, or reject all."),
-        click.option("--max-invalid", type=click.FloatRange(0, 100), default=50.0,
+        click.option("--max-invalid", type=_ranged("max_invalid", float), default=50.0,
                      show_default=True, metavar="PERCENT",
                      help="Refuse the file (exit 2) when more rows than this are invalid."),
         click.option("--skip-confirmed/--no-skip-confirmed", default=True, show_default=True,
@@ -101,7 +111,7 @@ def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--rate", default="2500/h", show_default=True, metavar="N/PERIOD",
                      help="Budget: at most N requests in any sliding window of PERIOD "
                           "(s, m, h, d or seconds like 10s)."),
-        click.option("--max-rps", type=click.FloatRange(min=0.01), default=10.0,
+        click.option("--max-rps", type=_ranged("max_rps", float), default=10.0,
                      show_default=True, help="Smoothing: at most this many requests a second."),
         click.option("-v", "--verbose", count=True,
                      help="-v: the run's notable moments on stderr, one timestamped line each "
@@ -127,11 +137,12 @@ def send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path),
                      help="Read the API key from this file (else env LOGIS_API_KEY; never argv, "
                           "a config file or a BATCH_TOGGLE_ variable)."),
-        click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+        click.option("--concurrency", type=_ranged("concurrency", int), default=4,
+                     show_default=True,
                      help="Requests in flight at once."),
-        click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0,
+        click.option("--timeout", type=_ranged("timeout", float), default=30.0,
                      show_default=True, metavar="SECONDS", help="Per-request timeout."),
-        click.option("--max-attempts", type=click.IntRange(1, 100), default=5,
+        click.option("--max-attempts", type=_ranged("max_attempts", int), default=5,
                      show_default=True,
                      help="Attempts per row on 5xx, timeouts and network errors."),
         click.option("--resume", is_flag=True,
@@ -139,16 +150,16 @@ def send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "options (starts a new run when there is none)."),
         click.option("--retry-failed", is_flag=True,
                      help="With --resume: also re-send rows that failed with retryable true."),
-        click.option("--max-requests", type=click.IntRange(min=1), metavar="N",
+        click.option("--max-requests", type=_ranged("max_requests", int), metavar="N",
                      help="Stop cleanly after N requests (exit 4, resumable)."),
         click.option("--stop-after", metavar="DURATION",
                      help="Stop cleanly after this long, e.g. 55m (exit 4, resumable)."),
-        click.option("--canary", type=click.IntRange(min=0), default=0, metavar="N",
+        click.option("--canary", type=_ranged("canary", int), default=0, metavar="N",
                      help="Send N units first; go on only if none failed permanently."),
-        click.option("--halt-after", type=click.IntRange(min=1), default=50, show_default=True,
+        click.option("--halt-after", type=_ranged("halt_after", int), default=50, show_default=True,
                      metavar="N", help="Halt after N consecutive rows fail with the same "
                                        "permanent error (exit 3)."),
-        click.option("--daily-limit", type=click.IntRange(min=1), metavar="N",
+        click.option("--daily-limit", type=_ranged("daily_limit", int), metavar="N",
                      help="Also never exceed N requests in any 24 h."),
         click.option("--insecure", is_flag=True,
                      help="Allow a plain http:// base URL that is not loopback."),
