@@ -12,7 +12,7 @@ during the fsync, but the loop is what the store competes with: the sender is CP
 Python, and handing each round to a thread and back makes the two threads fight over the GIL
 (every sqlite3 call drops and retakes it). Measured by bench_store at the loopback ceiling:
 with a thread, the store cost 14% of the ceiling at 16 workers and ~100 µs of CPU a row; inline,
-4% and ~15 µs. The workers wait for their round's commit either way, and the loop is blocked
+5-10% and 20-40 µs. The workers wait for their round's commit either way, and the loop is blocked
 only for the commit itself (SQL for a handful of rows and one fsync): what piles up meanwhile
 joins the next round.
 

@@ -476,8 +476,8 @@ class Runner:
         wall = self.clocks.wall()
         try:
             # Recorded before it leaves: a run killed mid-request still leaves its budget use
-            # on record. If that cannot be recorded, the request is not sent. (The writer
-            # thread commits it; the logged time is a little before the send, never after.)
+            # on record. If that cannot be recorded, the request is not sent. (The logged
+            # time is a little before the send, never after.)
             send_id = self.committer.send_started(wall, wait=self._budget_tight())
         except Exception as exc:  # noqa: BLE001 - the store's failure stops the run
             self._store_failed(exc)
