@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench bench-peers soak clean browser
+.PHONY: install demo test lint bench bench-peers soak clean browser system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,7 +28,17 @@ browser:
 	       && (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1; } \
 	  || echo "note: chromium unavailable; the HTML report's browser test will skip"
 
-test: $(STAMP) browser
+# System packages the tests use for real (never mocks): Debian's libfaketime, which starts the
+# clocks of a CLI run near a power of two (tests/e2e/test_faked_clock.py). Installed when
+# missing and we may (root, apt reachable); otherwise those tests skip with a message.
+system-deps:
+	@[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || [ -n "$$(ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null)" ] \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	       && { apt-get install -y -qq libfaketime >/dev/null 2>&1 \
+	            || { apt-get update -qq && apt-get install -y -qq libfaketime; } >/dev/null 2>&1; }; } \
+	  || echo "note: libfaketime unavailable; the faked-clock tests will skip"
+
+test: $(STAMP) browser system-deps
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
