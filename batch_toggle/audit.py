@@ -25,13 +25,13 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import numpy as np
 
 from . import vocab
+from .clock import utc_text
 from .config import SendOptions
 from .errors import StoreError
 from .jobs import (
@@ -53,6 +53,7 @@ from .live import (
     finish_interruptible,
     live_config,
     open_store,
+    run_watchdog,
 )
 from .operations import Track, track_verdict
 from .outcome import Outcome
@@ -214,10 +215,11 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
                   reads.units.do_notify_sms.tolist())
     # As for a run: from the start of the reads until the report is written, SIGINT/SIGTERM
     # stop the audit (the report is written, exit 130), never escape as KeyboardInterrupt.
-    with Interrupts() as interrupts:
+    with Interrupts() as interrupts, run_watchdog(store, prepared.run_id) as watchdog:
         runner, counters = asyncio.run(_send(config, hooks, store, prepared, todo, transport,
                                              units=reads.units, operation=track,
-                                             interrupts=interrupts, advice=_no_resume))
+                                             interrupts=interrupts, advice=_no_resume,
+                                             watchdog=watchdog))
         outcomes = unit_outcomes(prepared.plan.units, reads, track, runner.committer.outcomes,
                                  todo)
         if store is not None and runner.committer.error is None:
@@ -234,7 +236,7 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
             hooks.notice(line)
         if store is not None:
             store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
-                             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                             finished_at=utc_text(),
                              counts=result.summary["counts_by_status"])
     if runner.committer.error is not None:
         hooks.notice(f"warning: the state store stopped accepting outcomes: "

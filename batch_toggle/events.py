@@ -38,10 +38,10 @@ import contextlib
 import json
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from .clock import utc_text
 from .errors import UsageError
 from .stderr import say
 
@@ -70,7 +70,7 @@ class EventLog:
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         if self._file is None:
             return
-        record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": kind,
+        record = {"ts": utc_text(), "event": kind,
                   **data}
         line = json.dumps(record, default=str, ensure_ascii=False) + "\n"
         try:

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
 
+from .clock import parse_utc
 from .config import format_duration
 from .errors import ExitCode
 from .report import html_path, write_text
@@ -425,7 +426,7 @@ def _timeline_axis(timeline: Mapping[str, Any], n: int, width_s: float, left: fl
            f"<line class=\"axis\" x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{base}\"/>",
            f"<text x=\"{left - 6}\" y=\"{top + 10}\" text-anchor=\"end\">{peak:,}</text>",
            f"<text x=\"{left - 6}\" y=\"{base}\" text-anchor=\"end\">0</text>"]
-    start = _parse_time(timeline.get("started_at"))
+    start = parse_utc(timeline.get("started_at"))
     span = n * width_s
     for k in range(5):
         frac = k / 4
@@ -440,13 +441,6 @@ def _timeline_axis(timeline: Mapping[str, Any], n: int, width_s: float, left: fl
     out.append(f"<text x=\"{left + plot_w / 2:.1f}\" y=\"{base + 36}\" text-anchor=\"middle\">"
                f"time (UTC) &middot; {_e(format_duration(span))} in all</text>")
     return "".join(out)
-
-
-def _parse_time(text: Any) -> datetime | None:
-    try:
-        return datetime.fromisoformat(str(text))
-    except (TypeError, ValueError):
-        return None
 
 
 # --- rows that need attention ----------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from . import __version__, vocab
+from .clock import utc_text
 from .config import LoadOptions, PlanOptions, SendOptions, format_duration
 from .errors import ExitCode, worst_exit
 from .ingest import LoadedInput, load_inputs
@@ -302,8 +303,8 @@ def build_summary(prepared: Prepared, report: pa.Table, exit_code: ExitCode, dig
         "version": __version__,
         "command": config.command + (" --dry-run" if config.dry_run else ""),
         "run_id": prepared.run_id,
-        "started_at": prepared.started.isoformat(timespec="seconds"),
-        "finished_at": finished.isoformat(timespec="seconds"),
+        "started_at": utc_text(prepared.started),
+        "finished_at": utc_text(finished),
         "duration_s": round((finished - prepared.started).total_seconds(), 3),
         "user": _user(),
         "host": socket.gethostname(),

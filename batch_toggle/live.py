@@ -7,6 +7,7 @@ one-row-per-input-row guarantee whatever stopped it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from . import vocab
+from .clock import utc_text
 from .committer import Committer, Finished
 from .connections import proxy_configured, worker_connections
 from .errors import ExitCode, InputError, UsageError
@@ -46,7 +48,8 @@ from .plan import Units
 from .report import ReportError
 from .results import UnitResults, row_ref_array
 from .runner import Counters, Interrupts, RunHooks, Runner, Stop, interrupt_stop
-from .store import RunRecord, StateStore, default_state_path
+from .store import RunRecord, StateStore, default_state_path, record_interrupted
+from .watchdog import Watchdog
 
 SANDBOX_BASE_URL = "http://sandbox.invalid"
 
@@ -146,9 +149,10 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
     # (SPEC section 5: the report is written, exit 130) and never escape as the process's
     # KeyboardInterrupt: while it sends, through the runner; after, recorded here.
     too_early = _before_reset(resumed[0]) if resumed and todo else None
-    with Interrupts() as interrupts:
+    with Interrupts() as interrupts, run_watchdog(store, prepared.run_id) as watchdog:
         runner, counters = asyncio.run(_send(config, hooks, store, prepared, todo, transport,
-                                             interrupts=interrupts, stop_first=too_early))
+                                             interrupts=interrupts, stop_first=too_early,
+                                             watchdog=watchdog))
         store_error = runner.committer.error
         if store_error is not None:  # said before the report, which may fail for the same reason
             hooks.notice(f"warning: the state store stopped accepting outcomes: {store_error}")
@@ -160,13 +164,26 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
         # A signal from here on is too late to change anything: the report is written.
         if store is not None:
             store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
-                             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                             finished_at=utc_text(),
                              counts=result.summary["counts_by_status"],
                              resume_after=_daily_reset(runner.stop))
         if runner.stop is not None:
             # Last on stderr: why the run ended early and when a resume can start (daily limit).
             hooks.notice(f"stopped: {runner.stop.message}")
     return result
+
+
+@contextmanager
+def run_watchdog(store: StateStore | None, run_id: str) -> Iterator[Watchdog]:
+    """A watchdog for the run `run_id` (see watchdog.py): it keeps the store's heartbeat for
+    `status`, and records the run as interrupted if the process must stop while stuck."""
+    def record_stop() -> None:
+        if store is not None:
+            record_interrupted(store.path, run_id, utc_text())
+
+    with Watchdog(heartbeat=store.heartbeat if store is not None else None,
+                  record_stop=record_stop) as watchdog:
+        yield watchdog
 
 
 def _report(config: JobConfig, hooks: Hooks, prepared: Prepared, outcomes: dict[int, Outcome],
@@ -297,7 +314,7 @@ def _announce_resume(config: JobConfig, hooks: Hooks, run_id: str, had: int, tod
 def _record_start(config: JobConfig, store: StateStore, prepared: Prepared,
                   resumed: list[RunRecord], command: str = "run") -> None:
     from .jobs import options_record
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    now = utc_text()
     if resumed:
         store.mark_resumed(prepared.run_id, resumed_at=now, options=options_record(config),
                            units=prepared.plan.requests_needed)
@@ -389,12 +406,14 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
                 units: Units | None = None, operation: Operation | None = None,
                 interrupts: Interrupts | None = None,
                 advice: Callable[[str], str] | None = None,
-                stop_first: Stop | None = None) -> tuple[Runner, Counters]:
+                stop_first: Stop | None = None,
+                watchdog: Watchdog | None = None) -> tuple[Runner, Counters]:
     """Drive a Runner over `todo`: the plan's units and toggles, or (audit) other `units` with
     another `operation`, through the same budget, client, committer, signals and progress.
     `interrupts`: the caller's, when it keeps catching signals after the sending part;
     `advice`: rewords the runner's stop messages (see Runner); `stop_first`: a stop decided
-    before any request (the runner then sends nothing, and the report says why)."""
+    before any request (the runner then sends nothing, and the report says why);
+    `watchdog`: watches the loop while it sends (see watchdog.py)."""
     budget = _budget(config, store, hooks)
     sent = prepared.plan.units if units is None else units
     sources = row_ref_array(prepared.loaded, sent.row)  # file:row of each unit, once per run
@@ -432,13 +451,19 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
             runner.request_stop(stop_first)
         ticker = asyncio.get_running_loop().create_task(_tick(runner, hooks))
         try:
-            with runner.signals(interrupts):
+            with runner.signals(interrupts), _watched(watchdog):
                 await _drive(runner, todo, config, hooks)
         finally:
             ticker.cancel()
             runner.close()
             await committer.close()
     return runner, runner.counters
+
+
+def _watched(watchdog: Watchdog | None) -> contextlib.AbstractContextManager[None]:
+    if watchdog is None:
+        return contextlib.nullcontext()
+    return watchdog.watching(asyncio.get_running_loop())
 
 
 PROGRESS_TICK = 1.0  # seconds between refreshes while nothing commits

@@ -23,6 +23,7 @@ import httpx
 
 from . import __version__, vocab
 from .classify import MAX_BODY, Verdict, classify_exception
+from .clock import utc_text
 from .committer import Committer, Finished
 from .config import SendOptions
 from .errors import ExitCode
@@ -185,8 +186,7 @@ class Timeline:
                 self.wait_s[i] += overlap / _NS
 
     def to_dict(self) -> dict[str, Any]:
-        started = datetime.fromtimestamp(self.started_wall, UTC)
-        return {"started_at": started.isoformat(timespec="seconds"), "bucket_s": self.width,
+        return {"started_at": utc_text(self.started_wall), "bucket_s": self.width,
                 "requests": list(self.requests), "responses_429": list(self.responses_429),
                 "wait_s": [round(w, 3) for w in self.wait_s]}
 
@@ -507,8 +507,7 @@ class Runner:
         if not await self._honour_pause():  # a 429 came while the send was being logged
             self.committer.send_done(send_id, wall, self.clocks.wall())
             return _NOT_SENT
-        sent_at = datetime.fromtimestamp(self.clocks.wall(), UTC).isoformat(
-            timespec="milliseconds")
+        sent_at = utc_text(self.clocks.wall())
         t0 = self.clocks.mono()
         try:
             verdict = await self._put(unit)

@@ -18,12 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .clock import parse_utc, utc_text
 from .errors import ExitCode, InputError
 from .ingest import sha256_of
 from .store import RunRecord, StateStore, default_state_path
+from .watchdog import HEARTBEAT, STALL_AFTER
 
 # A run's state as status shows it.
 RUNNING = "running"  # holds the store's lock right now
+STALLED = "stalled"  # holds the lock, but its heartbeat stopped: its event loop is stuck
 KILLED = "killed"  # no exit recorded and not running: killed (kill -9, power cut) or crashed
 STOPPED = "stopped"  # exit 4: --max-requests, --stop-after, outage, daily limit
 INTERRUPTED = "interrupted"  # exit 130: SIGINT/SIGTERM
@@ -102,16 +105,28 @@ def store_status(path: str | os.PathLike[str] | None = None, *, limit: int = 20,
     return StoreStatus(store_path, True, holder, runs)
 
 
-def _run_state(record: RunRecord, holder: dict[str, Any] | None) -> str:
+def _run_state(record: RunRecord, holder: dict[str, Any] | None, now: datetime) -> str:
     if record.exit_code is None:
         running = holder is not None and holder.get("run_id") == record.run_id
+        if running and holder is not None and _stalled(holder, now):
+            return STALLED
         return RUNNING if running else KILLED
     return _STATE_OF_EXIT.get(record.exit_code, FINISHED)
 
 
+# A live run's watchdog refreshes its heartbeat every HEARTBEAT seconds until its loop has been
+# silent for STALL_AFTER; allow one missed beat before calling it stalled.
+STALLED_AFTER = STALL_AFTER + 2 * HEARTBEAT
+
+
+def _stalled(holder: dict[str, Any], now: datetime) -> bool:
+    alive_at = parse_utc(holder.get("alive_at"))
+    return alive_at is not None and (now - alive_at).total_seconds() > STALLED_AFTER
+
+
 def _describe(store: StateStore, record: RunRecord, holder: dict[str, Any] | None,
               check_inputs: bool, state_path: Path | None) -> RunStatus:
-    state = _run_state(record, holder)
+    state = _run_state(record, holder, datetime.now(UTC))
     left = None if record.units is None else max(0, record.units - record.final_outcomes)
     why = _why_not_resumable(store, record, state, check_inputs)
     retry_only = why is not None and _only_retry_failed_resumes(store, record, state,
@@ -119,8 +134,10 @@ def _describe(store: StateStore, record: RunRecord, holder: dict[str, Any] | Non
     resumable = why is None
     return RunStatus(
         run_id=record.run_id, command=record.command, state=state,
-        exit_code=record.exit_code, inputs=record.input_names, started_at=record.started_at,
-        finished_at=record.finished_at, resumed_at=record.resumed_at, resumes=record.resumes,
+        exit_code=record.exit_code, inputs=record.input_names,
+        started_at=_shown(record.started_at) or record.started_at,
+        finished_at=_shown(record.finished_at), resumed_at=_shown(record.resumed_at),
+        resumes=record.resumes,
         rows=record.total_rows, units=record.units, units_done=record.final_outcomes,
         unit_counts=dict(record.outcome_counts), row_counts=record.counts,
         retryable_failed=record.retryable_failed,
@@ -128,9 +145,15 @@ def _describe(store: StateStore, record: RunRecord, holder: dict[str, Any] | Non
         not_resumable_because=why, resume_sends=left if resumable else (0 if retry_only else None),
         resume_command=(resume_command(record, state_path, retry_failed=retry_only)
                         if resumable or retry_only else None),
-        holder=holder if state == RUNNING else None,
-        resume_after=record.sends_from(datetime.now(UTC)) if resumable else None,
+        holder=holder if state in (RUNNING, STALLED) else None,
+        resume_after=_shown(record.sends_from(datetime.now(UTC))) if resumable else None,
     )
+
+
+def _shown(text: str | None) -> str | None:
+    """A stored timestamp in the one form every output uses (older stores wrote others)."""
+    when = parse_utc(text)
+    return utc_text(when) if when is not None else text
 
 
 def _why_not_resumable(store: StateStore, record: RunRecord, state: str,
@@ -140,6 +163,9 @@ def _why_not_resumable(store: StateStore, record: RunRecord, state: str,
         return f"a `{record.command}` run; only `run` resumes"
     if state == RUNNING:
         return "it is running now"
+    if state == STALLED:
+        return ("its process is alive but stuck (its loop stopped answering): stop it with "
+                "SIGTERM (it exits at once, recorded as interrupted), then resume")
     if state == FINISHED and record.exit_code == int(ExitCode.ABORTED):
         # Not resumable (SPEC section 9), but "finished" alone reads as done at 1% progress.
         return ("it was aborted (exit 3: the API refused the key, or --halt-after stopped "
@@ -229,7 +255,7 @@ def _holder_text(holder: dict[str, Any] | None) -> str:
     if not holder.get("run_id"):
         return "held (holder unknown)"
     return (f"held by run {holder['run_id']} (pid {holder.get('pid')} on "
-            f"{holder.get('host')}, since {holder.get('since')})")
+            f"{holder.get('host')}, since {_shown(holder.get('since'))})")
 
 
 def _run_lines(run: RunStatus) -> list[str]:
@@ -256,6 +282,10 @@ def _state_text(run: RunStatus) -> str:
     if run.state == RUNNING:
         pid = run.holder.get("pid") if run.holder else None
         return f"running (pid {pid})" if pid is not None else "running"
+    if run.state == STALLED:
+        pid = run.holder.get("pid") if run.holder else None
+        since = run.holder.get("alive_at") if run.holder else None
+        return f"stalled since {since} (pid {pid}: alive, but its event loop stopped answering)"
     if run.state == KILLED:
         return "killed (no exit recorded)"
     return f"{run.state}, exit {run.exit_code}"

@@ -56,13 +56,14 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
+from .clock import parse_utc, utc_text
 from .errors import ExitCode, StoreError, StoreLocked
 from .outcome import Outcome
 
@@ -270,12 +271,9 @@ class RunRecord:
         away (no daily limit's reset: a resume may try)."""
         if not self.resume_after:
             return None
-        try:
-            reset = datetime.fromisoformat(self.resume_after)
-        except ValueError:
+        reset = parse_utc(self.resume_after)
+        if reset is None:
             return None
-        if reset.tzinfo is None:
-            reset = reset.replace(tzinfo=UTC)
         return self.resume_after if now < reset <= now + timedelta(hours=25) else None
 
     @property
@@ -477,7 +475,7 @@ class StateStore:
                 raise StoreLocked(self._locked_message(fd)) from None
             holder = {
                 "run_id": run_id, "owner": owner, "pid": os.getpid(),
-                "host": socket.gethostname(), "since": _utc_now(),
+                "host": socket.gethostname(), "since": utc_text(),
             }
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder).encode(), 0)
@@ -523,9 +521,21 @@ class StateStore:
                 holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
             except ValueError:
                 holder = {}
-            return holder if isinstance(holder, dict) else {}
+            holder = holder if isinstance(holder, dict) else {}
+            if holder:
+                holder["alive_at"] = utc_text(os.fstat(fd).st_mtime)
+            return holder
         finally:
             os.close(fd)
+
+    def heartbeat(self) -> None:
+        """Mark the run that holds the lock as alive now (the sidecar's mtime): `status` tells a
+        run whose process is alive but no longer making progress ("stalled") from a running one.
+        Touches no SQLite connection, so another thread may call it while the run works."""
+        fd = self._lock_fd
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.utime(fd)
 
     def release_lock(self) -> None:
         """Give the lock back (no-op when not held)."""
@@ -1026,5 +1036,23 @@ def _bulk_read(conn: sqlite3.Connection, columns: Sequence[tuple[str, str, pa.Da
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def record_interrupted(path: str | os.PathLike[str], run_id: str, finished_at: str,
+                       timeout: float = 1.0) -> None:
+    """Record `run_id` as interrupted (exit 130) on a connection of its own, giving up after
+    `timeout` seconds: the last act of a process whose main thread is stuck (watchdog.py),
+    possibly holding the store's connections and locks. Leaves a run that already has an exit
+    code alone. Raises StoreError when the store does not answer in time."""
+    try:
+        conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(
+                "UPDATE runs SET exit_code = ?, finished_at = ? WHERE run_id = ?"
+                " AND exit_code IS NULL", (int(ExitCode.INTERRUPTED), finished_at, run_id))
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"state store {path}: {exc}") from exc
+
+
+

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ ERROR_TEXT = {
     503: "Service unavailable",
 }
 DAILY_LIMITED = "Rate limit exceeded: the user's global daily limit was reached"
+
+# The one timestamp form of every output: UTC, milliseconds, a Z.
+TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 
 
 # --- a fake Logis -----------------------------------------------------------------------------
@@ -322,7 +326,7 @@ def test_every_unit_is_sent_exactly_once_with_the_right_request() -> None:
         expected_entity = (units.job_id[u] if units.update_target[u] == "job"
                            else client_of(units.job_id[u]))
         assert o.entity_id == expected_entity
-        assert o.sent_at is not None and o.sent_at.endswith("+00:00")
+        assert o.sent_at is not None and re.fullmatch(TIMESTAMP, o.sent_at)
     snapshot = res.snapshot
     assert snapshot["total"] == 30 and snapshot["requests"] == 30 and snapshot["failures"] == 0
     # Everything reached the committer and came out committed, with its report row.

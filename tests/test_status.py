@@ -6,7 +6,9 @@ recorded through the StateStore API exactly as `run` records them.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from batch_toggle.cli import main
+from batch_toggle.clock import utc_text
 from batch_toggle.ingest import sha256_of
 from batch_toggle.outcome import Outcome
-from batch_toggle.status import render_status, store_status
+from batch_toggle.status import STALLED_AFTER, render_status, store_status
 from batch_toggle.store import SCHEMA_VERSION, StateStore
 
 PLAN_LAST = json.dumps({"default_target": None, "map": [], "on_conflict": "last",
@@ -167,6 +170,25 @@ def test_a_run_that_holds_the_lock_is_running(state: Path, src: Path) -> None:
     assert status.runs[0].state == "killed"
 
 
+def test_a_run_whose_heartbeat_stopped_is_stalled_not_running(state: Path, src: Path) -> None:
+    """Its process holds the lock (alive), but its watchdog stopped the heartbeat: its event
+    loop has not answered for a while. status says so, and how to get out."""
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, outcomes=[UPDATED])
+        store.acquire_lock("r1")
+        store.heartbeat()
+        assert one(state).state == "running"  # a fresh heartbeat
+        beat = time.time() - STALLED_AFTER - 5
+        os.utime(f"{state}.lock", (beat, beat))
+        run = one(state)
+        assert (run.state, run.resumable) == ("stalled", False)
+        assert "SIGTERM" in (run.not_resumable_because or "")
+        text = render_status(store_status(state))
+        assert f"stalled since {utc_text(int(beat))[:19]}" in text
+        store.heartbeat()  # the loop answers again
+        assert one(state).state == "running"
+
+
 def test_lock_holder_probe_creates_nothing_and_sees_a_free_lock(state: Path) -> None:
     with StateStore.open(state) as store:
         assert store.lock_holder() is None
@@ -189,11 +211,12 @@ def test_a_resume_updates_the_unit_count(state: Path, src: Path) -> None:
 
 def test_a_run_stopped_at_a_daily_limit_says_from_when_a_resume_sends(state: Path,
                                                                       src: Path) -> None:
-    reset = (datetime.now(UTC) + timedelta(hours=2)).isoformat(timespec="seconds")
+    at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
     with StateStore.open(state) as store:
         record_run(store, "r1", src, outcomes=[UPDATED] * 4, exit_code=4)
         store.finish_run("r1", exit_code=4, finished_at="2026-11-01T01:00:00+00:00",
-                         counts={"updated": 4}, resume_after=reset)
+                         counts={"updated": 4}, resume_after=at.isoformat())
+    reset = utc_text(at)  # shown in the one timestamp form, whatever form was stored
     run = one(state)
     assert (run.resumable, run.resume_sends, run.resume_after) == (True, 6, reset)
     assert run.as_dict()["resume_after"] == reset
@@ -283,7 +306,7 @@ lock: free
 
 20261102T000000Z-bbbbbb  killed (no exit recorded), resumable
   inputs:   {src}
-  time:     started 2026-11-02T00:00:00+00:00, resumed 1x (last 2026-11-02T01:00:00+00:00)
+  time:     started 2026-11-02T00:00:00.000Z, resumed 1x (last 2026-11-02T01:00:00.000Z)
   progress: 124 of 200 units have a final outcome (62%); 210 input rows
   outcomes: updated 120, failed 4 (3 retryable) (units)
   resume:   would send 76 units (79 with --retry-failed)
@@ -291,7 +314,7 @@ lock: free
 
 20261101T000000Z-aaaaaa  finished, exit 0
   inputs:   {src}
-  time:     started 2026-11-01T00:00:00+00:00, ended 2026-11-01T01:00:00+00:00
+  time:     started 2026-11-01T00:00:00.000Z, ended 2026-11-01T01:00:00.000Z
   progress: 1 of 1 units have a final outcome (100%); 12 input rows
   outcomes: updated 1 (units)
   report:   duplicate 2, updated 1 (rows)

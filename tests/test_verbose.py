@@ -28,7 +28,7 @@ from batch_toggle.jobs import Hooks
 from batch_toggle.live import NOTABLE_WAIT, _wait_events
 
 REPO = Path(__file__).resolve().parents[1]
-STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
 
 
 def events_of(res: Any, kind: str) -> list[dict[str, Any]]:
@@ -240,7 +240,7 @@ def test_lines_are_timestamped_in_utc() -> None:
     log = VerboseLog(1, lines.append, now=lambda: datetime(2026, 11, 3, 14, 3, 12, tzinfo=UTC))
     log("retry", RETRY)
     log("request", {"unit": 1})
-    assert lines == ["2026-11-03T14:03:12Z retry: job 0d1e (job): server_error (HTTP 503), "
+    assert lines == ["2026-11-03T14:03:12.000Z retry: job 0d1e (job): server_error (HTTP 503), "
                      "attempt 2/5 failed; next try in 1.3 s"]
 
 

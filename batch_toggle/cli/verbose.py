@@ -29,6 +29,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from batch_toggle.clock import utc_text
 from batch_toggle.config import format_duration
 
 Writer = Callable[[str], None]
@@ -189,7 +190,7 @@ class VerboseLog:
                 self.command = data["command"]
             line = render(kind, data, self.level, self.command)
             if line is not None:
-                self._write(f"{self._now():%Y-%m-%dT%H:%M:%SZ} {line}")
+                self._write(f"{utc_text(self._now())} {line}")
         except OSError:  # the CLI's writer never raises, but a library caller's may: ends the lines
             self.level = 0
         except Exception:  # noqa: BLE001 - a line is not worth a 40-hour run

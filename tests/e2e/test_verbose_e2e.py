@@ -18,7 +18,7 @@ from . import FAST, job_rows, puts, run_cli, write_input
 
 pytestmark = pytest.mark.e2e
 
-STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (.*)$")
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (.*)$")
 
 
 def verbose_lines(stderr: str) -> list[str]:
