@@ -54,6 +54,8 @@ class Verdict:
     client_id: str | None = None  # target job: job["client"]; target client: the end_client id
     confirmed: bool | None = None  # the do_notify_sms the server returned
     retry_after: str | None = None  # raw Retry-After header of a 429
+    server_date: str | None = None  # the 429's Date header: what an HTTP-date Retry-After is
+    # measured against (both on the server's clock)
     daily_limit: bool = False  # a 429 whose text names the user's daily (global) limit
 
     @property
@@ -115,6 +117,7 @@ def classify_error(status: int, headers: Mapping[str, str], body: bytes) -> Verd
     if status == 429:
         return Verdict("rate_limited", None, "rate_limited", message, True, status,
                        retry_after=_header(headers, "retry-after"),
+                       server_date=_header(headers, "date"),
                        daily_limit=bool(text and _DAILY_RE.search(text)))
     if 300 <= status < 400:
         return _redirect(status, headers)

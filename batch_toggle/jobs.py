@@ -11,6 +11,7 @@ import os
 import platform
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -94,6 +95,9 @@ class Prepared:
     norm: pa.Table
     plan: Plan
     report_path: Path
+    # `started` on the monotonic clock: durations never come from the wall clock, which a
+    # step (NTP, a VM resumed) can move back mid-run.
+    started_mono: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ def new_run_id(now: datetime) -> str:
 def load(config: JobConfig, hooks: Hooks = SILENT, *,
          stdin: Any = None) -> tuple[datetime, Path, LoadedInput, pa.Table]:
     """Pre-flight the output paths, then read and normalise; raises InputError/UsageError."""
-    started = datetime.now(UTC)
+    started = datetime.now(UTC)  # a timestamp, for the record; never for a duration
     report_path = config.report_path or unused_report_path(
         default_report_path(config.inputs[0], started))
     check_outputs_distinct({"report": report_path, "summary": summary_path(report_path),
@@ -137,6 +141,7 @@ def prepare(config: JobConfig, ledger: Any = None, hooks: Hooks = SILENT, *, std
     (a resume checks their hashes first). Raises InputError/UsageError/TooManyInvalid (exit 2);
     a TooManyInvalid carries the refused file's plan (`prepared`) for its report: a command
     calls `prepare_or_refuse`, which writes it."""
+    started_mono = time.monotonic()
     started, report_path, loaded, norm = load(config, hooks, stdin=stdin)
     if ledger_for is not None:
         ledger = ledger_for(loaded)
@@ -152,10 +157,11 @@ def prepare(config: JobConfig, ledger: Any = None, hooks: Hooks = SILENT, *, std
         refusal = TooManyInvalid(f"{names}: {exc}", exc.share)
         unchecked = replace(config.plan, max_invalid=100.0)
         refusal.prepared = Prepared(config, run_id or new_run_id(started), started, loaded,
-                                    norm, build_plan(norm, refs, unchecked, ledger), report_path)
+                                    norm, build_plan(norm, refs, unchecked, ledger), report_path,
+                                    started_mono)
         raise refusal from exc
     return Prepared(config, run_id or new_run_id(started), started, loaded, norm, plan,
-                    report_path)
+                    report_path, started_mono)
 
 
 def prepare_or_refuse(config: JobConfig, hooks: Hooks = SILENT, **kwargs: Any) -> Prepared:
@@ -305,7 +311,7 @@ def build_summary(prepared: Prepared, report: pa.Table, exit_code: ExitCode, dig
         "run_id": prepared.run_id,
         "started_at": utc_text(prepared.started),
         "finished_at": utc_text(finished),
-        "duration_s": round((finished - prepared.started).total_seconds(), 3),
+        "duration_s": round(time.monotonic() - prepared.started_mono, 3),
         "user": _user(),
         "host": socket.gethostname(),
         "platform": platform.platform(),

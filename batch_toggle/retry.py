@@ -27,6 +27,9 @@ from .classify import Verdict
 from .config import SendOptions
 
 MAX_RETRY_AFTER = 3600.0  # a Retry-After beyond this ends the run resumably (exit 4)
+# A wait beyond this is no time a resume can be told to start at (Retry-After 10**12: seconds
+# or epoch milliseconds sent by mistake); the run still ends resumably, without a date.
+MAX_RESUME_HINT = 7 * 86400.0
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 60.0
 _MAX_EXPONENT = 62  # 2**62 s is far beyond any cap; keeps huge attempt numbers from overflowing
@@ -55,23 +58,38 @@ def rate_limit_delay(consecutive_429: int, period: float) -> float:
     return min(period, 2.0**exponent)
 
 
-def parse_retry_after(value: str | None, now_wall: float) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date (against
-    `now_wall`, Unix seconds). None when absent, negative, in the past or unparseable, so the
-    caller falls back to its backoff. Compare with `MAX_RETRY_AFTER` (see `too_long`)."""
+def parse_retry_after(value: str | None, now_wall: float,
+                      server_date: str | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date. None when
+    absent, negative, in the past or unparseable, so the caller falls back to its backoff.
+    Compare with `MAX_RETRY_AFTER` (see `too_long`); a value too big for a float is `inf`.
+
+    An HTTP date is measured against the response's own `Date` header when it has one
+    (`server_date`): the server wrote both on its clock, so their difference is the wait
+    whatever our clock says (a client 2 h behind read a 10 s wait as 7,210 s). Without a
+    Date header it is measured against `now_wall` (Unix seconds)."""
     text = (value or "").strip()
     if not text:
         return None
     if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
+        return float(text)  # "1e400" cannot match; a 400-digit number gives inf
+    when = _http_date(text)
+    if when is None:
+        return None
+    reference = _http_date(server_date) if server_date else None
+    delta = when - (reference if reference is not None else now_wall)
+    return delta if delta >= 0 else None
+
+
+def _http_date(text: str | None) -> float | None:
+    """An HTTP date as Unix seconds, or None when it does not parse."""
     try:
-        when = email.utils.parsedate_to_datetime(text)
+        when = email.utils.parsedate_to_datetime(text or "")
+        if when.tzinfo is None:  # "-0000" or no zone: HTTP dates are always GMT
+            when = when.replace(tzinfo=UTC)
+        return when.timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:  # "-0000" or no zone: HTTP dates are always GMT
-        when = when.replace(tzinfo=UTC)
-    delta = when.timestamp() - now_wall
-    return delta if delta >= 0 else None
 
 
 def too_long(delay: float | None) -> bool:
@@ -149,13 +167,14 @@ class RateLimitStreak:
         """Decide on a 429 (`verdict.kind == "rate_limited"`) received at `now_wall`."""
         after_full_window = self.waited >= self.period
         self.count += 1
-        header = parse_retry_after(verdict.retry_after, now_wall)
+        header = parse_retry_after(verdict.retry_after, now_wall, verdict.server_date)
         if verdict.daily_limit:
             return RateLimitDecision(0.0, "backoff", "daily_limit", "the daily limit is reached",
                                      header)
         if header is not None and too_long(header):
+            asked = f"{header:.0f} s" if header <= MAX_RESUME_HINT else "more than a week"
             return RateLimitDecision(header, "retry_after", "budget_exhausted",
-                                     f"Retry-After asks for {header:.0f} s (over an hour)", header)
+                                     f"Retry-After asks for {asked} (over an hour)", header)
         if after_full_window:
             return RateLimitDecision(0.0, "backoff", "daily_limit",
                                      "429 again after waiting a full window", None)

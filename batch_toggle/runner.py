@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -26,14 +25,16 @@ from .classify import MAX_BODY, Verdict, classify_exception
 from .clock import utc_text
 from .committer import Committer, Finished
 from .config import SendOptions
-from .errors import ExitCode
-from .limiter import Budget, Ticket
+from .errors import ExitCode, StoreError
+from .limiter import DAY, Budget, Ticket, default_margin
 from .operations import Operation, Toggle
 from .outcome import Outcome
 from .plan import Units
 from .retry import (
+    MAX_RESUME_HINT,
     HaltDetector,
     OutageDetector,
+    RateLimitDecision,
     RateLimitStreak,
     RetryPolicy,
     is_network_failure,
@@ -282,6 +283,7 @@ class Runner:
         self._attempts: dict[int, int] = {}  # failed attempts of units re-queued after a 429
         self._streak = RateLimitStreak(options.rate.period)
         self._last_429 = -float("inf")
+        self._first_sent_wall: float | None = None  # this run's first request (wall clock)
         self._policy = RetryPolicy.from_options(options)
         self._halt = HaltDetector(options.halt_after)
         self._outage = OutageDetector.for_concurrency(options.concurrency, options.outage_limit)
@@ -496,6 +498,8 @@ class Runner:
             return _NOT_SENT
         self._started += 1
         wall = self.clocks.wall()
+        if self._first_sent_wall is None:
+            self._first_sent_wall = wall
         try:
             # Recorded before it leaves: a run killed mid-request still leaves its budget use
             # on record. If that cannot be recorded, the request is not sent. (The logged
@@ -601,11 +605,10 @@ class Runner:
         self._last_429 = self.clocks.mono()
         decision = self._streak.on_429(v, self.clocks.wall())
         if decision.end_run is not None:
-            wait = decision.resume_after or self.options.rate.period
-            when = datetime.fromtimestamp(self.clocks.wall() + wait, UTC)
-            stamp = when.isoformat(timespec="seconds")
+            stamp = self._resume_time(decision)
+            when = f"after {stamp}" if stamp is not None else "later"
             self.request_stop(Stop(decision.end_run, ExitCode.STOPPED,
-                                   f"{decision.reason}; resume with --resume after {stamp}",
+                                   f"{decision.reason}; resume with --resume {when}",
                                    resume_after=stamp))
             return
         self.budget.pause_until(self.clocks.mono() + decision.delay)
@@ -614,12 +617,42 @@ class Runner:
         self.hooks.event("pause", {"reason": "429", "seconds": round(decision.delay, 3),
                                    "source": decision.source})
 
+    def _resume_time(self, decision: RateLimitDecision) -> str | None:
+        """When a resume may send again, as a timestamp; None when no time can be told.
+
+        A Retry-After says it (up to MAX_RESUME_HINT: a larger one is no date a person can
+        use). Otherwise a daily limit frees its first slot when the oldest request still in
+        the last 24 hours leaves that window (plus the margin); the send log knows it, this
+        run's own first request at least. "429 again after a full window" without a header:
+        one more PERIOD."""
+        now = self.clocks.wall()
+        if decision.resume_after is not None:
+            wait = decision.resume_after
+            return utc_text(now + wait) if wait <= MAX_RESUME_HINT else None
+        if decision.end_run == "daily_limit":
+            oldest = self._oldest_send_in_day(now)
+            if oldest is not None:
+                return utc_text(max(now, oldest + DAY + default_margin(DAY)))
+        return utc_text(now + self.options.rate.period)
+
+    def _oldest_send_in_day(self, now_wall: float) -> float | None:
+        """The wall time of the oldest request still inside the last 24 hours: this run's
+        first, or an earlier run's from the state store's send log."""
+        oldest = self._first_sent_wall
+        store = self.committer.store
+        if store is not None:
+            with contextlib.suppress(StoreError):
+                logged = store.oldest_send(now_wall - DAY)
+                if logged is not None:
+                    oldest = logged if oldest is None else min(oldest, logged)
+        return oldest
+
     def _on_echo_429(self, v: Verdict) -> None:
         """A 429 to a request that was already in flight when an earlier 429 paused the run: the
         same refusal again, not news. It must neither grow the streak (the in-flight echoes of
         one 429 would pass for "429 again after a full window" and end the run) nor slow the
         run down; its own Retry-After is still honoured, as a minimum."""
-        wait = parse_retry_after(v.retry_after, self.clocks.wall())
+        wait = parse_retry_after(v.retry_after, self.clocks.wall(), v.server_date)
         if wait is not None and not too_long(wait):
             self.budget.pause_until(self.clocks.mono() + wait)
 

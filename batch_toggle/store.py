@@ -828,6 +828,15 @@ class StateStore:
                 " ORDER BY sent", (since_wall, since_wall)).fetchall()
 
     @_translated
+    def oldest_send(self, since_wall: float) -> float | None:
+        """The wall time of the oldest request sent at or after `since_wall`, or None: where a
+        daily window that a 429 says is full frees its first slot."""
+        with self._sends_lock:
+            row = self._sends_conn.execute("SELECT min(sent) FROM sends WHERE sent >= ?",
+                                           (since_wall,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    @_translated
     def prune_sends(self, before_wall: float) -> None:
         """Forget requests finished (or, never marked done, sent) before `before_wall`.
 

@@ -95,6 +95,28 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert got == (pytest.approx(expected) if expected is not None else None)
 
 
+def test_an_http_date_is_measured_against_the_responses_own_date() -> None:
+    """A client whose clock is 2 h behind must not read a 10 s wait as 7,210 s: the server
+    wrote Retry-After and Date on one clock."""
+    server_now = NOW
+    retry_at = format_datetime(datetime.fromtimestamp(server_now + 10, UTC), usegmt=True)
+    date = format_datetime(datetime.fromtimestamp(server_now, UTC), usegmt=True)
+    behind, ahead = NOW - 7200, NOW + 7200
+    assert parse_retry_after(retry_at, behind, date) == pytest.approx(10.0)
+    assert parse_retry_after(retry_at, ahead, date) == pytest.approx(10.0)
+    assert parse_retry_after(retry_at, behind) == pytest.approx(7210.0)  # no Date: our clock
+    assert parse_retry_after(retry_at, behind, "not a date") == pytest.approx(7210.0)
+    assert parse_retry_after("30", behind, date) == 30.0  # delta-seconds need no clock
+
+
+def test_absurd_retry_afters_are_too_long_never_an_error() -> None:
+    """10**12 (epoch milliseconds sent by mistake) and beyond: a number, too long to wait."""
+    assert parse_retry_after("1000000000000", NOW) == 1e12
+    assert parse_retry_after("9" * 400, NOW) == float("inf")
+    assert too_long(parse_retry_after("9" * 400, NOW))
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", NOW) > MAX_RETRY_AFTER
+
+
 def test_over_an_hour_is_too_long_to_sleep_through() -> None:
     assert MAX_RETRY_AFTER == 3600.0
     assert too_long(parse_retry_after("3601", NOW))

@@ -28,10 +28,11 @@ from helpers_time import run_virtual, vclock
 from test_limiter import max_in_window  # the same closed-window count the limiter is held to
 
 from batch_toggle import vocab
+from batch_toggle.clock import parse_utc
 from batch_toggle.committer import Committer, Finished
 from batch_toggle.config import Rate, SendOptions
 from batch_toggle.errors import ExitCode
-from batch_toggle.limiter import Budget
+from batch_toggle.limiter import DAY, Budget, default_margin
 from batch_toggle.operations import TOGGLE_PATH
 from batch_toggle.outcome import Outcome
 from batch_toggle.plan import Units
@@ -469,6 +470,50 @@ def test_a_retry_after_over_an_hour_ends_the_run_resumably_instead_of_sleeping()
     assert res.stop.resume_after is not None
     resume = datetime.fromisoformat(res.stop.resume_after).timestamp()
     assert resume == pytest.approx(EPOCH + 7200, abs=1.0)
+
+
+@pytest.mark.parametrize("value", ["1000000000000", "9" * 400,
+                                   "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_an_absurd_retry_after_ends_the_run_resumably_without_a_date(value: str) -> None:
+    """Seconds of 10**12 (or epoch milliseconds by mistake) overflowed the resume time into a
+    traceback, no report and an unrecorded run. Now: exit 4, the report complete, and no
+    resume time, since none can be told."""
+    logis = FakeLogis(by_seq={1: (429, ERROR_TEXT[429], {"Retry-After": value})})
+    res = run_units(jobs(5), logis, concurrency=1)
+    assert res.stop is not None
+    assert (res.stop.code, res.stop.exit_code) == ("budget_exhausted", ExitCode.STOPPED)
+    assert res.stop.resume_after is None
+    assert res.stop.message.endswith("; resume with --resume later")
+    assert len(res.report()) == 5 and res.outcome(job_name(0)).status == vocab.UPDATED
+
+
+def test_a_daily_429_without_retry_after_resumes_when_the_24_hour_window_frees() -> None:
+    """Not an hour later (an hourly cron would spend requests on 429s every hour): when the
+    oldest request still in the last 24 hours leaves that window, plus the margin."""
+    logis = FakeLogis(by_seq={3: (429, DAILY_LIMITED)}, latency=1.0)
+    res = run_units(jobs(10), logis, concurrency=1)
+    assert res.stop is not None and res.stop.code == "daily_limit"
+    first_send = EPOCH + logis.requests[0].t
+    reset = parse_utc(res.stop.resume_after)
+    assert reset is not None
+    assert reset.timestamp() == pytest.approx(first_send + DAY + default_margin(DAY), abs=0.01)
+
+
+def test_a_daily_429_counts_an_earlier_runs_sends_in_the_24_hours(tmp_path: Path) -> None:
+    """The send log remembers requests of earlier runs on the store: the window frees when
+    the oldest of those leaves it."""
+    earlier = EPOCH - 5 * 3600.0
+    with StateStore.open(tmp_path / "s.sqlite") as store:
+        store.create_run("run-test", command="run", inputs=[("in.csv", "0" * 64)],
+                         plan_key="{}", options={}, total_rows=4, started_at="2026-01-01")
+        store.record_sends([("old-1", earlier, earlier + 0.2), ("old-2", earlier + 60, None),
+                            ("ancient", EPOCH - 2 * DAY, EPOCH - 2 * DAY)])
+        logis = FakeLogis(by_seq={2: (429, DAILY_LIMITED)})
+        res = run_units(jobs(4), logis, concurrency=1, store=store)
+    assert res.stop is not None and res.stop.code == "daily_limit"
+    reset = parse_utc(res.stop.resume_after)
+    assert reset is not None
+    assert reset.timestamp() == pytest.approx(earlier + DAY + default_margin(DAY), abs=0.01)
 
 
 def test_a_retry_after_http_date_is_honoured() -> None:

@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 
-from . import FAST, cli_command, cli_env, collect, job_rows, write_input
+from batch_toggle.clock import parse_utc
+
+from . import FAST, cli_command, cli_env, collect, job_rows, puts, wait_until, write_input
 
 pytestmark = pytest.mark.e2e
 
@@ -96,3 +98,38 @@ def test_twenty_runs_crossing_a_power_of_two_of_the_monotonic_clock_all_finish(
         # The budget was met across the crossing: the runs waited for it.
         assert sum(run.summary["timeline"]["wait_s"]) > 1.0
     assert os.cpu_count()  # keep the import honest on exotic platforms
+
+
+@needs_faketime
+def test_a_wall_clock_stepped_back_mid_run_never_gives_a_negative_duration(
+        make_sandbox_server: Any, tmp_path: Path) -> None:
+    """Durations come from the monotonic clock; the wall clock only stamps start and finish.
+    The wall clock of the run is stepped back 2 hours once it has begun sending (libfaketime
+    reads its offset from a file the test rewrites; the monotonic clock is left alone)."""
+    server = make_sandbox_server()
+    src = write_input(tmp_path / "in.csv", job_rows(server.jobs[:12]))
+    offset = tmp_path / "faketime"
+    offset.write_text("+0s\n", encoding="utf-8")
+    env = cli_env(server.api_key)
+    env.update(LD_PRELOAD=str(LIBFAKETIME), FAKETIME_TIMESTAMP_FILE=str(offset),
+               FAKETIME_NO_CACHE="1", FAKETIME_DONT_FAKE_MONOTONIC="1")
+    command = cli_command(server, tmp_path, [src], *FAST, "--rate", "4/1s", "--no-progress")
+    started = time.monotonic()
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: len(puts(server)) >= 4, 30, "the first requests")
+        offset.write_text("-7200s\n", encoding="utf-8")
+        out, err = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    elapsed = time.monotonic() - started
+    run = collect(tmp_path, proc.returncode, out, err, elapsed)
+    assert run.code == 0, run.stderr
+    assert run.summary is not None
+    assert 1.0 <= run.summary["duration_s"] <= elapsed
+    # The stamps tell the wall clock's story, the step included.
+    assert parse_utc(run.summary["finished_at"]) < parse_utc(run.summary["started_at"])
