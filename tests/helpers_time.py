@@ -18,6 +18,7 @@ tasks.
 from __future__ import annotations
 
 import asyncio
+import math
 import selectors
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -60,13 +61,24 @@ class _AdvancingSelector(selectors.SelectSelector):
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An asyncio loop whose time only moves when every task is waiting on a timer."""
 
-    def __init__(self, real_wait: float = 10.0) -> None:
-        self.now = 0.0
+    def __init__(self, real_wait: float = 10.0, origin: float = 0.0) -> None:
+        self.now = origin  # a clock far from zero, like a host's that has been up for a while
         self.threads_busy = 0  # run_in_executor jobs not yet delivered back to the loop
         super().__init__(selector=_AdvancingSelector(self, real_wait))
 
     def time(self) -> float:
         return self.now
+
+    # asyncio runs a timer once `when < time() + _clock_resolution`. Near 2^35 s a float time
+    # cannot hold a nanosecond, so a timer due exactly now would never run and the loop would
+    # spin: a virtual clock's resolution is the float's (a real clock simply moves on).
+    @property
+    def _clock_resolution(self) -> float:
+        return max(1e-9, math.ulp(self.now))
+
+    @_clock_resolution.setter
+    def _clock_resolution(self, _value: float) -> None:
+        pass
 
     def run_in_executor(self, executor: Any, func: Callable[..., T], *args: Any
                         ) -> asyncio.Future[T]:
@@ -79,10 +91,12 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self.threads_busy -= 1
 
 
-def run_virtual(factory: Callable[[], Coroutine[Any, Any, T]], *, real_wait: float = 10.0) -> T:
-    """Run `factory()` to completion on a fresh VirtualTimeLoop; like asyncio.run, cancel
-    whatever tasks are left and shut down async generators and the default executor."""
-    loop = VirtualTimeLoop(real_wait)
+def run_virtual(factory: Callable[[], Coroutine[Any, Any, T]], *, real_wait: float = 10.0,
+                origin: float = 0.0) -> T:
+    """Run `factory()` to completion on a fresh VirtualTimeLoop whose clock starts at `origin`;
+    like asyncio.run, cancel whatever tasks are left and shut down async generators and the
+    default executor."""
+    loop = VirtualTimeLoop(real_wait, origin)
     try:
         asyncio.set_event_loop(loop)
         return loop.run_until_complete(factory())

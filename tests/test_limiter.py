@@ -53,16 +53,27 @@ class _AdvancingSelector(selectors.SelectSelector):
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An asyncio loop whose time only moves when every task is waiting on a timer."""
 
-    def __init__(self) -> None:
-        self.now = 0.0
+    def __init__(self, origin: float = 0.0) -> None:
+        self.now = origin
         super().__init__(selector=_AdvancingSelector(self))
 
     def time(self) -> float:
         return self.now
 
+    # asyncio runs a timer once `when < time() + _clock_resolution`. Near 2^35 s a float time
+    # cannot hold a nanosecond, so a timer due exactly now would never run and the loop would
+    # spin: a virtual clock's resolution is the float's (a real clock simply moves on).
+    @property
+    def _clock_resolution(self) -> float:
+        return max(1e-9, math.ulp(self.now))
 
-def run(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    loop = VirtualTimeLoop()
+    @_clock_resolution.setter
+    def _clock_resolution(self, _value: float) -> None:
+        pass
+
+
+def run(factory: Callable[[], Coroutine[Any, Any, T]], origin: float = 0.0) -> T:
+    loop = VirtualTimeLoop(origin)
     try:
         return loop.run_until_complete(factory())
     finally:

@@ -244,9 +244,10 @@ class Result:
 def run_units(units: Units, logis: FakeLogis, *, store: StateStore | None = None,
               run_id: str = "run-test", during: Callable[[Runner], object] | None = None,
               todo: Iterable[int] | None = None, signals: bool = False,
-              **options: Any) -> Result:
+              origin: float = 0.0, **options: Any) -> Result:
     """Send `units` through a Runner against `logis`; options are SendOptions fields (defaults
-    here: no --max-rps pacing, concurrency 4). `during(runner)` runs once the run has begun."""
+    here: no --max-rps pacing, concurrency 4). `during(runner)` runs once the run has begun.
+    `origin`: where the monotonic clock starts (the wall clock starts at EPOCH whatever it is)."""
     opts: dict[str, Any] = {"base_url": BASE_URL, "max_rps": 0, "concurrency": 4}
     opts.update(options)
     send_options = SendOptions(**opts)
@@ -258,7 +259,8 @@ def run_units(units: Units, logis: FakeLogis, *, store: StateStore | None = None
         committer = Committer(store, run_id, on_committed=committed.append)
         hooks = RunHooks(event=lambda kind, data: hook_events.append(
             (kind, dict(data), vclock(), len(logis.requests))))
-        clocks = _Clocks(mono=vclock, wall=lambda: EPOCH + vclock(), sleep=asyncio.sleep,
+        clocks = _Clocks(mono=vclock, wall=lambda: EPOCH + (vclock() - origin),
+                         sleep=asyncio.sleep,
                          rng=random.Random(0))
         transport = httpx.MockTransport(logis)
         async with httpx.AsyncClient(transport=transport, follow_redirects=False) as client:
@@ -283,7 +285,7 @@ def run_units(units: Units, logis: FakeLogis, *, store: StateStore | None = None
             return Result(runner, committer, logis, units, hook_events, vclock() - t0,
                           runner.progress_snapshot(), committed)
 
-    return run_virtual(main)
+    return run_virtual(main, origin=origin)
 
 
 def stop_at(t: float, stop: Stop) -> Callable[[Runner], object]:
