@@ -401,8 +401,9 @@ def test_retry_after_in_the_past_negative_or_junk_falls_back_to_the_backoff(
 
 
 def test_an_enormous_retry_after_ends_the_run_resumably(tmp_path: Path) -> None:
-    """Retry-After over an hour: exit 4 with the time a resume can start, not a day's sleep;
-    then a resume against a server that has recovered finishes the job."""
+    """Retry-After over an hour: exit 4, not a day's sleep; then a resume against a server
+    that has recovered finishes the job. 999,999,999 s (31 years) is no time a resume can be
+    told to start at: the stop says so and gives none (a sane one is tested in test_runner)."""
     def make(seen: Seen, n: int) -> bytes:
         return response(429, b'{"error": "Rate limit exceeded"}', {"Retry-After": "999999999"})
 
@@ -411,7 +412,8 @@ def test_an_enormous_retry_after_ends_the_run_resumably(tmp_path: Path) -> None:
     assert run.code == 4, run.stderr
     assert_complete(run, 3)
     assert statuses(run) == [("not_attempted", "budget_exhausted")] * 3
-    assert run.summary["stopped"]["resume_after"], run.summary["stopped"]
+    assert run.summary["stopped"]["resume_after"] is None, run.summary["stopped"]
+    assert "more than a week" in run.summary["stopped"]["message"]
     assert len(api.requests) == 1
     with serving(answer(lambda s, n: job_reply(s))) as api:
         resumed = run_cli(tmp_path, api.base_url, "--resume", "--concurrency", "1")
