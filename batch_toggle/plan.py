@@ -150,6 +150,11 @@ _MESSAGES = (
     "already confirmed in this state by an earlier run",
 )
 _MSG_UNCHANGED = 4
+# The tail of a superseded row's message: whether the row that is sent asks for the other
+# state, or for the same one (the unit's rows disagree, and --on-conflict chose that row).
+_OTHER_STATE = ", which asks for a different state"
+_SAME_STATE_CHOSEN = (", the row --on-conflict chose (rows for this job and target ask for "
+                      "different states)")
 _NAMED_ROWS = 5  # rows named in a message before "and N more"
 
 
@@ -286,9 +291,10 @@ def _dedupe(norm: pa.Table, valid: np.ndarray, job_code: np.ndarray, is_client: 
     rows.message[srt_rows[bad_row]] = code  # one message per code, same numbering
     rep_rows = srt_rows[rep_pos]
     member = ~bad_row & (np.arange(len(srt_rows)) != rep_pos[grp])
-    same_as_rep = s_state == s_state[rep_pos][grp]
-    dup_kind = np.where(st_conflict[grp] & ~(same_as_rep & (options.on_conflict == "opt-out-wins")),
-                        SUPERSEDED, DUPLICATE)
+    # In a unit whose rows disagree, every row but the one sent is `superseded`, whichever
+    # policy chose it and whatever state the row asks for: the unit's outcome was decided by a
+    # choice, not by rows that merely repeat each other (those are `duplicate`).
+    dup_kind = np.where(st_conflict[grp], SUPERSEDED, DUPLICATE)
     rows.state[srt_rows[member]] = dup_kind[member]
     rows.dup_of[srt_rows[member]] = rep_rows[grp][member]
     return np.sort(rep_rows[~bad])
@@ -496,9 +502,11 @@ def _finish(norm: pa.Table, rows: _Rows, units: Units,
     message = pa.array(_MESSAGES, pa.string()).take(pa.array(rows.message))
     superseded = np.flatnonzero(rows.state == SUPERSEDED)
     if len(superseded):
+        states = _states(norm)
+        same = states[superseded] == states[rows.dup_of[superseded]]
+        why = pa.array(np.where(same, _SAME_STATE_CHOSEN, _OTHER_STATE), pa.string())
         texts = pc.binary_join_element_wise(
-            "superseded by ", pa.array(refs(rows.dup_of[superseded]), pa.string()),
-            ", which asks for a different state", "")
+            "superseded by ", pa.array(refs(rows.dup_of[superseded]), pa.string()), why, "")
         message = _put(message, superseded, texts)
     if rows.custom:
         at = np.array(sorted(rows.custom), dtype=np.int64)
