@@ -28,12 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
+# Rate is imported for real (config.py loads nothing heavy): `typing.get_type_hints(Options)`,
+# which editors, pydantic and typeguard call, resolves every name in the annotations.
+from .config import Rate
 from .errors import BatchToggleError, ExitCode, InputError, UsageError
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .config import Rate
     from .jobs import Hooks, JobConfig, JobResult
 
 PathLike = str | os.PathLike[str]
@@ -42,8 +44,10 @@ PathLike = str | os.PathLike[str]
 class Options(TypedDict, total=False):
     """The keyword options of validate(), run() and audit(), as the CLI names them.
 
-    Each is optional; the defaults are the CLI's. Options that mean nothing to a command are
-    ignored by it (validate sends nothing, so `rate` only shapes its cost estimate)."""
+    Each is optional; the defaults are the CLI's. A command takes the options its CLI command
+    takes (validate sends nothing, so `rate` only shapes its cost estimate); an option of
+    another command (`audit(resume=True)`, `validate(sample=2)`) is a UsageError, as the CLI
+    refuses it, rather than silently ignored."""
 
     report: PathLike  # report path; .csv, .parquet or .jsonl (default reports/<stem>-<time>.csv)
     rejects: PathLike  # also write the rows that need attention, unmasked
@@ -84,6 +88,18 @@ class Options(TypedDict, total=False):
 
 
 _KNOWN = frozenset(Options.__annotations__)
+# Which options each call takes: those of its CLI command (the hooks are the library's own).
+_SENDING = frozenset({"base_url", "api_key", "api_key_file", "concurrency", "timeout",
+                      "max_attempts", "daily_limit", "max_requests", "stop_after", "halt_after",
+                      "insecure", "sandbox"})
+_RUN_ONLY = frozenset({"dry_run", "resume", "retry_failed", "canary"})
+_AUDIT_ONLY = frozenset({"sample", "seed"})
+_TAKES = {
+    "validate": _KNOWN - _SENDING - _RUN_ONLY - _AUDIT_ONLY,
+    "run": _KNOWN - _AUDIT_ONLY,
+    # An audit neither resumes nor retries, has no canary, and reads every unit.
+    "audit": _KNOWN - _RUN_ONLY - {"skip_confirmed"},
+}
 
 
 @dataclass(frozen=True)
@@ -201,6 +217,16 @@ def _config(command: str, inputs: PathLike | Sequence[PathLike],
     unknown = sorted(set(options) - _KNOWN)
     if unknown:
         raise TypeError(f"{command}() got unexpected keyword argument(s): {', '.join(unknown)}")
+    foreign = sorted(set(options) - _TAKES[command])
+    if foreign:
+        owners = {name: [c for c in _TAKES if name in _TAKES[c]] for name in foreign}
+        said = "; ".join(f"{name}= is an option of {' and '.join(f'{c}()' for c in owners[name])}"
+                         for name in foreign)
+        raise UsageError(f"{command}() does not take {', '.join(f'{n}=' for n in foreign)} "
+                         f"({said})")
+    if options.get("retry_failed") and not options.get("resume"):
+        raise UsageError("retry_failed=True goes with resume=True (it re-sends the retryable "
+                         "failures of the run being resumed)")
     o = dict(options)
     # The CLI reads LOGIS_BASE_URL through click; the library reads it here.
     o["base_url"] = o.get("base_url") or os.environ.get("LOGIS_BASE_URL")

@@ -110,6 +110,40 @@ def test_a_bad_option_raises_before_anything_is_read(tmp_path: Path) -> None:
     assert not (tmp_path / "x.csv").exists()
 
 
+@pytest.mark.parametrize("call, options, foreign", [
+    pytest.param("audit", {"resume": True}, "resume", id="audit-resume"),
+    pytest.param("audit", {"canary": 5}, "canary", id="audit-canary"),
+    pytest.param("audit", {"skip_confirmed": False}, "skip_confirmed", id="audit-skip"),
+    pytest.param("validate", {"sample": 2}, "sample", id="validate-sample"),
+    pytest.param("validate", {"concurrency": 2}, "concurrency", id="validate-concurrency"),
+    pytest.param("validate", {"dry_run": True}, "dry_run", id="validate-dry-run"),
+    pytest.param("run", {"seed": 3}, "seed", id="run-seed"),
+])
+def test_an_option_of_another_command_is_refused_as_the_cli_refuses_it(
+        tmp_path: Path, call: str, options: dict[str, Any], foreign: str) -> None:
+    with pytest.raises(UsageError, match=f"{call}\\(\\) does not take {foreign}=") as err:
+        extra = {} if call == "validate" else {"sandbox": True}
+        getattr(batch_toggle, call)(SAMPLE, report=tmp_path / "x.csv", **extra, **options)
+    assert err.value.exit_code == ExitCode.USAGE
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_retry_failed_without_resume_is_refused_as_the_cli_refuses_it(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="retry_failed=True goes with resume=True"):
+        batch_toggle.run(SAMPLE, sandbox=True, retry_failed=True, report=tmp_path / "x.csv")
+
+
+def test_the_options_type_hints_resolve() -> None:
+    """typing.get_type_hints (editors, pydantic, typeguard) resolves every annotation."""
+    import typing
+
+    from batch_toggle.config import Rate
+
+    hints = typing.get_type_hints(batch_toggle.Options)
+    assert hints["rate"] == str | Rate and hints["max_rps"] is float
+    assert set(hints) == set(batch_toggle.Options.__annotations__)
+
+
 def test_events_go_to_the_file_and_the_callback(tmp_path: Path) -> None:
     seen: list[str] = []
     events = tmp_path / "events.jsonl"
