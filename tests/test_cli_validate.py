@@ -619,3 +619,12 @@ def test_validate_takes_events_like_every_command(cwd: Path) -> None:
     (cwd / "taken").mkdir()
     bad = invoke(["validate", str(src), "--report", "r2.csv", "--events", "taken"])
     assert bad.exit_code == 2 and "taken" in bad.stderr and not (cwd / "r2.csv").exists()
+
+
+@pytest.mark.parametrize("flag", ["--no-progress", "--progress"])
+def test_validate_accepts_the_progress_flags_run_and_audit_take(cwd: Path, flag: str) -> None:
+    """A script that passes --no-progress to every command must not get exit 2 from validate."""
+    path = clean_file(cwd / "in.csv")
+    result = invoke(["validate", str(path), flag, "--report", "out.csv"])
+    assert result.exit_code == 0, result.output
+    assert (cwd / "out.csv").exists()

@@ -409,6 +409,9 @@ def apply_env_names(group: click.Group, specs: dict[str, dict[str, OptionSpec]])
 @main.command(epilog=EPILOG_VALIDATE)
 @input_options
 @EVENTS_OPTION
+@click.option("--progress/--no-progress", default=None,
+              help="Accepted as by run and audit, so that a script can pass it to every "
+                   "command; validate sends nothing and shows no progress bar.")
 def validate(**opts: Any) -> None:
     """Load, normalise, validate and dedupe INPUT...; report what would happen. No network."""
     from batch_toggle.jobs import validate as run_validate
