@@ -35,6 +35,7 @@ from .report import (
     render_summary_table,
     report_format,
     summary_path,
+    release_reservation,
     unused_report_path,
     write_json,
     write_table,
@@ -119,18 +120,22 @@ def load(config: JobConfig, hooks: Hooks = SILENT, *,
     started = datetime.now(UTC)  # a timestamp, for the record; never for a duration
     report_path = config.report_path or unused_report_path(
         default_report_path(config.inputs[0], started))
-    check_outputs_distinct({"report": report_path, "summary": summary_path(report_path),
-                            "HTML report": html_path(report_path) if config.html else None,
-                            "rejects file": config.rejects_path}, config.inputs)
-    for path in (report_path, config.rejects_path):
-        if path is not None:  # before reading anything: a bad extension or directory is exit 2
-            report_format(path)
-            check_writable(path)
-    loaded = load_inputs(config.inputs, config.load, stdin=stdin)
-    for warning in loaded.warnings:
-        hooks.notice(f"warning: {warning}")
-    norm = normalize(loaded.fields, set_state=config.load.set_state,
-                     default_target=config.load.default_target)
+    try:
+        check_outputs_distinct({"report": report_path, "summary": summary_path(report_path),
+                                "HTML report": html_path(report_path) if config.html else None,
+                                "rejects file": config.rejects_path}, config.inputs)
+        for path in (report_path, config.rejects_path):
+            if path is not None:  # before reading anything: a bad extension or directory: 2
+                report_format(path)
+                check_writable(path)
+        loaded = load_inputs(config.inputs, config.load, stdin=stdin)
+        for warning in loaded.warnings:
+            hooks.notice(f"warning: {warning}")
+        norm = normalize(loaded.fields, set_state=config.load.set_state,
+                         default_target=config.load.default_target)
+    except BaseException:
+        release_reservation(report_path)
+        raise
     return started, report_path, loaded, norm
 
 

@@ -45,7 +45,7 @@ from .limiter import DAY, WAIT_BUDGET, WAIT_DAILY, Budget
 from .operations import Operation
 from .outcome import Outcome
 from .plan import Units
-from .report import ReportError
+from .report import ReportError, release_reservation
 from .results import UnitResults, row_ref_array
 from .runner import Counters, Interrupts, RunHooks, Runner, Stop, interrupt_stop
 from .store import RunRecord, StateStore, default_state_path, record_interrupted
@@ -138,7 +138,12 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
     if resumed:
         prepared = replace(prepared, run_id=resumed[0].run_id)
     if store is not None:
-        store.acquire_lock(prepared.run_id, owner=f"batch-toggle run {' '.join(config.inputs)}")
+        try:
+            store.acquire_lock(prepared.run_id,
+                               owner=f"batch-toggle run {' '.join(config.inputs)}")
+        except BaseException:
+            release_reservation(prepared.report_path)  # refused: no empty report left behind
+            raise
         _record_start(config, store, prepared, resumed)
     announce_plan(prepared, hooks)
     previous = _previous_outcomes(store, prepared, bool(resumed))

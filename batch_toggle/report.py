@@ -96,16 +96,49 @@ def default_report_path(
     return Path(reports_dir) / f"{stem}-{now.strftime('%Y%m%dT%H%M%S')}.csv"
 
 
+# Default report paths this process reserved (created empty) and has not written yet.
+_RESERVED: set[str] = set()
+
+
 def unused_report_path(path: Path) -> Path:
     """`path`, or `x-2.csv`, `x-3.csv`... when a report (or its summary) is already there: two
     runs started in the same second with the default path must not write over each other's
-    evidence. Two processes starting at the very same moment can still pick the same name."""
+    evidence. The name is reserved atomically: the file is created empty (O_EXCL, 0600), so
+    that five processes starting in the same second get five names; the report replaces it,
+    and `release_reservation` removes it when the job ends before writing one. Where the file
+    cannot be created, the name is returned unreserved (check_writable then says why)."""
     path = Path(path)
+    with suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
     candidate, n = path, 2
-    while candidate.exists() or summary_path(candidate).exists():
+    while True:
+        if not summary_path(candidate).exists():
+            try:
+                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                 | getattr(os, "O_CLOEXEC", 0), 0o600))
+            except FileExistsError:
+                pass
+            except OSError:
+                return candidate
+            else:
+                _RESERVED.add(os.path.abspath(candidate))
+                return candidate
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
         n += 1
-    return candidate
+
+
+def release_reservation(path: Path | None) -> None:
+    """Remove the empty file `unused_report_path` reserved at `path`, when no report was
+    written there (the job failed first): a refused input leaves no empty report behind."""
+    if path is None:
+        return
+    key = os.path.abspath(path)
+    if key not in _RESERVED:
+        return
+    _RESERVED.discard(key)
+    with suppress(OSError):
+        if os.stat(key).st_size == 0:
+            os.unlink(key)
 
 
 def report_format(path: Path) -> str:
@@ -205,6 +238,7 @@ def write_table(table: pa.Table, path: Path, *, durable: bool = True) -> str:
         raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except (pa.ArrowException, TypeError, ValueError) as exc:
         raise ReportError(f"cannot write {path} as {fmt}: {exc}") from exc
+    _RESERVED.discard(os.path.abspath(path))  # the report took the reserved name's place
     return sink.hexdigest()
 
 

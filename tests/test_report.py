@@ -621,6 +621,33 @@ def test_a_default_report_path_already_taken_gets_a_number(tmp_path: Path) -> No
     assert unused_report_path(first) == tmp_path / "in-20261128T103000-3.csv"
 
 
+def test_a_default_report_name_is_reserved_as_it_is_chosen(tmp_path: Path) -> None:
+    """Five processes started in the same second each choose before any of them writes: the
+    name must be taken the moment it is chosen (an empty 0600 file), not when the report is
+    written, or they all choose the same one and one report survives."""
+    from batch_toggle.report import release_reservation, unused_report_path
+
+    base = tmp_path / "reports" / "in-20261128T103000.csv"
+    chosen = [unused_report_path(base) for _ in range(5)]
+    assert [p.name for p in chosen] == ["in-20261128T103000.csv"] + [
+        f"in-20261128T103000-{n}.csv" for n in range(2, 6)]
+    assert all(p.exists() and p.stat().st_mode & 0o777 == 0o600 for p in chosen)
+    release_reservation(chosen[1])  # a job that failed before writing leaves nothing
+    assert not chosen[1].exists()
+
+
+def test_a_refused_input_leaves_no_empty_report_behind(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import batch_toggle
+    from batch_toggle.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(InputError):
+        batch_toggle.validate(tmp_path / "bad.csv")
+    assert list((tmp_path / "reports").iterdir()) == []
+
+
 def test_two_runs_in_the_same_second_keep_both_reports(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by exploratory testing: the default path has one-second resolution, and the
