@@ -243,3 +243,36 @@ def test_a_plan_report_is_not_fsynced_a_report_of_requests_sent_is(
     synced = {Path(p).name[1:].rsplit(".", 2)[0] for p in seen if p.endswith(".tmp")}
     assert {"r.csv", "r.csv.summary.json", "r.csv.html"} <= synced, seen
     assert str(tmp_path) in seen
+
+
+def test_a_client_row_folded_into_another_of_its_client_is_confirmed_for_the_next_run(
+        tmp_path: Path) -> None:
+    """Two `client` rows for two jobs of one known client, same state: one request. Its
+    confirmation confirms both units, so a later file with the second job's row alone finds
+    it `unchanged` (no request) instead of sending it again."""
+    from batch_toggle.sandbox import load_seed
+
+    seed = load_seed(REPO / "sample_data" / "sandbox_seed.csv")
+    by_client: dict[str, list[Any]] = {}
+    for job in seed.jobs:
+        by_client.setdefault(job.client_id, []).append(job)
+    a, b = next(jobs for jobs in by_client.values() if len(jobs) >= 2)[:2]
+    header = "job_id,review_key,do_notify_sms,update_target\n"
+    state = tmp_path / "state.sqlite"
+
+    def run(name: str, *rows: str) -> Result:
+        path = tmp_path / f"{name}.csv"
+        path.write_text(header + "".join(r + "\n" for r in rows), encoding="utf-8")
+        return batch_toggle.run(path, sandbox=True, max_rps=1000, state=state, html=False,
+                                report=tmp_path / f"{name}.report.csv")
+
+    # The ledger learns both jobs' client from their job-level answers.
+    learnt = run("jobs", f"{a.job_id},{a.review_key},false,job",
+                 f"{b.job_id},{b.review_key},false,job")
+    assert learnt.counts == {"updated": 2}
+    both = run("clients", f"{a.job_id},{a.review_key},false,client",
+               f"{b.job_id},{b.review_key},false,client")
+    assert both.counts == {"updated": 1, "duplicate": 1} and both.summary["requests_sent"] == 1
+    alone = run("alone", f"{b.job_id},{b.review_key},false,client")
+    assert alone.counts == {"unchanged": 1}
+    assert alone.summary["requests_sent"] == 0

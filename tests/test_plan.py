@@ -235,6 +235,9 @@ def test_client_rows_for_jobs_of_one_client_send_once_when_states_agree():
     assert list(p.state) == [SEND, DUPLICATE, DUPLICATE]
     assert list(p.duplicate_of) == [-1, 0, 0]
     assert list(p.unit_of_row) == [0, 0, 0]
+    # The unit sent answers for J2's client unit too: the ledger must learn it (its job and
+    # its own review key), or the next run naming J2 alone sends it again.
+    assert dict(p.units.folded) == {0: ((J2, K2),)}
 
 
 _row = st.tuples(
