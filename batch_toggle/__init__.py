@@ -155,9 +155,16 @@ class Result:
 
     def attention(self) -> pa.Table:
         """The report rows that need attention (invalid, failed, conflict, mismatch,
-        not_attempted)."""
+        not_attempted); after a run that stopped early and resumes (exit 4 or 130), without
+        the not_attempted rows merely waiting for the next slice (`waiting`)."""
         from .results import attention_mask
-        return self.report.filter(attention_mask(self.report))
+        return self.report.filter(attention_mask(self.report, waiting=self.waiting > 0))
+
+    @property
+    def waiting(self) -> int:
+        """Rows not sent yet because the run stopped early and resumes (a cron slice ended):
+        the next `run(..., resume=True)` sends them. 0 otherwise."""
+        return int((self.summary.get("waiting") or {}).get("rows") or 0)
 
     @classmethod
     def of(cls, job: JobResult) -> Result:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import __version__, vocab
 from .clock import utc_text
@@ -43,7 +44,9 @@ from .report import (
 from .results import (
     UnitResults,
     assemble,
+    attention_mask,
     count_by,
+    count_by_code_and_status,
     describe_sources,
     rejects_table,
     row_refs,
@@ -257,9 +260,11 @@ def finish(prepared: Prepared, units: UnitResults, hooks: Hooks, *, stop_exit: E
     # can be made again by running it again, so it is not worth the fsyncs.
     durable = config.command != "validate" and not config.dry_run
     digest = write_table(report, prepared.report_path, durable=durable)
+    waiting = slice_ended(config, stop_exit)
     summary = build_summary(prepared, report, exit_code, digest, extra)
+    summary.update(attention_facts(report, waiting))
     if config.rejects_path is not None:
-        rejects = rejects_table(prepared.loaded, report)
+        rejects = rejects_table(prepared.loaded, report, waiting=waiting)
         write_table(rejects, config.rejects_path, durable=durable)
         summary["rejects"] = {"path": str(config.rejects_path), "rows": rejects.num_rows}
     if config.html:
@@ -269,6 +274,31 @@ def finish(prepared: Prepared, units: UnitResults, hooks: Hooks, *, stop_exit: E
     hooks.event("finish", {"run_id": prepared.run_id, "exit_code": int(exit_code),
                            "verdict": summary["verdict"], "counts": summary["counts_by_status"]})
     return JobResult(exit_code, prepared.run_id, prepared.report_path, summary, report)
+
+
+WAITING_NOTE = "not sent yet: the run stopped early and resumes; the next slice sends them"
+
+
+def slice_ended(config: JobConfig, stop_exit: ExitCode | None) -> bool:
+    """A run that stopped early and that `run --resume` continues (exit 4 or 130): its
+    `not_attempted` rows are waiting for the next slice, not rows that need a person. An audit
+    is never resumed, and exit 3 stops a run for good."""
+    return (config.command == "run" and not config.dry_run
+            and stop_exit in (ExitCode.STOPPED, ExitCode.INTERRUPTED))
+
+
+def attention_facts(report: pa.Table, waiting: bool) -> dict[str, Any]:
+    """The summary's split of the rows: those that need attention, and (a slice that ended)
+    those merely waiting for the next slice; and which statuses carry each error code."""
+    facts: dict[str, Any] = {
+        "error_codes_by_status": count_by_code_and_status(report) if report.num_rows else {},
+        "attention": {"rows": int(pc.sum(attention_mask(report, waiting=waiting)).as_py() or 0)
+                      if report.num_rows else 0},
+    }
+    if waiting:
+        rows = int(pc.sum(pc.equal(report["status"], vocab.NOT_ATTEMPTED)).as_py() or 0)
+        facts["waiting"] = {"rows": rows, "note": WAITING_NOTE}
+    return facts
 
 
 def _write_html(summary: dict[str, Any], report: pa.Table, report_path: Path,

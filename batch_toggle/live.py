@@ -124,6 +124,8 @@ def live_config(config: JobConfig) -> JobConfig:
 def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin: Any,
                 transport: httpx.AsyncBaseTransport | None) -> JobResult:
     resumed: list[RunRecord] = []
+    if config.resume and store is not None:
+        config = same_outputs(config, store)
 
     def ledger_for(loaded: Any) -> Any:
         if store is None:
@@ -316,18 +318,41 @@ def _announce_resume(config: JobConfig, hooks: Hooks, run_id: str, had: int, tod
                            "estimated_duration_s": round(seconds, 1)})
 
 
+def same_outputs(config: JobConfig, store: StateStore) -> JobConfig:
+    """A resume writes the report (with its summary and HTML page) and the rejects file of
+    the run it continues, in place, unless --report / --rejects say otherwise: a cron job that
+    runs in slices has one current report, not one per slice (a 100,000-row job in 20 slices
+    left 1.25 GB of them). The paths are those the run recorded when it began."""
+    if config.report_path is not None and config.rejects_path is not None:
+        return config
+    record = store.find_unfinished_run(input_names(config), plan_key(config),
+                                       retry_failed=config.retry_failed)
+    if record is None:
+        return config
+    outputs = record.options.get("outputs") or {}
+    report, rejects = outputs.get("report"), outputs.get("rejects")
+    return replace(
+        config,
+        report_path=config.report_path or (Path(report) if report else None),
+        rejects_path=config.rejects_path or (Path(rejects) if rejects else None))
+
+
 def _record_start(config: JobConfig, store: StateStore, prepared: Prepared,
                   resumed: list[RunRecord], command: str = "run") -> None:
     from .jobs import options_record
     now = utc_text()
+    # Where this run writes, for the resumes that continue it (see same_outputs).
+    options = {**options_record(config), "outputs": {
+        "report": os.path.abspath(prepared.report_path),
+        "rejects": os.path.abspath(config.rejects_path) if config.rejects_path else None}}
     if resumed:
-        store.mark_resumed(prepared.run_id, resumed_at=now, options=options_record(config),
+        store.mark_resumed(prepared.run_id, resumed_at=now, options=options,
                            units=prepared.plan.requests_needed)
         return
     inputs = [(name, s.sha256) for name, s in zip(input_names(config), prepared.loaded.sources,
                                                    strict=True)]
     store.create_run(prepared.run_id, command=command, inputs=inputs, plan_key=plan_key(config),
-                     options=options_record(config), total_rows=prepared.loaded.raw.num_rows,
+                     options=options, total_rows=prepared.loaded.raw.num_rows,
                      started_at=now, units=prepared.plan.requests_needed)
 
 

@@ -606,35 +606,62 @@ def render_summary_table(summary: Mapping[str, Any], *, color: bool = False) -> 
     caller decides, NO_COLOR and TTY included). Missing keys are left out."""
     statuses = _ordered_counts(summary.get(SUMMARY_COUNTS_BY_STATUS) or {}, STATUSES)
     codes = _ordered_counts(summary.get(SUMMARY_COUNTS_BY_ERROR_CODE) or {}, ERROR_CODES)
-    counts: list[list[tuple[str, str, str]]] = []  # sections of (label, value, colour)
+    waiting = summary.get("waiting") or {}
+    # sections of (label, value, colour, note): the note follows the aligned count
+    counts: list[list[tuple[str, str, str, str]]] = []
     if statuses:
         total = sum(n for _, n in statuses)
         counts.append(
-            [("status", "rows", _BOLD)]
-            + [(name, f"{n:,}", _status_colour(name)) for name, n in statuses]
-            + [("total", f"{total:,}", _BOLD)]
+            [("status", "rows", _BOLD, "")]
+            + [(name, f"{n:,}", _status_colour(name), _status_note(name, waiting))
+               for name, n in statuses]
+            + [("total", f"{total:,}", _BOLD, "")]
         )
     if codes:
+        by_status = summary.get("error_codes_by_status") or {}
         counts.append(
-            [("error_code", "rows", _BOLD)] + [(name, f"{n:,}", _RED) for name, n in codes]
+            [("error_code", "rows", _BOLD, "")]
+            + [(name, f"{n:,}", _RED, _code_note(by_status.get(name) or {})) for name, n in codes]
         )
     facts = [
-        (label, _format_scalar(key, summary[key]), "")
+        (label, _format_scalar(key, summary[key]), "", "")
         for key, label in SUMMARY_LINES
         if summary.get(key) is not None
     ]
+    if waiting:
+        # A slice that ended: what waits for the next one, apart from what needs a person.
+        attention = int((summary.get("attention") or {}).get("rows") or 0)
+        facts[:0] = [("waiting", f"{int(waiting.get('rows') or 0):,} rows: the next slice "
+                      "(run --resume) sends them", "", ""),
+                     ("attention", f"{attention:,} rows need attention (invalid, conflict, "
+                      "failed, mismatch)", "", "")]
     everything = [row for section in counts for row in section] + facts
-    width = max((len(label) for label, _, _ in everything), default=0)
-    count_width = max((len(value) for section in counts for _, value, _ in section), default=0)
-    sections = [[(label, value.rjust(count_width), c) for label, value, c in s] for s in counts]
+    width = max((len(label) for label, *_ in everything), default=0)
+    count_width = max((len(value) for section in counts for _, value, _, _ in section),
+                      default=0)
+    sections = [[(label, value.rjust(count_width), c, note) for label, value, c, note in s]
+                for s in counts]
     sections += [facts] if facts else []
     lines: list[str] = []
     for section in sections:
         lines += [""] if lines else []
-        for label, value, colour in section:
-            line = f"{label.ljust(width)}  {value}".rstrip()
+        for label, value, colour, note in section:
+            line = f"{label.ljust(width)}  {value}{'  ' + note if note else ''}".rstrip()
             lines.append(f"{colour}{line}{_RESET}" if color and colour else line)
     return "".join(line + "\n" for line in lines)
+
+
+def _status_note(status: str, waiting: Mapping[str, Any]) -> str:
+    """After a slice that ended, its not_attempted rows are waiting, not a problem."""
+    return "waiting: the next slice sends them" if status == NOT_ATTEMPTED and waiting else ""
+
+
+def _code_note(by_status: Mapping[str, int]) -> str:
+    """Which statuses carry a code, when several do: a duplicate row shares its unit's code
+    (`budget_exhausted` on 174 not_attempted rows and their 5 duplicates counts 179)."""
+    if len(by_status) < 2:
+        return ""
+    return "(" + ", ".join(f"{int(n):,} {status}" for status, n in by_status.items()) + ")"
 
 
 def _ordered_counts(counts: Mapping[str, int], order: tuple[str, ...]) -> list[tuple[str, int]]:

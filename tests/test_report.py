@@ -537,6 +537,29 @@ def test_summary_table_colours_only_when_asked() -> None:
     assert plain == render_summary_table(SUMMARY)
 
 
+def test_summary_table_says_which_rows_carry_a_code_that_several_statuses_share() -> None:
+    """Duplicates of unsent rows share their unit's budget_exhausted: 179 rows carry it next to
+    174 not_attempted. The table says so instead of leaving the two counts to disagree."""
+    summary = {"counts_by_status": {"updated": 100, "not_attempted": 174, "duplicate": 12},
+               "counts_by_error_code": {"budget_exhausted": 179, "job_not_found": 1},
+               "error_codes_by_status": {"budget_exhausted": {"not_attempted": 174,
+                                                              "duplicate": 5},
+                                         "job_not_found": {"failed": 1}}}
+    lines = render_summary_table(summary).splitlines()
+    assert "budget_exhausted   179  (174 not_attempted, 5 duplicate)" in lines
+    assert "job_not_found        1" in lines  # one status: nothing to explain
+
+
+def test_summary_table_sets_waiting_rows_apart_from_those_that_need_attention() -> None:
+    summary = {"counts_by_status": {"updated": 30, "not_attempted": 244, "invalid": 9},
+               "waiting": {"rows": 244, "note": "..."}, "attention": {"rows": 9},
+               "verdict": "stopped early: resumable"}
+    lines = render_summary_table(summary).splitlines()
+    assert "not_attempted   244  waiting: the next slice sends them" in lines
+    assert "waiting        244 rows: the next slice (run --resume) sends them" in lines
+    assert "attention      9 rows need attention (invalid, conflict, failed, mismatch)" in lines
+
+
 def test_summary_table_of_an_empty_summary_is_empty() -> None:
     assert render_summary_table({}) == ""
 
