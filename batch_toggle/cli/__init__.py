@@ -80,7 +80,8 @@ def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.argument("inputs", nargs=-1, required=True, metavar="INPUT..."),
         click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path),
                      help="Report path; .csv, .parquet or .jsonl. Default: "
-                          "reports/<first input stem>-<UTC time>.csv"),
+                          "reports/<first input stem>-<UTC time>.csv; a --resume writes the "
+                          "report of the run it continues, in place."),
         click.option("--map", "maps", multiple=True, metavar="FIELD=COLUMN",
                      help="Use COLUMN for FIELD (job_id, review_key, do_notify_sms, "
                           "update_target). Repeatable; wins over name matching."),
@@ -105,7 +106,8 @@ def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "$XDG_STATE_HOME/batch-toggle/state.sqlite"),
         click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
                      help="Also write the rows that need attention, unmasked, in the input's "
-                          "own layout, ready to fix and re-run."),
+                          "own layout, ready to fix and re-run (rows merely waiting for the "
+                          "next slice of a resumable run are left out)."),
         click.option("--encoding", metavar="NAME",
                      help="Force the input encoding (default: UTF-8, falling back to cp1252)."),
         click.option("--rate", default="2500/h", show_default=True, metavar="N/PERIOD",
