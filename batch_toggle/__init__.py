@@ -61,6 +61,7 @@ class Options(TypedDict, total=False):
     skip_confirmed: bool
     allow_resubscribe: bool
     encoding: str
+    sheet: str | int  # an .xlsx input's sheet: its name, or its number from 1 (default 1)
     rate: str | Rate  # "2500/h"
     max_rps: float
     base_url: str

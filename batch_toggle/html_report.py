@@ -276,7 +276,8 @@ def _inputs_table(inputs: Sequence[Mapping[str, Any]]) -> str:
     body = []
     for item in inputs:
         columns = ", ".join(f"{k} &larr; {_e(v)}" for k, v in (item.get("columns") or {}).items())
-        body.append(f"<tr><td><code>{_e(item.get('file'))}</code></td>"
+        sheet = f" (sheet {_e(item['sheet'])})" if item.get("sheet") else ""
+        body.append(f"<tr><td><code>{_e(item.get('file'))}</code>{sheet}</td>"
                     f"<td class=\"num\">{_n(item.get('rows'))}</td><td>{_e(item.get('encoding'))}"
                     f"</td><td><code>{_e(item.get('sha256'))}</code></td><td>{columns}</td></tr>")
     return f"<table class=\"inputs\">{head}<tbody>{''.join(body)}</tbody></table>\n"

@@ -88,6 +88,7 @@ class SourceFile:
     encoding: str  # "utf-8", "utf-8-sig", "utf-16", "cp1252", a forced one; "parquet"/"xlsx"
     columns: tuple[str, ...]  # the header as read
     mapping: dict[str, str] = field(default_factory=dict)  # field -> column supplying it
+    sheet: str | None = None  # the .xlsx sheet read (its name); None for other formats
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class _Parsed:
     encoding: str
     extra: pa.ChunkedArray | None = None  # the `_extra` cells of long rows
     warnings: list[str] = field(default_factory=list)
+    sheet: str | None = None  # the .xlsx sheet read
 
 
 def load_inputs(
@@ -186,7 +188,7 @@ def _load_one(
         data = _gunzip(name, data)
     if not data:
         raise InputError(name, "file is empty (no header row)")
-    parsed = _parse(name, data, kind, prefer_tab, options.encoding)
+    parsed = _parse(name, data, kind, prefer_tab, options.encoding, options.sheet)
 
     names, renamed = _unique_names(parsed.header)
     columns = list(parsed.columns)
@@ -208,6 +210,7 @@ def _load_one(
         encoding=parsed.encoding,
         columns=tuple(parsed.header),
         mapping=mapping,
+        sheet=parsed.sheet,
     )
     return source, table, fields, messages
 
@@ -228,11 +231,12 @@ def _kind(path: str) -> tuple[str, bool, bool]:
     return kinds.get(ext, "unknown"), ext in (".tsv", ".tab"), gzipped
 
 
-def _parse(name: str, data: bytes, kind: str, prefer_tab: bool, encoding: str | None) -> _Parsed:
+def _parse(name: str, data: bytes, kind: str, prefer_tab: bool, encoding: str | None,
+           sheet: str | None = None) -> _Parsed:
     if kind == "parquet":
         return _parse_parquet(name, data)
     if kind == "xlsx":
-        return _parse_xlsx(name, data)
+        return _parse_xlsx(name, data, sheet)
     if kind == "jsonl":
         return _parse_jsonl(name, data, encoding)
     return _parse_delimited(name, data, encoding, prefer_tab, sniff_only=kind == "unknown")
@@ -645,8 +649,10 @@ def _arrow_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
 # --- XLSX -----------------------------------------------------------------------------------
 
 
-def _parse_xlsx(name: str, data: bytes) -> _Parsed:
-    """First sheet; the first non-blank row is the header; blank rows are skipped."""
+def _parse_xlsx(name: str, data: bytes, wanted: str | None = None) -> _Parsed:
+    """One sheet: `wanted` (--sheet: a name, else a 1-based index), by default the first. The
+    first non-blank row is the header; blank rows are skipped. A workbook of several sheets
+    read by default says which one was read, so that nobody assumes all of them were."""
     import openpyxl  # imported here: only XLSX inputs pay for it
 
     try:
@@ -654,25 +660,48 @@ def _parse_xlsx(name: str, data: bytes) -> _Parsed:
             warnings.simplefilter("ignore")  # openpyxl warns about styles it cannot read
             book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
             try:
-                sheet = book.worksheets[0]
+                names = list(book.sheetnames)
+                chosen = _sheet_index(name, names, wanted)
+                sheet = book.worksheets[chosen]
                 if hasattr(sheet, "reset_dimensions"):
                     sheet.reset_dimensions()  # the stored dimensions may be wrong
                 cells = [list(r) for r in sheet.iter_rows(values_only=True)]
             finally:
                 book.close()
+    except InputError:
+        raise
     except Exception as exc:  # openpyxl raises a zoo of types (zipfile, KeyError, XML...)
         raise InputError(name, f"cannot read as .xlsx: {exc or type(exc).__name__}") from exc
     texts = [[_py_text(v) for v in row] for row in cells]
     rows = [row for row in texts if any(v not in (None, "") for v in row)]
     if not rows:
-        raise InputError(name, "the first sheet is empty (no header row)")
+        raise InputError(name, f"sheet {names[chosen]!r} is empty (no header row)")
     header_cells = rows[0]
     while header_cells and header_cells[-1] in (None, ""):
         header_cells.pop()
     header = ["" if v is None else v for v in header_cells]
     parsed = _rows_to_parsed(name, header, rows[1:], "\t", warn_short=False)
     parsed.encoding = "xlsx"
+    parsed.sheet = names[chosen]
+    if wanted is None and len(names) > 1:
+        parsed.warnings.append(
+            f"{name}: read its first sheet {names[0]!r} of {len(names)} "
+            f"({_list(names)}); --sheet NAME|INDEX reads another")
     return parsed
+
+
+def _sheet_index(name: str, names: list[str], wanted: str | None) -> int:
+    """The index of the sheet to read: 0 (the first) by default; a sheet named `wanted`; else
+    `wanted` as a 1-based index (a sheet named "2" wins over the second sheet)."""
+    if wanted is None:
+        return 0
+    text = str(wanted).strip()
+    if text in names:
+        return names.index(text)
+    if text.isdecimal() and 1 <= int(text) <= len(names):
+        return int(text) - 1
+    raise InputError(name, f"--sheet {wanted}: no such sheet (sheets: {_list(names)}; give a "
+                     f"name or an index from 1 to {len(names)})")
 
 
 # --- values as text -------------------------------------------------------------------------

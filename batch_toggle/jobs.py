@@ -378,6 +378,7 @@ def options_record(config: JobConfig) -> dict[str, Any]:
     return {
         "map": dict(config.load.column_map), "set_state": config.load.set_state,
         "default_target": config.load.default_target, "encoding": config.load.encoding,
+        "sheet": config.load.sheet,
         "on_conflict": config.plan.on_conflict, "max_invalid": config.plan.max_invalid,
         "skip_confirmed": config.plan.skip_confirmed,
         "allow_resubscribe": config.plan.allow_resubscribe,

@@ -66,11 +66,15 @@ def check_base_url(url: str, insecure: bool) -> None:
 
 
 def plan_key(config: JobConfig) -> str:
-    """The options that shape the plan; a resume must match them."""
-    return json.dumps({
+    """The options that shape the plan; a resume must match them. The .xlsx sheet only when
+    one is named (another sheet is other rows with the same file hash; without --sheet the
+    key stays what it was, so runs recorded before --sheet existed still resume)."""
+    key: dict[str, Any] = {
         "map": sorted(config.load.column_map), "set_state": config.load.set_state,
-        "default_target": config.load.default_target, "on_conflict": config.plan.on_conflict,
-    }, sort_keys=True)
+        "default_target": config.load.default_target, "on_conflict": config.plan.on_conflict}
+    if config.load.sheet is not None:
+        key["sheet"] = config.load.sheet
+    return json.dumps(key, sort_keys=True)
 
 
 def input_names(config: JobConfig) -> list[str]:

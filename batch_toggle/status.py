@@ -180,7 +180,8 @@ def _sends_now(store: StateStore, record: RunRecord, upper_bound: int) -> int:
     try:
         loaded = load_inputs(record.input_names, LoadOptions(
             column_map=tuple((opts.get("map") or {}).items()), encoding=opts.get("encoding"),
-            set_state=opts.get("set_state"), default_target=opts.get("default_target")))
+            set_state=opts.get("set_state"), default_target=opts.get("default_target"),
+            sheet=opts.get("sheet")))
     except BatchToggleError:
         return upper_bound
     if loaded.raw.num_rows != record.total_rows:
@@ -264,6 +265,8 @@ def resume_command(record: RunRecord, state_path: Path | None = None, *,
         args += ["--set-state", "true" if opts["set_state"] else "false"]
     if opts.get("default_target"):
         args += ["--default-target", str(opts["default_target"])]
+    if opts.get("sheet"):
+        args += ["--sheet", str(opts["sheet"])]
     if opts.get("on_conflict") and opts["on_conflict"] != "last":
         args += ["--on-conflict", str(opts["on_conflict"])]
     if state_path is not None:

@@ -110,6 +110,10 @@ def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "next slice of a resumable run are left out)."),
         click.option("--encoding", metavar="NAME",
                      help="Force the input encoding (default: UTF-8, falling back to cp1252)."),
+        click.option("--sheet", metavar="NAME|INDEX",
+                     help="The sheet of an .xlsx input to read: its name, or its number from "
+                          "1. Default: the first sheet (said when there are several); the "
+                          "summary records the sheet read."),
         click.option("--rate", default="2500/h", show_default=True, metavar="N/PERIOD",
                      help="Budget: at most N requests in any sliding window of PERIOD "
                           "(s, m, h, d or seconds like 10s)."),
