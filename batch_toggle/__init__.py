@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from .jobs import Hooks, JobConfig, JobResult
 
 PathLike = str | os.PathLike[str]
+# What validate(), run() and audit() read: a path, or several; or a table held in memory (a
+# pandas DataFrame, a pyarrow Table, a list of dicts), named in the report "<DataFrame>",
+# "<Table>", "<records>" and numbered from row 1 as a file's rows are.
+Inputs = Any
 
 
 class Options(TypedDict, total=False):
@@ -167,13 +171,23 @@ class Result:
         the next `run(..., resume=True)` sends them. 0 otherwise."""
         return int((self.summary.get("waiting") or {}).get("rows") or 0)
 
+    def to_pandas(self) -> Any:
+        """The report as a pandas DataFrame (one row per input row). Needs pandas: `pip
+        install 'batch-toggle[pandas]'`."""
+        try:
+            import pandas  # noqa: F401 - only to say what is missing, in our words
+        except ImportError as exc:
+            raise ImportError("Result.to_pandas() needs pandas: pip install "
+                              "'batch-toggle[pandas]'") from exc
+        return self.report.to_pandas()
+
     @classmethod
     def of(cls, job: JobResult) -> Result:
         return cls(ExitCode(job.exit_code), job.run_id, Path(job.report_path), job.summary,
                    job.report)
 
 
-def validate(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> Result:
+def validate(inputs: Inputs, **options: Unpack[Options]) -> Result:
     """Load, normalise, validate and dedupe; write the report of what would happen. No network.
 
     Reads the state store when one exists (never writes it), so it predicts `unchanged` and
@@ -186,7 +200,7 @@ def validate(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) 
         return Result.of(validate_job(config, hooks, ledger=read_ledger(config)))
 
 
-def run(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> Result:
+def run(inputs: Inputs, **options: Unpack[Options]) -> Result:
     """Plan, send the toggles to Logis (or, with sandbox=True, to the in-process simulator),
     write the report. dry_run=True plans and reports only."""
     from .jobs import validate as validate_job
@@ -200,7 +214,7 @@ def run(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> Re
         return Result.of(run_job(config, hooks))
 
 
-def audit(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> Result:
+def audit(inputs: Inputs, **options: Unpack[Options]) -> Result:
     """Read-only: one GET track per distinct job; rows `in_sync` or `would_change`. Never sends
     a toggle. sample=N reads only N distinct jobs (seeded by `seed`)."""
     from .audit import AuditOptions
@@ -217,8 +231,7 @@ def audit(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> 
 # --- building the config ---------------------------------------------------------------------
 
 
-def _config(command: str, inputs: PathLike | Sequence[PathLike],
-            options: Mapping[str, Any]) -> JobConfig:
+def _config(command: str, inputs: Inputs, options: Mapping[str, Any]) -> JobConfig:
     """One frozen JobConfig from keyword options, built as the CLI builds it (job_options)."""
     from .job_options import job_config
 
@@ -242,16 +255,40 @@ def _config(command: str, inputs: PathLike | Sequence[PathLike],
     api_key = None
     if command != "validate" and not dry_run:
         api_key = _api_key(o, required=not sandbox)
-    return job_config(command, _inputs(inputs), o, dry_run=dry_run, sandbox=sandbox,
+    names, tables = _inputs(inputs)
+    return job_config(command, names, o, dry_run=dry_run, sandbox=sandbox,
                       resume=bool(o.get("resume")), retry_failed=bool(o.get("retry_failed")),
-                      api_key=api_key)
+                      api_key=api_key, tables=tables)
 
 
-def _inputs(inputs: PathLike | Sequence[PathLike]) -> tuple[str, ...]:
+def _inputs(inputs: Inputs) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The input names, and the tables given in memory by the name that stands for each."""
+    from .ingest import in_memory_table
+
+    whole = in_memory_table(inputs)
+    if whole is not None:
+        return (f"<{whole[0]}>",), {f"<{whole[0]}>": whole[1]}
     items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     if not items:
-        raise UsageError("no input: give at least one file")
-    return tuple(os.fspath(i) for i in items)
+        raise UsageError("no input: give at least one file, a DataFrame, a pyarrow Table or "
+                         "a list of dicts")
+    names: list[str] = []
+    tables: dict[str, Any] = {}
+    kinds: dict[str, int] = {}
+    for item in items:
+        found = in_memory_table(item)
+        if found is None:
+            if not isinstance(item, str | os.PathLike):
+                raise UsageError(f"input {type(item).__name__!r}: expected a path, a pandas "
+                                 "DataFrame, a pyarrow Table or a list of dicts")
+            names.append(os.fspath(item))
+            continue
+        kind, table = found
+        kinds[kind] = kinds.get(kind, 0) + 1
+        name = f"<{kind}>" if kinds[kind] == 1 else f"<{kind} {kinds[kind]}>"
+        names.append(name)
+        tables[name] = table
+    return tuple(names), tables
 
 
 def _api_key(o: Mapping[str, Any], required: bool) -> str | None:

@@ -12,7 +12,7 @@ import platform
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,6 +86,9 @@ class JobConfig:
     sandbox: bool = False
     html: bool = True  # also write <report>.html, the page people read and print
     api_key: str | None = field(default=None, repr=False)  # never printed, logged or stored
+    # Inputs given in memory (the library: a DataFrame, a pyarrow Table, a list of dicts), by
+    # the name that stands for each in `inputs` ("<DataFrame>"); see ingest.in_memory_table.
+    tables: Mapping[str, pa.Table] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -126,12 +129,13 @@ def load(config: JobConfig, hooks: Hooks = SILENT, *,
     try:
         check_outputs_distinct({"report": report_path, "summary": summary_path(report_path),
                                 "HTML report": html_path(report_path) if config.html else None,
-                                "rejects file": config.rejects_path}, config.inputs)
+                                "rejects file": config.rejects_path},
+                               [i for i in config.inputs if i not in config.tables])
         for path in (report_path, config.rejects_path):
             if path is not None:  # before reading anything: a bad extension or directory: 2
                 report_format(path)
                 check_writable(path)
-        loaded = load_inputs(config.inputs, config.load, stdin=stdin)
+        loaded = load_inputs(config.inputs, config.load, stdin=stdin, tables=config.tables)
         for warning in loaded.warnings:
             hooks.notice(f"warning: {warning}")
         norm = normalize(loaded.fields, set_state=config.load.set_state,

@@ -78,7 +78,10 @@ def plan_key(config: JobConfig) -> str:
 
 
 def input_names(config: JobConfig) -> list[str]:
-    return [name if name == "-" else os.path.abspath(name) for name in config.inputs]
+    """The inputs as the store records them: absolute paths; stdin and the tables given in
+    memory by the name that stands for them."""
+    return [name if name == "-" or name in config.tables else os.path.abspath(name)
+            for name in config.inputs]
 
 
 @contextmanager

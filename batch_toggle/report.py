@@ -86,6 +86,8 @@ def default_report_path(
     """
     if first_input == "-":
         stem = "stdin"
+    elif first_input.startswith("<") and first_input.endswith(">"):  # given in memory
+        stem = first_input[1:-1].strip().lower().replace(" ", "-") or "input"
     else:
         name = Path(first_input).name
         if name.lower().endswith(".gz"):

@@ -20,7 +20,7 @@ from typing import Any
 
 from .clock import parse_utc, utc_text
 from .errors import BatchToggleError, ExitCode, InputError
-from .ingest import sha256_of
+from .ingest import is_in_memory_name, sha256_of
 from .store import RunRecord, StateStore, default_state_path
 from .watchdog import HEARTBEAT, STALL_AFTER
 
@@ -167,7 +167,7 @@ def _sends_now(store: StateStore, record: RunRecord, upper_bound: int) -> int:
     them), less the units that have a final outcome. A unit another run confirmed since is
     `unchanged` there, without a request. `upper_bound` (the store's count) when the inputs
     cannot be planned again: standard input, or a file whose rows do not match the record."""
-    if any(name == "-" for name in record.input_names):
+    if any(name == "-" or is_in_memory_name(name) for name in record.input_names):
         return upper_bound
     from .config import LoadOptions, PlanOptions
     from .ingest import load_inputs
@@ -239,8 +239,8 @@ def _later_run_or_changed_input(store: StateStore, record: RunRecord,
 def _input_problem(record: RunRecord) -> str | None:
     """Why the inputs no longer match the run (resume would exit 2), or None."""
     for name, digest in record.inputs:
-        if name == "-":
-            continue  # stdin cannot be checked here; the resume itself will check it
+        if name == "-" or is_in_memory_name(name):
+            continue  # stdin (or a table) cannot be checked here; the resume itself will
         if not os.path.exists(name):
             return f"input missing: {name}"
         try:
