@@ -8,6 +8,7 @@ received (`handle.requests()`): one GET per distinct job, never a PUT.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -187,8 +188,8 @@ def test_no_key_is_a_usage_error_before_any_read(sandbox_server: Any, tmp_path: 
 
 def _verbose(stderr: str) -> list[str]:
     """The -v lines of stderr (each starts with a UTC timestamp), without their timestamps."""
-    return [line[21:] for line in stderr.splitlines()
-            if len(line) > 21 and line[4] == "-" and line[10] == "T" and line[19:21] == "Z "]
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z ")
+    return [line[m.end():] for line in stderr.splitlines() if (m := stamp.match(line))]
 
 
 def _events(path: Path) -> list[dict[str, Any]]:
