@@ -5,8 +5,9 @@ How the examples are run, and why each liberty is taken:
 
 * In a temporary copy of what the repository ships for them (`sample_data/`, `Makefile`,
   `pyproject.toml`, an empty `reports/`), with the installed virtualenv linked in as `.venv`
-  (so `make install` finds it up to date and `. .venv/bin/activate` works), never in the
-  repository itself: an example's reports must not land in the working tree.
+  (entry by entry, with a stamp of its own, so that `make install` finds it up to date and
+  never reinstalls from the copy; `. .venv/bin/activate` works), never in the repository
+  itself: an example's reports must not land in the working tree.
 * HOME and the state store live in the temporary directory; `/tmp/` in a block is that
   directory's `tmp/` (four engineers run these tests on one machine at once: fixed paths in
   /tmp would collide).
@@ -30,6 +31,7 @@ A block that is not meant to run says so right above it, with the reason:
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -145,7 +147,15 @@ def make_place(root: Path, base_url: str, api_key: str) -> Place:
         else:
             shutil.copy2(source, cwd / name)  # keeps mtimes: make sees .venv up to date
     (cwd / "reports").mkdir()
-    (cwd / ".venv").symlink_to(VENV)
+    # The virtualenv, entry by entry, with a stamp of its own: `make install` (and `make demo`,
+    # which depends on it) must find it up to date and never reinstall the package into the
+    # real virtualenv from this temporary copy.
+    (cwd / ".venv").mkdir()
+    for entry in VENV.iterdir():
+        if entry.name != ".installed":
+            (cwd / ".venv" / entry.name).symlink_to(entry)
+    os.utime(cwd / "pyproject.toml", (0, 0))
+    (cwd / ".venv" / ".installed").touch()
     env = {
         "PATH": f"{VENV / 'bin'}:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(tmp),
         "LANG": "C.UTF-8", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1",
