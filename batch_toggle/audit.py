@@ -52,13 +52,13 @@ from .live import (
     _send_summary,
     finish_interruptible,
     live_config,
+    lock_store,
     open_store,
     run_watchdog,
 )
 from .operations import Track, track_verdict
 from .outcome import Outcome
 from .plan import Units
-from .report import release_reservation
 from .results import UnitResults
 from .runner import Interrupts
 from .store import LedgerUpdate, StateStore
@@ -206,12 +206,7 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
     prepared = prepare_or_refuse(config, hooks, stdin=stdin,
                        ledger_for=(lambda _loaded: ledger_view(store)) if store else None)
     if store is not None:
-        try:
-            store.acquire_lock(prepared.run_id,
-                               owner=f"batch-toggle audit {' '.join(config.inputs)}")
-        except BaseException:
-            release_reservation(prepared.report_path)  # refused: no empty report left behind
-            raise
+        lock_store(store, prepared, "audit")
         _record_start(config, store, prepared, [], command="audit")
     reads = plan_reads(prepared.plan.units)
     todo = choose_sample(len(reads), options.sample, options.seed)

@@ -147,12 +147,7 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
     if resumed:
         prepared = replace(prepared, run_id=resumed[0].run_id)
     if store is not None:
-        try:
-            store.acquire_lock(prepared.run_id,
-                               owner=f"batch-toggle run {' '.join(config.inputs)}")
-        except BaseException:
-            release_reservation(prepared.report_path)  # refused: no empty report left behind
-            raise
+        lock_store(store, prepared, "run")
         _record_start(config, store, prepared, resumed)
     announce_plan(prepared, hooks)
     previous = _previous_outcomes(store, prepared, bool(resumed))
@@ -323,6 +318,18 @@ def _announce_resume(config: JobConfig, hooks: Hooks, run_id: str, had: int, tod
                  f"send: about {format_duration(seconds)} at {rate}")
     hooks.event("resume", {"run_id": run_id, "units_with_outcome": had, "units_to_send": todo,
                            "estimated_duration_s": round(seconds, 1)})
+
+
+def lock_store(store: StateStore, prepared: Prepared, command: str) -> None:
+    """Take the store's one-run lock for `prepared` (StoreLocked when another run holds it:
+    its default report name, reserved, is then given back, so that a refused run leaves no
+    empty report behind)."""
+    try:
+        store.acquire_lock(prepared.run_id,
+                           owner=f"batch-toggle {command} {' '.join(prepared.config.inputs)}")
+    except BaseException:
+        release_reservation(prepared.report_path)
+        raise
 
 
 def same_outputs(config: JobConfig, store: StateStore) -> JobConfig:
@@ -560,4 +567,5 @@ def _send_summary(runner: Runner, counters: Counters, config: JobConfig) -> dict
     return extra
 
 
-__all__ = ["run", "check_base_url", "live_config", "make_client", "open_store", "plan_key"]
+__all__ = ["run", "check_base_url", "live_config", "lock_store", "make_client", "open_store",
+           "plan_key", "same_outputs"]

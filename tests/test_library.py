@@ -276,3 +276,19 @@ def test_a_client_row_folded_into_another_of_its_client_is_confirmed_for_the_nex
     alone = run("alone", f"{b.job_id},{b.review_key},false,client")
     assert alone.counts == {"unchanged": 1}
     assert alone.summary["requests_sent"] == 0
+
+
+def test_a_run_refused_by_a_held_lock_leaves_no_empty_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default report name is reserved (an empty file) before the lock is taken: a run
+    that another run's lock refuses gives it back."""
+    from batch_toggle.errors import StoreLocked
+    from batch_toggle.store import StateStore
+
+    monkeypatch.chdir(tmp_path)
+    state = tmp_path / "state.sqlite"
+    with StateStore.open(state) as holder:
+        holder.acquire_lock("someone-else", owner="another run")
+        with pytest.raises(StoreLocked):
+            batch_toggle.run(SAMPLE, sandbox=True, state=state)
+    assert list((tmp_path / "reports").iterdir()) == []
