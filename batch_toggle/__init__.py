@@ -28,22 +28,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
+# Rate is imported for real (config.py loads nothing heavy): `typing.get_type_hints(Options)`,
+# which editors, pydantic and typeguard call, resolves every name in the annotations.
+from .config import Rate
 from .errors import BatchToggleError, ExitCode, InputError, UsageError
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .config import Rate
     from .jobs import Hooks, JobConfig, JobResult
 
 PathLike = str | os.PathLike[str]
+# What validate(), run() and audit() read: a path, or several; or a table held in memory (a
+# pandas DataFrame, a pyarrow Table, a list of dicts), named in the report "<DataFrame>",
+# "<Table>", "<records>" and numbered from row 1 as a file's rows are.
+Inputs = Any
 
 
 class Options(TypedDict, total=False):
     """The keyword options of validate(), run() and audit(), as the CLI names them.
 
-    Each is optional; the defaults are the CLI's. Options that mean nothing to a command are
-    ignored by it (validate sends nothing, so `rate` only shapes its cost estimate)."""
+    Each is optional; the defaults are the CLI's. A command takes the options its CLI command
+    takes (validate sends nothing, so `rate` only shapes its cost estimate); an option of
+    another command (`audit(resume=True)`, `validate(sample=2)`) is a UsageError, as the CLI
+    refuses it, rather than silently ignored."""
 
     report: PathLike  # report path; .csv, .parquet or .jsonl (default reports/<stem>-<time>.csv)
     rejects: PathLike  # also write the rows that need attention, unmasked
@@ -57,6 +65,7 @@ class Options(TypedDict, total=False):
     skip_confirmed: bool
     allow_resubscribe: bool
     encoding: str
+    sheet: str | int  # an .xlsx input's sheet: its name, or its number from 1 (default 1)
     rate: str | Rate  # "2500/h"
     max_rps: float
     base_url: str
@@ -84,6 +93,18 @@ class Options(TypedDict, total=False):
 
 
 _KNOWN = frozenset(Options.__annotations__)
+# Which options each call takes: those of its CLI command (the hooks are the library's own).
+_SENDING = frozenset({"base_url", "api_key", "api_key_file", "concurrency", "timeout",
+                      "max_attempts", "daily_limit", "max_requests", "stop_after", "halt_after",
+                      "insecure", "sandbox"})
+_RUN_ONLY = frozenset({"dry_run", "resume", "retry_failed", "canary"})
+_AUDIT_ONLY = frozenset({"sample", "seed"})
+_TAKES = {
+    "validate": _KNOWN - _SENDING - _RUN_ONLY - _AUDIT_ONLY,
+    "run": _KNOWN - _AUDIT_ONLY,
+    # An audit neither resumes nor retries, has no canary, and reads every unit.
+    "audit": _KNOWN - _RUN_ONLY - {"skip_confirmed"},
+}
 
 
 @dataclass(frozen=True)
@@ -139,9 +160,26 @@ class Result:
 
     def attention(self) -> pa.Table:
         """The report rows that need attention (invalid, failed, conflict, mismatch,
-        not_attempted)."""
+        not_attempted); after a run that stopped early and resumes (exit 4 or 130), without
+        the not_attempted rows merely waiting for the next slice (`waiting`)."""
         from .results import attention_mask
-        return self.report.filter(attention_mask(self.report))
+        return self.report.filter(attention_mask(self.report, waiting=self.waiting > 0))
+
+    @property
+    def waiting(self) -> int:
+        """Rows not sent yet because the run stopped early and resumes (a cron slice ended):
+        the next `run(..., resume=True)` sends them. 0 otherwise."""
+        return int((self.summary.get("waiting") or {}).get("rows") or 0)
+
+    def to_pandas(self) -> Any:
+        """The report as a pandas DataFrame (one row per input row). Needs pandas: `pip
+        install 'batch-toggle[pandas]'`."""
+        try:
+            import pandas  # noqa: F401 - only to say what is missing, in our words
+        except ImportError as exc:
+            raise ImportError("Result.to_pandas() needs pandas: pip install "
+                              "'batch-toggle[pandas]'") from exc
+        return self.report.to_pandas()
 
     @classmethod
     def of(cls, job: JobResult) -> Result:
@@ -149,7 +187,7 @@ class Result:
                    job.report)
 
 
-def validate(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> Result:
+def validate(inputs: Inputs, **options: Unpack[Options]) -> Result:
     """Load, normalise, validate and dedupe; write the report of what would happen. No network.
 
     Reads the state store when one exists (never writes it), so it predicts `unchanged` and
@@ -162,7 +200,7 @@ def validate(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) 
         return Result.of(validate_job(config, hooks, ledger=read_ledger(config)))
 
 
-def run(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> Result:
+def run(inputs: Inputs, **options: Unpack[Options]) -> Result:
     """Plan, send the toggles to Logis (or, with sandbox=True, to the in-process simulator),
     write the report. dry_run=True plans and reports only."""
     from .jobs import validate as validate_job
@@ -176,7 +214,7 @@ def run(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> Re
         return Result.of(run_job(config, hooks))
 
 
-def audit(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> Result:
+def audit(inputs: Inputs, **options: Unpack[Options]) -> Result:
     """Read-only: one GET track per distinct job; rows `in_sync` or `would_change`. Never sends
     a toggle. sample=N reads only N distinct jobs (seeded by `seed`)."""
     from .audit import AuditOptions
@@ -193,14 +231,23 @@ def audit(inputs: PathLike | Sequence[PathLike], **options: Unpack[Options]) -> 
 # --- building the config ---------------------------------------------------------------------
 
 
-def _config(command: str, inputs: PathLike | Sequence[PathLike],
-            options: Mapping[str, Any]) -> JobConfig:
+def _config(command: str, inputs: Inputs, options: Mapping[str, Any]) -> JobConfig:
     """One frozen JobConfig from keyword options, built as the CLI builds it (job_options)."""
     from .job_options import job_config
 
     unknown = sorted(set(options) - _KNOWN)
     if unknown:
         raise TypeError(f"{command}() got unexpected keyword argument(s): {', '.join(unknown)}")
+    foreign = sorted(set(options) - _TAKES[command])
+    if foreign:
+        owners = {name: [c for c in _TAKES if name in _TAKES[c]] for name in foreign}
+        said = "; ".join(f"{name}= is an option of {' and '.join(f'{c}()' for c in owners[name])}"
+                         for name in foreign)
+        raise UsageError(f"{command}() does not take {', '.join(f'{n}=' for n in foreign)} "
+                         f"({said})")
+    if options.get("retry_failed") and not options.get("resume"):
+        raise UsageError("retry_failed=True goes with resume=True (it re-sends the retryable "
+                         "failures of the run being resumed)")
     o = dict(options)
     # The CLI reads LOGIS_BASE_URL through click; the library reads it here.
     o["base_url"] = o.get("base_url") or os.environ.get("LOGIS_BASE_URL")
@@ -208,16 +255,40 @@ def _config(command: str, inputs: PathLike | Sequence[PathLike],
     api_key = None
     if command != "validate" and not dry_run:
         api_key = _api_key(o, required=not sandbox)
-    return job_config(command, _inputs(inputs), o, dry_run=dry_run, sandbox=sandbox,
+    names, tables = _inputs(inputs)
+    return job_config(command, names, o, dry_run=dry_run, sandbox=sandbox,
                       resume=bool(o.get("resume")), retry_failed=bool(o.get("retry_failed")),
-                      api_key=api_key)
+                      api_key=api_key, tables=tables)
 
 
-def _inputs(inputs: PathLike | Sequence[PathLike]) -> tuple[str, ...]:
+def _inputs(inputs: Inputs) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The input names, and the tables given in memory by the name that stands for each."""
+    from .ingest import in_memory_table
+
+    whole = in_memory_table(inputs)
+    if whole is not None:
+        return (f"<{whole[0]}>",), {f"<{whole[0]}>": whole[1]}
     items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     if not items:
-        raise UsageError("no input: give at least one file")
-    return tuple(os.fspath(i) for i in items)
+        raise UsageError("no input: give at least one file, a DataFrame, a pyarrow Table or "
+                         "a list of dicts")
+    names: list[str] = []
+    tables: dict[str, Any] = {}
+    kinds: dict[str, int] = {}
+    for item in items:
+        found = in_memory_table(item)
+        if found is None:
+            if not isinstance(item, str | os.PathLike):
+                raise UsageError(f"input {type(item).__name__!r}: expected a path, a pandas "
+                                 "DataFrame, a pyarrow Table or a list of dicts")
+            names.append(os.fspath(item))
+            continue
+        kind, table = found
+        kinds[kind] = kinds.get(kind, 0) + 1
+        name = f"<{kind}>" if kinds[kind] == 1 else f"<{kind} {kinds[kind]}>"
+        names.append(name)
+        tables[name] = table
+    return tuple(names), tables
 
 
 def _api_key(o: Mapping[str, Any], required: bool) -> str | None:

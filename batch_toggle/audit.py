@@ -52,6 +52,7 @@ from .live import (
     _send_summary,
     finish_interruptible,
     live_config,
+    lock_store,
     open_store,
     run_watchdog,
 )
@@ -205,8 +206,7 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
     prepared = prepare_or_refuse(config, hooks, stdin=stdin,
                        ledger_for=(lambda _loaded: ledger_view(store)) if store else None)
     if store is not None:
-        store.acquire_lock(prepared.run_id,
-                           owner=f"batch-toggle audit {' '.join(config.inputs)}")
+        lock_store(store, prepared, "audit")
         _record_start(config, store, prepared, [], command="audit")
     reads = plan_reads(prepared.plan.units)
     todo = choose_sample(len(reads), options.sample, options.seed)
@@ -232,7 +232,7 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
             return units, {**_send_summary(runner, counters, config), **facts}
 
         result = finish_interruptible(prepared, hooks, runner, interrupts, results)
-        for line in audit_lines(facts):
+        for line in audit_lines(facts, stopped=runner.stop is not None):
             hooks.notice(line)
         if store is not None:
             store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
@@ -241,6 +241,9 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
     if runner.committer.error is not None:
         hooks.notice(f"warning: the state store stopped accepting outcomes: "
                      f"{runner.committer.error}")
+    if runner.stop is not None:
+        # Last on stderr, as for `run`: why the audit ended before reading every job.
+        hooks.notice(f"stopped: {runner.stop.message}")
     return result
 
 
@@ -359,11 +362,14 @@ def sample_estimate(in_sync: int, measured: int, population: int, jobs: int,
     return est
 
 
-def audit_lines(facts: Mapping[str, Any]) -> list[str]:
+def audit_lines(facts: Mapping[str, Any], *, stopped: bool = False) -> list[str]:
     """The stderr lines after the summary table: what a run needs, the sample's estimate, and
-    that the review key was not verified."""
+    that the review key was not verified. `stopped`: the audit ended before reading every job
+    (its `stopped:` line follows), so the counts cover only what was read."""
     needs = facts["run_needs"]
     of = " of the sample" if facts.get("sample") else ""
+    if stopped:
+        of += " among the jobs read before it stopped"
     n = needs["requests_needed"]
     lines = [f"audit: {facts['audit']['units_in_sync']:,} units in sync, {n:,} would change{of}; "
              f"a run needs {n:,} request{'' if n == 1 else 's'} for them: about "

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .outcome import Outcome
-from .store import LedgerUpdate, StateStore
+from .store import LedgerUpdates, StateStore
 
 # The longest a commit round waits for the answers still in flight to join it (it waits for
 # none when none is in flight). A round's commit (its fsync) costs more than its rows, and a
@@ -57,7 +57,7 @@ class Finished:
     unit: int
     row: int
     outcome: Outcome
-    ledger: LedgerUpdate | None
+    ledger: LedgerUpdates
 
 
 class Committer:

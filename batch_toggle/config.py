@@ -94,6 +94,7 @@ class LoadOptions:
     encoding: str | None = None
     set_state: bool | None = None  # --set-state: override the desired state on every row
     default_target: str | None = None  # --default-target: fill empty targets
+    sheet: str | None = None  # --sheet: an .xlsx input's sheet, by name or 1-based index
 
 
 @dataclass(frozen=True)

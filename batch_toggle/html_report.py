@@ -276,7 +276,8 @@ def _inputs_table(inputs: Sequence[Mapping[str, Any]]) -> str:
     body = []
     for item in inputs:
         columns = ", ".join(f"{k} &larr; {_e(v)}" for k, v in (item.get("columns") or {}).items())
-        body.append(f"<tr><td><code>{_e(item.get('file'))}</code></td>"
+        sheet = f" (sheet {_e(item['sheet'])})" if item.get("sheet") else ""
+        body.append(f"<tr><td><code>{_e(item.get('file'))}</code>{sheet}</td>"
                     f"<td class=\"num\">{_n(item.get('rows'))}</td><td>{_e(item.get('encoding'))}"
                     f"</td><td><code>{_e(item.get('sha256'))}</code></td><td>{columns}</td></tr>")
     return f"<table class=\"inputs\">{head}<tbody>{''.join(body)}</tbody></table>\n"
@@ -446,19 +447,33 @@ def _timeline_axis(timeline: Mapping[str, Any], n: int, width_s: float, left: fl
 # --- rows that need attention ----------------------------------------------------------------
 
 
+def _waiting(summary: Mapping[str, Any]) -> str:
+    """A slice that ended (exit 4 or 130, resumable): the rows not sent yet wait for the next
+    slice. Said apart from the rows that need attention, which they are not."""
+    waiting = summary.get("waiting") or {}
+    if not waiting:
+        return ""
+    return (f"<p class=\"note\" id=\"waiting\"><strong>Waiting: {_n(waiting.get('rows', 0))} "
+            "rows</strong> are not sent yet: this run stopped early and resumes, and the next "
+            "slice (<code>run --resume</code>) sends them. They are <code>not_attempted</code> "
+            "in the report, not listed below and not in the <code>--rejects</code> file until "
+            "the job is finished or stopped for good.</p>\n")
+
+
 def _attention(summary: Mapping[str, Any], report: pa.Table, limit: int) -> str:
     rows, total = attention_rows(summary, report, limit)
-    title = "<h2>Rows that need attention</h2>\n"
+    title = "<h2>Rows that need attention</h2>\n" + _waiting(summary)
+    what = ("invalid, in conflict, failed or mismatched" if summary.get("waiting")
+            else "invalid, in conflict, failed, mismatched or not attempted")
     if total == 0:
         return (f"<section class=\"attention\" id=\"attention\">\n{title}<p class=\"note\">None: "
-                "no row is invalid, in conflict, failed, mismatched or not attempted.</p>"
-                "</section>\n")
+                f"no row is {what}.</p></section>\n")
     head = "".join(f"<th>{_e(h)}</th>" for h, _ in _ATTENTION_COLUMNS)
     body = "".join(_attention_row(r) for r in rows)
     inputs = summary.get("inputs") or []
     where = (f" (<code>row</code>: the data row of {_e(Path(str(inputs[0].get('file'))).name)})"
              if len(inputs) == 1 else " (<code>row</code>: file and data row)")
-    intro = (f"<p>{_n(total)} rows are invalid, in conflict, failed, mismatched or not attempted"
+    intro = (f"<p>{_n(total)} rows are {what}"
              f"{where}. Review keys are masked; <code>--rejects PATH</code> writes these rows "
              "unmasked, in the input's own layout, ready to fix and re-run.</p>\n")
     more = ""
@@ -508,7 +523,7 @@ def attention_rows(summary: Mapping[str, Any], report: pa.Table,
     Column-wise filter, then only the kept rows become Python objects: cheap for 1M rows."""
     if report.num_rows == 0 or "status" not in report.column_names:
         return [], 0
-    hits = report.filter(attention_mask(report))
+    hits = report.filter(attention_mask(report, waiting=bool(summary.get("waiting"))))
     total = hits.num_rows
     keys = review_key_columns(summary, report.column_names)
     several = len(summary.get("inputs") or []) > 1  # name the file only when there are several

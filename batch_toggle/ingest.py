@@ -40,7 +40,7 @@ import struct
 import sys
 import warnings
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import itemgetter
@@ -88,6 +88,7 @@ class SourceFile:
     encoding: str  # "utf-8", "utf-8-sig", "utf-16", "cp1252", a forced one; "parquet"/"xlsx"
     columns: tuple[str, ...]  # the header as read
     mapping: dict[str, str] = field(default_factory=dict)  # field -> column supplying it
+    sheet: str | None = None  # the .xlsx sheet read (its name); None for other formats
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class _Parsed:
     encoding: str
     extra: pa.ChunkedArray | None = None  # the `_extra` cells of long rows
     warnings: list[str] = field(default_factory=list)
+    sheet: str | None = None  # the .xlsx sheet read
 
 
 def load_inputs(
@@ -117,8 +119,13 @@ def load_inputs(
     options: LoadOptions,
     *,
     stdin: BinaryIO | None = None,
+    tables: Mapping[str, pa.Table] | None = None,
 ) -> LoadedInput:
     """Read every input in order and unify them into one table of text.
+
+    `tables` holds the inputs given in memory (a notebook's DataFrame, see `in_memory_table`),
+    by the name that stands for them among `paths` ("<DataFrame>"): read like a file of that
+    name, their rows numbered from 1.
 
     Raises InputError (naming the file, and the row where there is one) for a file that cannot
     be read, decoded or parsed, a required field with no column, two columns matching one field,
@@ -131,7 +138,7 @@ def load_inputs(
         # Standard input can be read once: the second `-` would read it empty.
         raise UsageError("standard input (-) is given more than once: give it once")
     column_map = _check_column_map(options.column_map)
-    loaded = [_load_one(os.fspath(p), options, column_map, stdin) for p in paths]
+    loaded = [_load_one(os.fspath(p), options, column_map, stdin, tables or {}) for p in paths]
 
     order: dict[str, None] = {}
     for _, table, _, _ in loaded:
@@ -169,6 +176,67 @@ def loose_name(name: str) -> str:
 _LOOSE_ALIASES: Final = {f: {loose_name(a) for a in names} for f, names in ALIASES.items()}
 
 
+# --- inputs held in memory (the library, in a notebook) ---------------------------------------
+
+IN_MEMORY: Final = "in-memory"  # the `encoding` of an input given as a table, not a file
+
+
+def is_in_memory_name(name: str) -> bool:
+    """Whether an input name stands for a table given in memory ("<DataFrame>"), not a path."""
+    return name.startswith("<") and name.endswith(">") and name != STDIN_NAME
+
+
+def in_memory_table(data: Any) -> tuple[str, pa.Table] | None:
+    """(kind, table) for an input given in memory, None for anything else (a path).
+
+    A pandas DataFrame ("DataFrame", its index left out), a pyarrow Table ("Table") or a list
+    of dicts ("records", keys as columns in order of first appearance). Every value becomes
+    text later, as a file's cells do. pandas is never imported here: an object can only be a
+    DataFrame when its caller has imported pandas already."""
+    if isinstance(data, pa.Table):
+        return "Table", data
+    pandas = sys.modules.get("pandas")
+    if pandas is not None and isinstance(data, pandas.DataFrame):
+        return "DataFrame", _from_pandas(data)
+    if isinstance(data, list | tuple) and data and all(isinstance(r, Mapping) for r in data):
+        return "records", _from_records(data)
+    return None
+
+
+def _from_pandas(frame: Any) -> pa.Table:
+    """A DataFrame as an Arrow table; a column Arrow cannot type (mixed Python objects) goes
+    through its values one by one, as a list of dicts does."""
+    frame = frame.reset_index(drop=True)
+    frame.columns = [str(c) for c in frame.columns]
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError):
+        records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        return _from_records(records, list(frame.columns))
+
+
+def _from_records(records: Sequence[Mapping[str, Any]],
+                  header: list[str] | None = None) -> pa.Table:
+    keys: dict[str, None] = dict.fromkeys(header or [])
+    for record in records:
+        keys.update(dict.fromkeys(str(k) for k in record))
+    columns = {k: pa.array([_py_text(r.get(k)) for r in records], pa.string()) for k in keys}
+    return pa.table(columns) if columns else pa.table({})
+
+
+def _table_sha256(table: pa.Table) -> str:
+    """The evidence hash of an input given in memory: of its values as text, in Arrow's IPC
+    stream form (the same table always hashes the same; a resume uses it as a file's)."""
+    import pyarrow.ipc as ipc
+
+    text = pa.table([_arrow_text(c).combine_chunks() for c in table.columns],
+                    names=table.column_names)
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, text.schema) as writer:
+        writer.write_table(text)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
 # --- one file -------------------------------------------------------------------------------
 
 
@@ -177,7 +245,13 @@ def _load_one(
     options: LoadOptions,
     column_map: dict[str, str],
     stdin: BinaryIO | None,
+    tables: Mapping[str, pa.Table],
 ) -> tuple[SourceFile, pa.Table, pa.Table, list[str]]:
+    if path in tables:
+        table = tables[path]
+        parsed = _Parsed(list(table.column_names), [_arrow_text(c) for c in table.columns],
+                         table.num_rows, IN_MEMORY)
+        return _unify(path, _table_sha256(table), parsed, options, column_map)
     name = STDIN_NAME if path == "-" else path
     data = _read_stdin(stdin) if path == "-" else _read_file(path)
     sha = hashlib.sha256(data).hexdigest()
@@ -186,8 +260,13 @@ def _load_one(
         data = _gunzip(name, data)
     if not data:
         raise InputError(name, "file is empty (no header row)")
-    parsed = _parse(name, data, kind, prefer_tab, options.encoding)
+    parsed = _parse(name, data, kind, prefer_tab, options.encoding, options.sheet)
+    return _unify(name, sha, parsed, options, column_map)
 
+
+def _unify(name: str, sha: str, parsed: _Parsed, options: LoadOptions,
+           column_map: dict[str, str]) -> tuple[SourceFile, pa.Table, pa.Table, list[str]]:
+    """One input as read -> its source record, its raw table, its fields and its warnings."""
     names, renamed = _unique_names(parsed.header)
     columns = list(parsed.columns)
     if parsed.extra is not None:
@@ -208,6 +287,7 @@ def _load_one(
         encoding=parsed.encoding,
         columns=tuple(parsed.header),
         mapping=mapping,
+        sheet=parsed.sheet,
     )
     return source, table, fields, messages
 
@@ -228,11 +308,12 @@ def _kind(path: str) -> tuple[str, bool, bool]:
     return kinds.get(ext, "unknown"), ext in (".tsv", ".tab"), gzipped
 
 
-def _parse(name: str, data: bytes, kind: str, prefer_tab: bool, encoding: str | None) -> _Parsed:
+def _parse(name: str, data: bytes, kind: str, prefer_tab: bool, encoding: str | None,
+           sheet: str | None = None) -> _Parsed:
     if kind == "parquet":
         return _parse_parquet(name, data)
     if kind == "xlsx":
-        return _parse_xlsx(name, data)
+        return _parse_xlsx(name, data, sheet)
     if kind == "jsonl":
         return _parse_jsonl(name, data, encoding)
     return _parse_delimited(name, data, encoding, prefer_tab, sniff_only=kind == "unknown")
@@ -645,8 +726,10 @@ def _arrow_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
 # --- XLSX -----------------------------------------------------------------------------------
 
 
-def _parse_xlsx(name: str, data: bytes) -> _Parsed:
-    """First sheet; the first non-blank row is the header; blank rows are skipped."""
+def _parse_xlsx(name: str, data: bytes, wanted: str | None = None) -> _Parsed:
+    """One sheet: `wanted` (--sheet: a name, else a 1-based index), by default the first. The
+    first non-blank row is the header; blank rows are skipped. A workbook of several sheets
+    read by default says which one was read, so that nobody assumes all of them were."""
     import openpyxl  # imported here: only XLSX inputs pay for it
 
     try:
@@ -654,25 +737,48 @@ def _parse_xlsx(name: str, data: bytes) -> _Parsed:
             warnings.simplefilter("ignore")  # openpyxl warns about styles it cannot read
             book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
             try:
-                sheet = book.worksheets[0]
+                names = list(book.sheetnames)
+                chosen = _sheet_index(name, names, wanted)
+                sheet = book.worksheets[chosen]
                 if hasattr(sheet, "reset_dimensions"):
                     sheet.reset_dimensions()  # the stored dimensions may be wrong
                 cells = [list(r) for r in sheet.iter_rows(values_only=True)]
             finally:
                 book.close()
+    except InputError:
+        raise
     except Exception as exc:  # openpyxl raises a zoo of types (zipfile, KeyError, XML...)
         raise InputError(name, f"cannot read as .xlsx: {exc or type(exc).__name__}") from exc
     texts = [[_py_text(v) for v in row] for row in cells]
     rows = [row for row in texts if any(v not in (None, "") for v in row)]
     if not rows:
-        raise InputError(name, "the first sheet is empty (no header row)")
+        raise InputError(name, f"sheet {names[chosen]!r} is empty (no header row)")
     header_cells = rows[0]
     while header_cells and header_cells[-1] in (None, ""):
         header_cells.pop()
     header = ["" if v is None else v for v in header_cells]
     parsed = _rows_to_parsed(name, header, rows[1:], "\t", warn_short=False)
     parsed.encoding = "xlsx"
+    parsed.sheet = names[chosen]
+    if wanted is None and len(names) > 1:
+        parsed.warnings.append(
+            f"{name}: read its first sheet {names[0]!r} of {len(names)} "
+            f"({_list(names)}); --sheet NAME|INDEX reads another")
     return parsed
+
+
+def _sheet_index(name: str, names: list[str], wanted: str | None) -> int:
+    """The index of the sheet to read: 0 (the first) by default; a sheet named `wanted`; else
+    `wanted` as a 1-based index (a sheet named "2" wins over the second sheet)."""
+    if wanted is None:
+        return 0
+    text = str(wanted).strip()
+    if text in names:
+        return names.index(text)
+    if text.isdecimal() and 1 <= int(text) <= len(names):
+        return int(text) - 1
+    raise InputError(name, f"--sheet {wanted}: no such sheet (sheets: {_list(names)}; give a "
+                     f"name or an index from 1 to {len(names)})")
 
 
 # --- values as text -------------------------------------------------------------------------
@@ -864,6 +970,7 @@ def _align(table: pa.Table, names: list[str]) -> pa.Table:
 
 
 __all__ = [
-    "ALIASES", "DELIMITERS", "EXTRA_COLUMN", "STDIN_NAME", "LoadedInput", "SourceFile",
-    "load_inputs", "loose_name", "sha256_of",
+    "ALIASES", "DELIMITERS", "EXTRA_COLUMN", "IN_MEMORY", "STDIN_NAME", "LoadedInput",
+    "SourceFile", "in_memory_table", "is_in_memory_name", "load_inputs", "loose_name",
+    "sha256_of",
 ]

@@ -56,7 +56,8 @@ def job_config(command: str, inputs: Sequence[str], options: Mapping[str, Any],
     load = LoadOptions(
         column_map=column_map(o.get("map"), name), encoding=o.get("encoding"),
         set_state=_state(o.get("set_state"), name),
-        default_target=_choice(o.get("default_target"), _TARGETS, "default_target", name))
+        default_target=_choice(o.get("default_target"), _TARGETS, "default_target", name),
+        sheet=_sheet(o.get("sheet"), name))
     for key, (low, high) in OPTION_RANGES.items():
         if key in o and not low <= float(o[key]) <= high:
             bound = f"at least {low:g}" if high == float("inf") else f"{low:g} to {high:g}"
@@ -128,6 +129,18 @@ def read_key_file(path: Path, name: Namer = str) -> str:
     if not key:
         raise UsageError(f"{name('api_key_file')} {path}: the file is empty")
     return key
+
+
+def _sheet(value: str | int | None, name: Namer) -> str | None:
+    """An .xlsx sheet by name, or by 1-based index (an int from the library, or digits)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or (isinstance(value, int) and value < 1):
+        raise UsageError(f"{name('sheet')} {value!r}: a sheet name, or an index from 1")
+    text = str(value).strip()
+    if not text:
+        raise UsageError(f"{name('sheet')} {value!r}: a sheet name, or an index from 1")
+    return text
 
 
 def _state(value: bool | str | None, name: Namer) -> bool | None:

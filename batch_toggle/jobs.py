@@ -12,13 +12,14 @@ import platform
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import __version__, vocab
 from .clock import utc_text
@@ -32,6 +33,7 @@ from .report import (
     check_writable,
     default_report_path,
     html_path,
+    release_reservation,
     render_summary_table,
     report_format,
     summary_path,
@@ -42,7 +44,9 @@ from .report import (
 from .results import (
     UnitResults,
     assemble,
+    attention_mask,
     count_by,
+    count_by_code_and_status,
     describe_sources,
     rejects_table,
     row_refs,
@@ -82,6 +86,9 @@ class JobConfig:
     sandbox: bool = False
     html: bool = True  # also write <report>.html, the page people read and print
     api_key: str | None = field(default=None, repr=False)  # never printed, logged or stored
+    # Inputs given in memory (the library: a DataFrame, a pyarrow Table, a list of dicts), by
+    # the name that stands for each in `inputs` ("<DataFrame>"); see ingest.in_memory_table.
+    tables: Mapping[str, pa.Table] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -119,18 +126,23 @@ def load(config: JobConfig, hooks: Hooks = SILENT, *,
     started = datetime.now(UTC)  # a timestamp, for the record; never for a duration
     report_path = config.report_path or unused_report_path(
         default_report_path(config.inputs[0], started))
-    check_outputs_distinct({"report": report_path, "summary": summary_path(report_path),
-                            "HTML report": html_path(report_path) if config.html else None,
-                            "rejects file": config.rejects_path}, config.inputs)
-    for path in (report_path, config.rejects_path):
-        if path is not None:  # before reading anything: a bad extension or directory is exit 2
-            report_format(path)
-            check_writable(path)
-    loaded = load_inputs(config.inputs, config.load, stdin=stdin)
-    for warning in loaded.warnings:
-        hooks.notice(f"warning: {warning}")
-    norm = normalize(loaded.fields, set_state=config.load.set_state,
-                     default_target=config.load.default_target)
+    try:
+        check_outputs_distinct({"report": report_path, "summary": summary_path(report_path),
+                                "HTML report": html_path(report_path) if config.html else None,
+                                "rejects file": config.rejects_path},
+                               [i for i in config.inputs if i not in config.tables])
+        for path in (report_path, config.rejects_path):
+            if path is not None:  # before reading anything: a bad extension or directory: 2
+                report_format(path)
+                check_writable(path)
+        loaded = load_inputs(config.inputs, config.load, stdin=stdin, tables=config.tables)
+        for warning in loaded.warnings:
+            hooks.notice(f"warning: {warning}")
+        norm = normalize(loaded.fields, set_state=config.load.set_state,
+                         default_target=config.load.default_target)
+    except BaseException:
+        release_reservation(report_path)
+        raise
     return started, report_path, loaded, norm
 
 
@@ -252,9 +264,11 @@ def finish(prepared: Prepared, units: UnitResults, hooks: Hooks, *, stop_exit: E
     # can be made again by running it again, so it is not worth the fsyncs.
     durable = config.command != "validate" and not config.dry_run
     digest = write_table(report, prepared.report_path, durable=durable)
+    waiting = slice_ended(config, stop_exit)
     summary = build_summary(prepared, report, exit_code, digest, extra)
+    summary.update(attention_facts(report, waiting))
     if config.rejects_path is not None:
-        rejects = rejects_table(prepared.loaded, report)
+        rejects = rejects_table(prepared.loaded, report, waiting=waiting)
         write_table(rejects, config.rejects_path, durable=durable)
         summary["rejects"] = {"path": str(config.rejects_path), "rows": rejects.num_rows}
     if config.html:
@@ -264,6 +278,31 @@ def finish(prepared: Prepared, units: UnitResults, hooks: Hooks, *, stop_exit: E
     hooks.event("finish", {"run_id": prepared.run_id, "exit_code": int(exit_code),
                            "verdict": summary["verdict"], "counts": summary["counts_by_status"]})
     return JobResult(exit_code, prepared.run_id, prepared.report_path, summary, report)
+
+
+WAITING_NOTE = "not sent yet: the run stopped early and resumes; the next slice sends them"
+
+
+def slice_ended(config: JobConfig, stop_exit: ExitCode | None) -> bool:
+    """A run that stopped early and that `run --resume` continues (exit 4 or 130): its
+    `not_attempted` rows are waiting for the next slice, not rows that need a person. An audit
+    is never resumed, and exit 3 stops a run for good."""
+    return (config.command == "run" and not config.dry_run
+            and stop_exit in (ExitCode.STOPPED, ExitCode.INTERRUPTED))
+
+
+def attention_facts(report: pa.Table, waiting: bool) -> dict[str, Any]:
+    """The summary's split of the rows: those that need attention, and (a slice that ended)
+    those merely waiting for the next slice; and which statuses carry each error code."""
+    facts: dict[str, Any] = {
+        "error_codes_by_status": count_by_code_and_status(report) if report.num_rows else {},
+        "attention": {"rows": int(pc.sum(attention_mask(report, waiting=waiting)).as_py() or 0)
+                      if report.num_rows else 0},
+    }
+    if waiting:
+        rows = int(pc.sum(pc.equal(report["status"], vocab.NOT_ATTEMPTED)).as_py() or 0)
+        facts["waiting"] = {"rows": rows, "note": WAITING_NOTE}
+    return facts
 
 
 def _write_html(summary: dict[str, Any], report: pa.Table, report_path: Path,
@@ -343,6 +382,7 @@ def options_record(config: JobConfig) -> dict[str, Any]:
     return {
         "map": dict(config.load.column_map), "set_state": config.load.set_state,
         "default_target": config.load.default_target, "encoding": config.load.encoding,
+        "sheet": config.load.sheet,
         "on_conflict": config.plan.on_conflict, "max_invalid": config.plan.max_invalid,
         "skip_confirmed": config.plan.skip_confirmed,
         "allow_resubscribe": config.plan.allow_resubscribe,

@@ -14,7 +14,7 @@ from . import vocab
 from .classify import TrackResult, Verdict, classify_response, classify_track
 from .outcome import Outcome
 from .plan import Units
-from .store import LedgerUpdate
+from .store import LedgerUpdate, LedgerUpdates
 
 TOGGLE_PATH = "/api/apikeys/toggle_sms_notifications"
 TRACK_PATH = "/api/apikeys/track"
@@ -35,7 +35,7 @@ class Operation(Protocol):
                  body: bytes) -> Verdict: ...
 
     def ledger_update(self, unit: int, outcome: Outcome, verdict_client: str | None,
-                      run_id: str) -> LedgerUpdate | None: ...
+                      run_id: str) -> LedgerUpdates: ...
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Toggle:
                                  desired=bool(self.units.do_notify_sms[unit]))
 
     def ledger_update(self, unit: int, outcome: Outcome, client_id: str | None,
-                      run_id: str) -> LedgerUpdate | None:
+                      run_id: str) -> LedgerUpdates:
         if outcome.confirmed_do_notify_sms is None or self.review_key_hash is None:
             return None
         # Only an `updated` row confirms a state we asked for. A mismatch is what the server
@@ -67,13 +67,22 @@ class Toggle:
         # blocks the next run from asking again (nor skip it as already confirmed).
         confirmed = outcome.status == vocab.UPDATED
         u = self.units
-        return LedgerUpdate(
+        own = LedgerUpdate(
             job_id=u.job_id[unit], update_target=u.update_target[unit],
             do_notify_sms=outcome.confirmed_do_notify_sms,
             review_key_hash=self.review_key_hash(u.review_key[unit]) if confirmed else None,
             entity_id=outcome.entity_id, client_id=client_id,
             confirmed_at=outcome.sent_at or "", run_id=run_id, observed=not confirmed,
         )
+        folded = u.folded.get(unit, ())
+        if not folded:
+            return own
+        # The client units folded into this one (other jobs of the same client) were
+        # answered by this request: each is confirmed with its own review key, so that the
+        # next run naming one of them alone finds it `unchanged` instead of sending it again.
+        hash_key = self.review_key_hash
+        return (own, *(replace(own, job_id=job, review_key_hash=hash_key(key) if confirmed
+                               else None) for job, key in folded))
 
 
 def track_verdict(result: TrackResult, target: str, desired: bool) -> Verdict:

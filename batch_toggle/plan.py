@@ -8,7 +8,7 @@ store already knows are looked at one by one.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -103,6 +103,10 @@ class Units:
     do_notify_sms: np.ndarray  # bool
     update_target: Sequence[str]
     after: np.ndarray  # int64: index of the unit that must complete first (client before job), -1
+    # Unit index -> (job_id, review_key) of the `client` units folded into it (jobs of the same
+    # known client asking for the same state): its confirmation confirms them too, so the
+    # ledger learns each of them, and a later file naming one alone finds it `unchanged`.
+    folded: Mapping[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.row)
@@ -150,6 +154,11 @@ _MESSAGES = (
     "already confirmed in this state by an earlier run",
 )
 _MSG_UNCHANGED = 4
+# The tail of a superseded row's message: whether the row that is sent asks for the other
+# state, or for the same one (the unit's rows disagree, and --on-conflict chose that row).
+_OTHER_STATE = ", which asks for a different state"
+_SAME_STATE_CHOSEN = (", the row --on-conflict chose (rows for this job and target ask for "
+                      "different states)")
 _NAMED_ROWS = 5  # rows named in a message before "and N more"
 
 
@@ -164,6 +173,7 @@ class _Rows:
     ledger_pos: np.ndarray  # int64: the ledger entry an unchanged row shows, -1
     custom: dict[int, str]  # messages that name rows (few)
     known: pa.Table | None = None  # the ledger entries ledger_pos points into
+    folded: dict[int, list[int]] = field(default_factory=dict)  # rep row -> folded rep rows
 
     def mark(self, reps: np.ndarray, state: int, code: int, message: int) -> None:
         """Give units (by representative row) a state; a conflict also reaches every row that
@@ -199,7 +209,7 @@ def build_plan(norm: pa.Table, refs: Callable[[np.ndarray], list[str]], options:
         reps = _apply_ledger(norm, reps, options, ledger, rows)
         reps = _client_optouts(norm, reps, is_client, options, ledger, rows)
         reps = _client_groups(norm, reps, is_client, ledger, rows, refs)
-    units = _order_units(norm, reps, job_code, is_client)
+    units = _order_units(norm, reps, job_code, is_client, rows.folded)
     return _finish(norm, rows, units, refs)
 
 
@@ -286,9 +296,10 @@ def _dedupe(norm: pa.Table, valid: np.ndarray, job_code: np.ndarray, is_client: 
     rows.message[srt_rows[bad_row]] = code  # one message per code, same numbering
     rep_rows = srt_rows[rep_pos]
     member = ~bad_row & (np.arange(len(srt_rows)) != rep_pos[grp])
-    same_as_rep = s_state == s_state[rep_pos][grp]
-    dup_kind = np.where(st_conflict[grp] & ~(same_as_rep & (options.on_conflict == "opt-out-wins")),
-                        SUPERSEDED, DUPLICATE)
+    # In a unit whose rows disagree, every row but the one sent is `superseded`, whichever
+    # policy chose it and whatever state the row asks for: the unit's outcome was decided by a
+    # choice, not by rows that merely repeat each other (those are `duplicate`).
+    dup_kind = np.where(st_conflict[grp], SUPERSEDED, DUPLICATE)
     rows.state[srt_rows[member]] = dup_kind[member]
     rows.dup_of[srt_rows[member]] = rep_rows[grp][member]
     return np.sort(rep_rows[~bad])
@@ -451,6 +462,8 @@ def _fold(rows: _Rows, old: np.ndarray, new: np.ndarray) -> None:
     (a superseded row stays superseded: it still asked for the other state)."""
     if not len(old):
         return
+    for o, n in zip(old.tolist(), new.tolist(), strict=True):
+        rows.folded.setdefault(n, []).append(o)
     target = np.arange(len(rows.dup_of), dtype=np.int64)
     target[old] = new
     follows = rows.dup_of >= 0
@@ -459,7 +472,7 @@ def _fold(rows: _Rows, old: np.ndarray, new: np.ndarray) -> None:
 
 
 def _order_units(norm: pa.Table, reps: np.ndarray, job_code: np.ndarray,
-                 is_client: np.ndarray) -> Units:
+                 is_client: np.ndarray, folded: Mapping[int, list[int]] | None = None) -> Units:
     """Send order: file order of each job's first unit; a job's client update before its job update.
 
     The client update changes the default for future jobs only, but Logis may apply it to the
@@ -482,7 +495,24 @@ def _order_units(norm: pa.Table, reps: np.ndarray, job_code: np.ndarray,
         do_notify_sms=_states(norm)[reps],
         update_target=_LazyText(norm["update_target"], reps, targets),
         after=after,
+        folded=_folded_units(norm, reps, folded or {}),
     )
+
+
+def _folded_units(norm: pa.Table, reps: np.ndarray, folded: Mapping[int, list[int]]
+                  ) -> dict[int, tuple[tuple[str, str], ...]]:
+    """Unit index -> (job_id, review_key) of each unit folded into it (few: client rows of
+    jobs whose client the ledger knows)."""
+    if not folded:
+        return {}
+    unit_of = {int(r): u for u, r in enumerate(reps.tolist()) if int(r) in folded}
+    out = {}
+    for rep, old in folded.items():
+        take = pa.array(old, pa.int64())
+        pairs = zip(norm["job_id"].take(take).to_pylist(),
+                    norm["review_key"].take(take).to_pylist(), strict=True)
+        out[unit_of[rep]] = tuple(pairs)
+    return out
 
 
 def _finish(norm: pa.Table, rows: _Rows, units: Units,
@@ -496,9 +526,11 @@ def _finish(norm: pa.Table, rows: _Rows, units: Units,
     message = pa.array(_MESSAGES, pa.string()).take(pa.array(rows.message))
     superseded = np.flatnonzero(rows.state == SUPERSEDED)
     if len(superseded):
+        states = _states(norm)
+        same = states[superseded] == states[rows.dup_of[superseded]]
+        why = pa.array(np.where(same, _SAME_STATE_CHOSEN, _OTHER_STATE), pa.string())
         texts = pc.binary_join_element_wise(
-            "superseded by ", pa.array(refs(rows.dup_of[superseded]), pa.string()),
-            ", which asks for a different state", "")
+            "superseded by ", pa.array(refs(rows.dup_of[superseded]), pa.string()), why, "")
         message = _put(message, superseded, texts)
     if rows.custom:
         at = np.array(sorted(rows.custom), dtype=np.int64)

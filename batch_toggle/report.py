@@ -86,6 +86,8 @@ def default_report_path(
     """
     if first_input == "-":
         stem = "stdin"
+    elif first_input.startswith("<") and first_input.endswith(">"):  # given in memory
+        stem = first_input[1:-1].strip().lower().replace(" ", "-") or "input"
     else:
         name = Path(first_input).name
         if name.lower().endswith(".gz"):
@@ -96,16 +98,49 @@ def default_report_path(
     return Path(reports_dir) / f"{stem}-{now.strftime('%Y%m%dT%H%M%S')}.csv"
 
 
+# Default report paths this process reserved (created empty) and has not written yet.
+_RESERVED: set[str] = set()
+
+
 def unused_report_path(path: Path) -> Path:
     """`path`, or `x-2.csv`, `x-3.csv`... when a report (or its summary) is already there: two
     runs started in the same second with the default path must not write over each other's
-    evidence. Two processes starting at the very same moment can still pick the same name."""
+    evidence. The name is reserved atomically: the file is created empty (O_EXCL, 0600), so
+    that five processes starting in the same second get five names; the report replaces it,
+    and `release_reservation` removes it when the job ends before writing one. Where the file
+    cannot be created, the name is returned unreserved (check_writable then says why)."""
     path = Path(path)
+    with suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
     candidate, n = path, 2
-    while candidate.exists() or summary_path(candidate).exists():
+    while True:
+        if not summary_path(candidate).exists():
+            try:
+                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                 | getattr(os, "O_CLOEXEC", 0), 0o600))
+            except FileExistsError:
+                pass
+            except OSError:
+                return candidate
+            else:
+                _RESERVED.add(os.path.abspath(candidate))
+                return candidate
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
         n += 1
-    return candidate
+
+
+def release_reservation(path: Path | None) -> None:
+    """Remove the empty file `unused_report_path` reserved at `path`, when no report was
+    written there (the job failed first): a refused input leaves no empty report behind."""
+    if path is None:
+        return
+    key = os.path.abspath(path)
+    if key not in _RESERVED:
+        return
+    _RESERVED.discard(key)
+    with suppress(OSError):
+        if os.stat(key).st_size == 0:
+            os.unlink(key)
 
 
 def report_format(path: Path) -> str:
@@ -205,6 +240,7 @@ def write_table(table: pa.Table, path: Path, *, durable: bool = True) -> str:
         raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except (pa.ArrowException, TypeError, ValueError) as exc:
         raise ReportError(f"cannot write {path} as {fmt}: {exc}") from exc
+    _RESERVED.discard(os.path.abspath(path))  # the report took the reserved name's place
     return sink.hexdigest()
 
 
@@ -572,35 +608,62 @@ def render_summary_table(summary: Mapping[str, Any], *, color: bool = False) -> 
     caller decides, NO_COLOR and TTY included). Missing keys are left out."""
     statuses = _ordered_counts(summary.get(SUMMARY_COUNTS_BY_STATUS) or {}, STATUSES)
     codes = _ordered_counts(summary.get(SUMMARY_COUNTS_BY_ERROR_CODE) or {}, ERROR_CODES)
-    counts: list[list[tuple[str, str, str]]] = []  # sections of (label, value, colour)
+    waiting = summary.get("waiting") or {}
+    # sections of (label, value, colour, note): the note follows the aligned count
+    counts: list[list[tuple[str, str, str, str]]] = []
     if statuses:
         total = sum(n for _, n in statuses)
         counts.append(
-            [("status", "rows", _BOLD)]
-            + [(name, f"{n:,}", _status_colour(name)) for name, n in statuses]
-            + [("total", f"{total:,}", _BOLD)]
+            [("status", "rows", _BOLD, "")]
+            + [(name, f"{n:,}", _status_colour(name), _status_note(name, waiting))
+               for name, n in statuses]
+            + [("total", f"{total:,}", _BOLD, "")]
         )
     if codes:
+        by_status = summary.get("error_codes_by_status") or {}
         counts.append(
-            [("error_code", "rows", _BOLD)] + [(name, f"{n:,}", _RED) for name, n in codes]
+            [("error_code", "rows", _BOLD, "")]
+            + [(name, f"{n:,}", _RED, _code_note(by_status.get(name) or {})) for name, n in codes]
         )
     facts = [
-        (label, _format_scalar(key, summary[key]), "")
+        (label, _format_scalar(key, summary[key]), "", "")
         for key, label in SUMMARY_LINES
         if summary.get(key) is not None
     ]
+    if waiting:
+        # A slice that ended: what waits for the next one, apart from what needs a person.
+        attention = int((summary.get("attention") or {}).get("rows") or 0)
+        facts[:0] = [("waiting", f"{int(waiting.get('rows') or 0):,} rows: the next slice "
+                      "(run --resume) sends them", "", ""),
+                     ("attention", f"{attention:,} rows need attention (invalid, conflict, "
+                      "failed, mismatch)", "", "")]
     everything = [row for section in counts for row in section] + facts
-    width = max((len(label) for label, _, _ in everything), default=0)
-    count_width = max((len(value) for section in counts for _, value, _ in section), default=0)
-    sections = [[(label, value.rjust(count_width), c) for label, value, c in s] for s in counts]
+    width = max((len(label) for label, *_ in everything), default=0)
+    count_width = max((len(value) for section in counts for _, value, _, _ in section),
+                      default=0)
+    sections = [[(label, value.rjust(count_width), c, note) for label, value, c, note in s]
+                for s in counts]
     sections += [facts] if facts else []
     lines: list[str] = []
     for section in sections:
         lines += [""] if lines else []
-        for label, value, colour in section:
-            line = f"{label.ljust(width)}  {value}".rstrip()
+        for label, value, colour, note in section:
+            line = f"{label.ljust(width)}  {value}{'  ' + note if note else ''}".rstrip()
             lines.append(f"{colour}{line}{_RESET}" if color and colour else line)
     return "".join(line + "\n" for line in lines)
+
+
+def _status_note(status: str, waiting: Mapping[str, Any]) -> str:
+    """After a slice that ended, its not_attempted rows are waiting, not a problem."""
+    return "waiting: the next slice sends them" if status == NOT_ATTEMPTED and waiting else ""
+
+
+def _code_note(by_status: Mapping[str, int]) -> str:
+    """Which statuses carry a code, when several do: a duplicate row shares its unit's code
+    (`budget_exhausted` on 174 not_attempted rows and their 5 duplicates counts 179)."""
+    if len(by_status) < 2:
+        return ""
+    return "(" + ", ".join(f"{int(n):,} {status}" for status, n in by_status.items()) + ")"
 
 
 def _ordered_counts(counts: Mapping[str, int], order: tuple[str, ...]) -> list[tuple[str, int]]:

@@ -220,15 +220,35 @@ def _flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
-def attention_mask(report: pa.Table) -> pa.ChunkedArray:
+def attention_mask(report: pa.Table, *, waiting: bool = False) -> pa.ChunkedArray:
     """Which report rows need attention (vocab.ATTENTION_STATUSES): the report's, the HTML
-    page's and the rejects file's one definition."""
-    return pc.is_in(report["status"], value_set=pa.array(sorted(vocab.ATTENTION_STATUSES)))
+    page's and the rejects file's one definition. `waiting`: the run stopped early and a
+    resume continues it (a cron slice ended), so its `not_attempted` rows merely wait for the
+    next slice; they are not a problem and are left out."""
+    statuses = vocab.ATTENTION_STATUSES - {vocab.NOT_ATTEMPTED} if waiting \
+        else vocab.ATTENTION_STATUSES
+    return pc.is_in(report["status"], value_set=pa.array(sorted(statuses)))
 
 
-def rejects_table(loaded: LoadedInput, report: pa.Table) -> pa.Table:
-    """Rows that need attention, in the input's own layout and unmasked, ready to fix and re-run."""
-    return loaded.raw.filter(attention_mask(report))
+def rejects_table(loaded: LoadedInput, report: pa.Table, *, waiting: bool = False) -> pa.Table:
+    """Rows that need attention, in the input's own layout and unmasked, ready to fix and re-run
+    (without the rows merely waiting for the next slice: their full review keys would sit on
+    disk for nothing until the job is finished or stopped for good)."""
+    return loaded.raw.filter(attention_mask(report, waiting=waiting))
+
+
+def count_by_code_and_status(report: pa.Table) -> dict[str, dict[str, int]]:
+    """Rows by error code, then by status: a code that rows of several statuses carry (a
+    duplicate shares its unit's `budget_exhausted`) is counted once per row, and this says
+    which rows those are."""
+    with_code = report.filter(pc.is_valid(report["error_code"]))
+    if with_code.num_rows == 0:
+        return {}
+    grouped = with_code.group_by(["error_code", "status"]).aggregate([("status", "count")])
+    out: dict[str, dict[str, int]] = {}
+    for item in grouped.to_pylist():
+        out.setdefault(item["error_code"], {})[item["status"]] = int(item["status_count"])
+    return {code: dict(sorted(by.items(), key=lambda kv: -kv[1])) for code, by in out.items()}
 
 
 def count_by(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:
@@ -244,6 +264,6 @@ def statuses_present(report: pa.Table) -> set[str]:
 def describe_sources(loaded: LoadedInput) -> Sequence[dict]:
     return [
         {"file": s.name, "sha256": s.sha256, "rows": s.rows, "encoding": s.encoding,
-         "columns": dict(s.mapping)}
+         "columns": dict(s.mapping), **({"sheet": s.sheet} if s.sheet is not None else {})}
         for s in loaded.sources
     ]

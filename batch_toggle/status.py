@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .clock import parse_utc, utc_text
-from .errors import ExitCode, InputError
-from .ingest import sha256_of
+from .errors import BatchToggleError, ExitCode, InputError
+from .ingest import is_in_memory_name, sha256_of
 from .store import RunRecord, StateStore, default_state_path
 from .watchdog import HEARTBEAT, STALL_AFTER
 
@@ -39,10 +39,13 @@ _STATE_OF_EXIT = {int(ExitCode.STOPPED): STOPPED, int(ExitCode.INTERRUPTED): INT
 class RunStatus:
     """One run: where it stands and what `run --resume` would do with it.
 
-    `resume_sends` counts the units without a final outcome (None when the store does not know
-    the plan's size: a run recorded by an older batch-toggle); `--retry-failed` adds
-    `retryable_failed` to it. Both are upper bounds: units that another run has confirmed since
-    become `unchanged` on resume, without a request.
+    `resume_sends` counts the units a resume would send: those without a final outcome, less
+    the ones another run has confirmed since (a resume finds them `unchanged`, without a
+    request), counted by planning the inputs again against the ledger as it stands, as the
+    resume will (None when the store does not know the plan's size: a run recorded by an
+    older batch-toggle). Where the inputs cannot be planned again (standard input, a file
+    that no longer matches), it is the upper bound from the store's counts. `--retry-failed`
+    adds `retryable_failed` to it.
     """
 
     run_id: str
@@ -132,6 +135,8 @@ def _describe(store: StateStore, record: RunRecord, holder: dict[str, Any] | Non
     retry_only = why is not None and _only_retry_failed_resumes(store, record, state,
                                                                 check_inputs)
     resumable = why is None
+    if resumable and check_inputs and left is not None:
+        left = _sends_now(store, record, left)
     return RunStatus(
         run_id=record.run_id, command=record.command, state=state,
         exit_code=record.exit_code, inputs=record.input_names,
@@ -154,6 +159,42 @@ def _shown(text: str | None) -> str | None:
     """A stored timestamp in the one form every output uses (older stores wrote others)."""
     when = parse_utc(text)
     return utc_text(when) if when is not None else text
+
+
+def _sends_now(store: StateStore, record: RunRecord, upper_bound: int) -> int:
+    """What `run --resume` would send now: the run's inputs planned again with its plan
+    options against the ledger without its own confirmations (exactly as the resume plans
+    them), less the units that have a final outcome. A unit another run confirmed since is
+    `unchanged` there, without a request. `upper_bound` (the store's count) when the inputs
+    cannot be planned again: standard input, or a file whose rows do not match the record."""
+    if any(name == "-" or is_in_memory_name(name) for name in record.input_names):
+        return upper_bound
+    from .config import LoadOptions, PlanOptions
+    from .ingest import load_inputs
+    from .ledger import ledger_view
+    from .normalize import normalize
+    from .plan import build_plan
+    from .results import row_refs
+
+    opts = record.options
+    try:
+        loaded = load_inputs(record.input_names, LoadOptions(
+            column_map=tuple((opts.get("map") or {}).items()), encoding=opts.get("encoding"),
+            set_state=opts.get("set_state"), default_target=opts.get("default_target"),
+            sheet=opts.get("sheet")))
+    except BatchToggleError:
+        return upper_bound
+    if loaded.raw.num_rows != record.total_rows:
+        return upper_bound
+    norm = normalize(loaded.fields, set_state=opts.get("set_state"),
+                     default_target=opts.get("default_target"))
+    plan = build_plan(norm, lambda rows: row_refs(loaded, rows),
+                      PlanOptions(on_conflict=opts.get("on_conflict") or "last",
+                                  max_invalid=100.0),
+                      ledger_view(store, exclude_run=record.run_id))
+    done = store.load_outcomes(record.run_id)
+    return sum(1 for row in plan.units.row.tolist()
+               if (o := done.get(int(row))) is None or not o.is_final)
 
 
 def _why_not_resumable(store: StateStore, record: RunRecord, state: str,
@@ -198,8 +239,8 @@ def _later_run_or_changed_input(store: StateStore, record: RunRecord,
 def _input_problem(record: RunRecord) -> str | None:
     """Why the inputs no longer match the run (resume would exit 2), or None."""
     for name, digest in record.inputs:
-        if name == "-":
-            continue  # stdin cannot be checked here; the resume itself will check it
+        if name == "-" or is_in_memory_name(name):
+            continue  # stdin (or a table) cannot be checked here; the resume itself will
         if not os.path.exists(name):
             return f"input missing: {name}"
         try:
@@ -224,6 +265,8 @@ def resume_command(record: RunRecord, state_path: Path | None = None, *,
         args += ["--set-state", "true" if opts["set_state"] else "false"]
     if opts.get("default_target"):
         args += ["--default-target", str(opts["default_target"])]
+    if opts.get("sheet"):
+        args += ["--sheet", str(opts["sheet"])]
     if opts.get("on_conflict") and opts["on_conflict"] != "last":
         args += ["--on-conflict", str(opts["on_conflict"])]
     if state_path is not None:

@@ -234,6 +234,11 @@ class LedgerUpdate:
             raise ValueError("a confirmed ledger update needs the review key's hash")
 
 
+# What one unit's outcome teaches the ledger: nothing, one unit, or several (a `client`
+# request that also answers the client units folded into it, see plan.Units.folded).
+LedgerUpdates = LedgerUpdate | tuple[LedgerUpdate, ...] | None
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """One run as the store knows it.
@@ -678,7 +683,7 @@ class StateStore:
 
     @_translated
     def record_outcomes(self, run_id: str,
-                        items: Sequence[tuple[int, Outcome, LedgerUpdate | None]],
+                        items: Sequence[tuple[int, Outcome, LedgerUpdates]],
                         sends: Sequence[tuple[str, float, float | None]] = ()) -> None:
         """Commit a batch of outcomes (and what they taught the ledger) in ONE transaction.
 
@@ -700,12 +705,13 @@ class StateStore:
             return
         outcome_rows = []
         ledger_rows = []
-        for row, o, upd in items:
+        for row, o, learnt in items:
             outcome_rows.append((
                 row, o.status, o.error_code, o.error_message, _int(o.retryable), o.http_status,
                 o.attempts, o.entity_id, _int(o.confirmed_do_notify_sms), o.sent_at,
                 o.latency_ms))
-            if upd is not None:
+            for upd in (() if learnt is None else learnt if isinstance(learnt, tuple)
+                        else (learnt,)):
                 ledger_rows.append({
                     "job_id": upd.job_id, "target": upd.update_target,
                     "client_id": upd.client_id or None, "state": int(upd.do_notify_sms),

@@ -10,6 +10,9 @@ Writes, beside this script:
   optouts_2026_11.parquet      the same rows, every column a string
   optouts_2026_11.expected.json  what each planted row is and what `run` should make of it
   optins_migration.csv         a clean 50-row export from another system (job,review_key,...)
+  migration_export.csv         the same export under the old system's column names, plus one
+                               row re-subscribing a client the opt-out list opts out
+  migration_export.xlsx        the same as a workbook: sheet "Export", then sheet "About"
 README.md (written by hand) says what is planted where.
 """
 
@@ -301,6 +304,50 @@ def make_optins(rng: random.Random, unused: list[SeedJob]) -> list[dict[str, str
     return rows
 
 
+EXPORT_COLUMNS = ("Job Ref", "Tracking Key", "Wants SMS", "Level")
+# A client the opt-out list opts out (row 3 of optouts_2026_11.csv), whom the old system still
+# has opted in: the migration guide's blocked resubscribe.
+RESUBSCRIBE = {"Job Ref": "da1d515f451f4c71a79a74b2da87b611",
+               "Tracking Key": "a0d92088-01a8-4d0d-bdf9-57e8e15771ee", "Wants SMS": "yes",
+               "Level": "job"}
+
+
+def migration_export(optins: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The opt-in export under the old system's column names, plus the resubscribe row."""
+    rows = [{"Job Ref": r["job"], "Tracking Key": r["review_key"], "Wants SMS": r["opt_in"],
+             "Level": r["scope"]} for r in optins]
+    return [*rows, RESUBSCRIBE]
+
+
+def write_xlsx(path: Path, columns: tuple[str, ...], rows: list[dict[str, str]]) -> None:
+    """A workbook of two sheets, "Export" (the rows) and "About"; the same bytes every time
+    (fixed document times, fixed times inside the zip)."""
+    import io
+    import zipfile
+    from datetime import datetime
+
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "Export"
+    sheet.append(list(columns))
+    for row in rows:
+        sheet.append([row[c] for c in columns])
+    about = book.create_sheet("About")
+    about.append(["Exported from the old notification system, 2026-11-01"])
+    book.properties.created = book.properties.modified = datetime(2026, 11, 1)
+    raw = io.BytesIO()
+    book.save(raw)
+    out = io.BytesIO()
+    with zipfile.ZipFile(raw) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in sorted(src.infolist(), key=lambda i: i.filename):
+            info = zipfile.ZipInfo(item.filename, date_time=(2026, 11, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            dst.writestr(info, src.read(item.filename))
+    path.write_bytes(out.getvalue())
+
+
 def main() -> None:
     rng = random.Random(RNG_SEED)
     jobs = make_seed(rng)
@@ -319,8 +366,11 @@ def main() -> None:
     write_csv(HERE / "optouts_2026_11.csv", OPTOUT_COLUMNS, rows, lineterminator="\r\n")
     write_parquet(HERE / "optouts_2026_11.parquet", OPTOUT_COLUMNS, rows)
     (HERE / "optouts_2026_11.expected.json").write_text(dumps(expected(pairs)), encoding="utf-8")
-    write_csv(HERE / "optins_migration.csv", ("job", "review_key", "opt_in", "scope"),
-              make_optins(rng, builder.unused))
+    optins = make_optins(rng, builder.unused)
+    write_csv(HERE / "optins_migration.csv", ("job", "review_key", "opt_in", "scope"), optins)
+    export = migration_export(optins)
+    write_csv(HERE / "migration_export.csv", EXPORT_COLUMNS, export)
+    write_xlsx(HERE / "migration_export.xlsx", EXPORT_COLUMNS, export)
     print(f"wrote {len(jobs)} seed jobs, {len(rows)} opt-out rows, 50 opt-in rows to {HERE} "
           f"(and the seed to {PACKAGED_SEED})")
 

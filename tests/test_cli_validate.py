@@ -619,3 +619,39 @@ def test_validate_takes_events_like_every_command(cwd: Path) -> None:
     (cwd / "taken").mkdir()
     bad = invoke(["validate", str(src), "--report", "r2.csv", "--events", "taken"])
     assert bad.exit_code == 2 and "taken" in bad.stderr and not (cwd / "r2.csv").exists()
+
+
+@pytest.mark.parametrize("flag", ["--no-progress", "--progress"])
+def test_validate_accepts_the_progress_flags_run_and_audit_take(cwd: Path, flag: str) -> None:
+    """A script that passes --no-progress to every command must not get exit 2 from validate."""
+    path = clean_file(cwd / "in.csv")
+    result = invoke(["validate", str(path), flag, "--report", "out.csv"])
+    assert result.exit_code == 0, result.output
+    assert (cwd / "out.csv").exists()
+
+
+def test_sheet_reads_the_named_xlsx_sheet_and_the_summary_records_it(cwd: Path) -> None:
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    book.active.title = "Archive"
+    book.active.append(HEADER)
+    november = book.create_sheet("November")
+    november.append(HEADER)
+    november.append([J1, K1, "no", "job", ""])
+    november.append([J2, K2, "no", "job", ""])
+    book.save(cwd / "lists.xlsx")
+    first = invoke(["validate", "lists.xlsx", "--report", "first.csv"])
+    assert first.exit_code == 0
+    assert "read its first sheet 'Archive' of 2" in first.output
+    assert summary_of(cwd / "first.csv")["inputs"][0]["sheet"] == "Archive"
+    chosen = invoke(["validate", "lists.xlsx", "--sheet", "November", "--report", "nov.csv"])
+    assert chosen.exit_code == 0, chosen.output
+    summary = summary_of(cwd / "nov.csv")
+    assert summary["inputs"][0]["sheet"] == "November" and summary["rows"] == 2
+    assert summary["options"]["sheet"] == "November"
+    import batch_toggle
+    by_index = batch_toggle.validate(cwd / "lists.xlsx", sheet=2, report=cwd / "lib.csv")
+    assert by_index.summary["inputs"][0]["sheet"] == "November"
+    wrong = invoke(["validate", "lists.xlsx", "--sheet", "December"])
+    assert wrong.exit_code == 2 and "no such sheet" in wrong.output

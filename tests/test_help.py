@@ -170,3 +170,15 @@ def test_the_summary_is_plain_in_a_pipe(tmp_path: Path) -> None:
     # A clean table: labels left, counts right-aligned in one column.
     counts = [line for line in table[:8] if line and line.split()[-1].replace(",", "").isdigit()]
     assert len({len(line) for line in counts}) == 1, counts
+
+
+def test_the_main_help_lists_every_guide() -> None:
+    text = _help()
+    guides = sorted(p.name for p in (REPO / "docs").glob("*.md"))
+    assert guides and [g for g in guides if g not in text] == []
+
+
+def test_sandbox_help_has_examples() -> None:
+    text = _help("sandbox")
+    assert "Examples" in text and "batch-toggle sandbox --hourly-limit" in text
+    assert "LOGIS_BASE_URL=http://127.0.0.1:8765" in text

@@ -723,3 +723,54 @@ def test_no_foreign_exception_escapes(tmp_path: Path, content: bytes, suffix: st
         assert exc.file == str(path)
     else:
         assert loaded.raw.num_rows == loaded.fields.num_rows
+
+
+# --- .xlsx sheets -------------------------------------------------------------------------------
+
+
+def _two_sheets(path: Path) -> Path:
+    """A workbook whose first sheet is an old list and whose second, "November", is the one
+    wanted; a third is named "2", so that a name is told from an index."""
+    book = openpyxl.Workbook()
+    book.active.title = "October"
+    book.active.append(list(HEADER))
+    book.active.append([JOB_A, KEY_A, "yes", "job"])
+    november = book.create_sheet("November")
+    november.append(list(HEADER))
+    november.append([JOB_B, KEY_B, "no", "client"])
+    november.append([JOB_A, KEY_A, "no", "job"])
+    named_two = book.create_sheet("2")
+    named_two.append(list(HEADER))
+    book.save(path)
+    return path
+
+
+@pytest.mark.parametrize("sheet, title, rows", [
+    pytest.param(None, "October", 1, id="default-first"),
+    pytest.param("November", "November", 2, id="by-name"),
+    pytest.param("1", "October", 1, id="by-index"),
+    pytest.param("2", "2", 0, id="a-name-wins-over-an-index"),
+    pytest.param("3", "2", 0, id="index-3"),
+])
+def test_sheet_chooses_the_xlsx_sheet_and_the_source_records_it(
+        tmp_path: Path, sheet: str | None, title: str, rows: int) -> None:
+    loaded = load(_two_sheets(tmp_path / "lists.xlsx"), sheet=sheet)
+    assert loaded.sources[0].sheet == title
+    assert loaded.raw.num_rows == rows
+    said = [w for w in loaded.warnings if "first sheet" in w]
+    if sheet is None:  # read by default from a workbook of several: said
+        assert said == [f"{tmp_path / 'lists.xlsx'}: read its first sheet 'October' of 3 "
+                        "('October', 'November', '2'); --sheet NAME|INDEX reads another"]
+    else:
+        assert said == []
+
+
+def test_an_unknown_sheet_is_an_input_error_listing_the_sheets(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"--sheet Dec: no such sheet \(sheets: 'October', "
+                                         r"'November', '2'; give a name or an index from 1 to 3"):
+        load(_two_sheets(tmp_path / "lists.xlsx"), sheet="Dec")
+
+
+def test_sheet_leaves_other_formats_alone(tmp_path: Path) -> None:
+    loaded = load(_csv(tmp_path / "x"), sheet="November")
+    assert loaded.sources[0].sheet is None and loaded.raw.num_rows == len(ROWS)

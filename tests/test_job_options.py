@@ -136,3 +136,20 @@ def test_the_library_checks_the_ranges_the_cli_checks(option: str, value: float)
     """Found by exploratory testing: run(concurrency=0) sent nothing and returned exit 0."""
     with pytest.raises(UsageError, match=rf"^{option} {value!r}: must be"):
         batch_toggle._config("run", "in.csv", {option: value, "dry_run": True})
+
+
+def test_the_sheet_is_part_of_the_plan_key_only_when_named() -> None:
+    """Another sheet is other rows under the same file hash: a resume must not continue a run
+    of another sheet. Without --sheet the key is what it always was (older runs resume)."""
+    import json
+
+    from batch_toggle.live import plan_key
+
+    plain = job_config("run", ["x.xlsx"], {})
+    november = job_config("run", ["x.xlsx"], {"sheet": "November"})
+    assert json.loads(plan_key(plain)) == {"default_target": None, "map": [],
+                                           "on_conflict": "last", "set_state": None}
+    assert json.loads(plan_key(november))["sheet"] == "November"
+    assert job_config("run", ["x.xlsx"], {"sheet": 2}).load.sheet == "2"
+    with pytest.raises(UsageError, match="sheet 0: a sheet name, or an index from 1"):
+        job_config("run", ["x.xlsx"], {"sheet": 0})

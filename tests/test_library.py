@@ -110,6 +110,40 @@ def test_a_bad_option_raises_before_anything_is_read(tmp_path: Path) -> None:
     assert not (tmp_path / "x.csv").exists()
 
 
+@pytest.mark.parametrize("call, options, foreign", [
+    pytest.param("audit", {"resume": True}, "resume", id="audit-resume"),
+    pytest.param("audit", {"canary": 5}, "canary", id="audit-canary"),
+    pytest.param("audit", {"skip_confirmed": False}, "skip_confirmed", id="audit-skip"),
+    pytest.param("validate", {"sample": 2}, "sample", id="validate-sample"),
+    pytest.param("validate", {"concurrency": 2}, "concurrency", id="validate-concurrency"),
+    pytest.param("validate", {"dry_run": True}, "dry_run", id="validate-dry-run"),
+    pytest.param("run", {"seed": 3}, "seed", id="run-seed"),
+])
+def test_an_option_of_another_command_is_refused_as_the_cli_refuses_it(
+        tmp_path: Path, call: str, options: dict[str, Any], foreign: str) -> None:
+    with pytest.raises(UsageError, match=f"{call}\\(\\) does not take {foreign}=") as err:
+        extra = {} if call == "validate" else {"sandbox": True}
+        getattr(batch_toggle, call)(SAMPLE, report=tmp_path / "x.csv", **extra, **options)
+    assert err.value.exit_code == ExitCode.USAGE
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_retry_failed_without_resume_is_refused_as_the_cli_refuses_it(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="retry_failed=True goes with resume=True"):
+        batch_toggle.run(SAMPLE, sandbox=True, retry_failed=True, report=tmp_path / "x.csv")
+
+
+def test_the_options_type_hints_resolve() -> None:
+    """typing.get_type_hints (editors, pydantic, typeguard) resolves every annotation."""
+    import typing
+
+    from batch_toggle.config import Rate
+
+    hints = typing.get_type_hints(batch_toggle.Options)
+    assert hints["rate"] == str | Rate and hints["max_rps"] is float
+    assert set(hints) == set(batch_toggle.Options.__annotations__)
+
+
 def test_events_go_to_the_file_and_the_callback(tmp_path: Path) -> None:
     seen: list[str] = []
     events = tmp_path / "events.jsonl"
@@ -209,3 +243,52 @@ def test_a_plan_report_is_not_fsynced_a_report_of_requests_sent_is(
     synced = {Path(p).name[1:].rsplit(".", 2)[0] for p in seen if p.endswith(".tmp")}
     assert {"r.csv", "r.csv.summary.json", "r.csv.html"} <= synced, seen
     assert str(tmp_path) in seen
+
+
+def test_a_client_row_folded_into_another_of_its_client_is_confirmed_for_the_next_run(
+        tmp_path: Path) -> None:
+    """Two `client` rows for two jobs of one known client, same state: one request. Its
+    confirmation confirms both units, so a later file with the second job's row alone finds
+    it `unchanged` (no request) instead of sending it again."""
+    from batch_toggle.sandbox import load_seed
+
+    seed = load_seed(REPO / "sample_data" / "sandbox_seed.csv")
+    by_client: dict[str, list[Any]] = {}
+    for job in seed.jobs:
+        by_client.setdefault(job.client_id, []).append(job)
+    a, b = next(jobs for jobs in by_client.values() if len(jobs) >= 2)[:2]
+    header = "job_id,review_key,do_notify_sms,update_target\n"
+    state = tmp_path / "state.sqlite"
+
+    def run(name: str, *rows: str) -> Result:
+        path = tmp_path / f"{name}.csv"
+        path.write_text(header + "".join(r + "\n" for r in rows), encoding="utf-8")
+        return batch_toggle.run(path, sandbox=True, max_rps=1000, state=state, html=False,
+                                report=tmp_path / f"{name}.report.csv")
+
+    # The ledger learns both jobs' client from their job-level answers.
+    learnt = run("jobs", f"{a.job_id},{a.review_key},false,job",
+                 f"{b.job_id},{b.review_key},false,job")
+    assert learnt.counts == {"updated": 2}
+    both = run("clients", f"{a.job_id},{a.review_key},false,client",
+               f"{b.job_id},{b.review_key},false,client")
+    assert both.counts == {"updated": 1, "duplicate": 1} and both.summary["requests_sent"] == 1
+    alone = run("alone", f"{b.job_id},{b.review_key},false,client")
+    assert alone.counts == {"unchanged": 1}
+    assert alone.summary["requests_sent"] == 0
+
+
+def test_a_run_refused_by_a_held_lock_leaves_no_empty_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default report name is reserved (an empty file) before the lock is taken: a run
+    that another run's lock refuses gives it back."""
+    from batch_toggle.errors import StoreLocked
+    from batch_toggle.store import StateStore
+
+    monkeypatch.chdir(tmp_path)
+    state = tmp_path / "state.sqlite"
+    with StateStore.open(state) as holder:
+        holder.acquire_lock("someone-else", owner="another run")
+        with pytest.raises(StoreLocked):
+            batch_toggle.run(SAMPLE, sandbox=True, state=state)
+    assert list((tmp_path / "reports").iterdir()) == []

@@ -79,7 +79,7 @@ def test_job_and_client_targets_are_different_units():
     pytest.param("last", [False, True, False, True], [SUPERSEDED] * 3 + [SEND], 3, id="last"),
     pytest.param("first", [False, True, True], [SEND, SUPERSEDED, SUPERSEDED], 0, id="first"),
     pytest.param("opt-out-wins", [True, False, True, False],
-                 [SUPERSEDED, SEND, SUPERSEDED, DUPLICATE], 1, id="opt-out-wins"),
+                 [SUPERSEDED, SEND, SUPERSEDED, SUPERSEDED], 1, id="opt-out-wins"),
     pytest.param("reject", [True, False], [CONFLICT, CONFLICT], None, id="reject"),
 ])
 def test_conflict_policies(policy, states, expected, sent_row):
@@ -98,6 +98,23 @@ def test_conflict_policies(policy, states, expected, sent_row):
 def test_superseded_rows_say_which_row_won():
     p = plan_of(norm((J1, K1, True, "job"), (J1, K1, False, "job")))
     assert p.error_message[0].as_py() == "superseded by f.csv:2, which asks for a different state"
+
+
+@pytest.mark.parametrize("policy", ["last", "first", "opt-out-wins"])
+def test_every_policy_calls_the_rows_it_did_not_send_superseded(policy):
+    """A unit whose rows disagree: whatever the policy, the rows not sent are `superseded`,
+    also those asking for the winner's state (opt-out-wins once called them `duplicate`)."""
+    states = [False, True, False, True, False]
+    p = plan_of(norm(*[(J1, K1, s, "job") for s in states]), on_conflict=policy)
+    sent = int(p.units.row[0])
+    assert [int(x) for x in p.state] == [SEND if i == sent else SUPERSEDED
+                                         for i in range(len(states))]
+    same = [i for i, s in enumerate(states) if i != sent and s == states[sent]]
+    assert same  # a row asking for the winner's state is among them
+    for i in same:
+        assert p.error_message[i].as_py() == (
+            f"superseded by f.csv:{sent + 1}, the row --on-conflict chose (rows for this job "
+            "and target ask for different states)")
 
 
 def test_different_review_keys_conflict_and_nothing_is_sent():
@@ -218,6 +235,9 @@ def test_client_rows_for_jobs_of_one_client_send_once_when_states_agree():
     assert list(p.state) == [SEND, DUPLICATE, DUPLICATE]
     assert list(p.duplicate_of) == [-1, 0, 0]
     assert list(p.unit_of_row) == [0, 0, 0]
+    # The unit sent answers for J2's client unit too: the ledger must learn it (its job and
+    # its own review key), or the next run naming J2 alone sends it again.
+    assert dict(p.units.folded) == {0: ((J2, K2),)}
 
 
 _row = st.tuples(

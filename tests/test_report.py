@@ -537,6 +537,29 @@ def test_summary_table_colours_only_when_asked() -> None:
     assert plain == render_summary_table(SUMMARY)
 
 
+def test_summary_table_says_which_rows_carry_a_code_that_several_statuses_share() -> None:
+    """Duplicates of unsent rows share their unit's budget_exhausted: 179 rows carry it next to
+    174 not_attempted. The table says so instead of leaving the two counts to disagree."""
+    summary = {"counts_by_status": {"updated": 100, "not_attempted": 174, "duplicate": 12},
+               "counts_by_error_code": {"budget_exhausted": 179, "job_not_found": 1},
+               "error_codes_by_status": {"budget_exhausted": {"not_attempted": 174,
+                                                              "duplicate": 5},
+                                         "job_not_found": {"failed": 1}}}
+    lines = render_summary_table(summary).splitlines()
+    assert "budget_exhausted   179  (174 not_attempted, 5 duplicate)" in lines
+    assert "job_not_found        1" in lines  # one status: nothing to explain
+
+
+def test_summary_table_sets_waiting_rows_apart_from_those_that_need_attention() -> None:
+    summary = {"counts_by_status": {"updated": 30, "not_attempted": 244, "invalid": 9},
+               "waiting": {"rows": 244, "note": "..."}, "attention": {"rows": 9},
+               "verdict": "stopped early: resumable"}
+    lines = render_summary_table(summary).splitlines()
+    assert "not_attempted   244  waiting: the next slice sends them" in lines
+    assert "waiting        244 rows: the next slice (run --resume) sends them" in lines
+    assert "attention      9 rows need attention (invalid, conflict, failed, mismatch)" in lines
+
+
 def test_summary_table_of_an_empty_summary_is_empty() -> None:
     assert render_summary_table({}) == ""
 
@@ -619,6 +642,33 @@ def test_a_default_report_path_already_taken_gets_a_number(tmp_path: Path) -> No
     assert unused_report_path(first) == second
     (tmp_path / "in-20261128T103000-2.csv.summary.json").write_text("{}", encoding="utf-8")
     assert unused_report_path(first) == tmp_path / "in-20261128T103000-3.csv"
+
+
+def test_a_default_report_name_is_reserved_as_it_is_chosen(tmp_path: Path) -> None:
+    """Five processes started in the same second each choose before any of them writes: the
+    name must be taken the moment it is chosen (an empty 0600 file), not when the report is
+    written, or they all choose the same one and one report survives."""
+    from batch_toggle.report import release_reservation, unused_report_path
+
+    base = tmp_path / "reports" / "in-20261128T103000.csv"
+    chosen = [unused_report_path(base) for _ in range(5)]
+    assert [p.name for p in chosen] == ["in-20261128T103000.csv"] + [
+        f"in-20261128T103000-{n}.csv" for n in range(2, 6)]
+    assert all(p.exists() and p.stat().st_mode & 0o777 == 0o600 for p in chosen)
+    release_reservation(chosen[1])  # a job that failed before writing leaves nothing
+    assert not chosen[1].exists()
+
+
+def test_a_refused_input_leaves_no_empty_report_behind(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import batch_toggle
+    from batch_toggle.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(InputError):
+        batch_toggle.validate(tmp_path / "bad.csv")
+    assert list((tmp_path / "reports").iterdir()) == []
 
 
 def test_two_runs_in_the_same_second_keep_both_reports(tmp_path: Path,

@@ -350,3 +350,34 @@ def test_status_has_help() -> None:
     result = CliRunner().invoke(main, ["status", "--help"])
     assert result.exit_code == 0
     assert "List the runs in the state store" in result.output
+
+
+def test_would_send_leaves_out_units_another_run_confirmed_since(tmp_path: Path,
+                                                                   state: Path) -> None:
+    """A run stopped with 4 units unsent; another run (another file) then confirms 2 of them.
+    The resume finds those `unchanged` and sends 2: status says 2, not 4."""
+    import batch_toggle
+    from batch_toggle.sandbox import load_seed
+
+    jobs = load_seed(Path(__file__).resolve().parents[1] / "sample_data" /
+                     "sandbox_seed.csv").jobs[:6]
+    header = "job_id,review_key,do_notify_sms,update_target\n"
+
+    def write(name: str, chosen: Any) -> Path:
+        path = tmp_path / name
+        path.write_text(header + "".join(f"{j.job_id},{j.review_key},false,job\n"
+                                         for j in chosen), encoding="utf-8")
+        return path
+
+    big, other = write("big.csv", jobs), write("other.csv", jobs[4:])
+    common = {"sandbox": True, "max_rps": 1000, "state": state, "html": False,
+              "concurrency": 1}
+    stopped = batch_toggle.run(big, max_requests=2, report=tmp_path / "a.csv", **common)
+    assert stopped.exit_code == 4 and stopped.counts["not_attempted"] == 4
+    assert one(state).resume_sends == 4
+    batch_toggle.run(other, report=tmp_path / "b.csv", **common)
+    (run,) = [r for r in store_status(state).runs if r.run_id == stopped.run_id]
+    assert run.resume_sends == 2
+    assert "would send 2 units" in render_status(store_status(state))
+    resumed = batch_toggle.run(big, resume=True, report=tmp_path / "c.csv", **common)
+    assert resumed.summary["requests_sent"] == 2 and resumed.counts["unchanged"] == 2

@@ -45,12 +45,15 @@ from .verbose import VerboseLog
 
 EPILOG_VALIDATE = """\b
 Examples:
+  # (from the repository root, on the samples it ships)
   # this month's opt-out list: what would happen, and which rows to fix
-  batch-toggle validate optouts_2026_11.csv --rejects reports/fix-me.csv
-  # another system's export: name its columns, everyone opted in
-  batch-toggle validate export.xlsx --map review_key="Tracking Key" --set-state true
-  # a dry-run audit with what earlier runs confirmed (predicts `unchanged`)
-  batch-toggle validate optouts.csv --state /var/lib/batch-toggle/state.sqlite
+  batch-toggle validate sample_data/optouts_2026_11.csv --rejects reports/fix-me.csv
+  # another system's export, a workbook: its sheet and column names, everyone opted in
+  batch-toggle validate sample_data/migration_export.xlsx --sheet Export \\
+      --map job_id="Job Ref" --map review_key="Tracking Key" --map update_target="Level" \\
+      --set-state true
+  # with what earlier runs confirmed (predicts `unchanged`): name their state store
+  batch-toggle validate sample_data/optouts_2026_11.csv --state reports/state.sqlite
 """
 
 
@@ -80,7 +83,8 @@ def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.argument("inputs", nargs=-1, required=True, metavar="INPUT..."),
         click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path),
                      help="Report path; .csv, .parquet or .jsonl. Default: "
-                          "reports/<first input stem>-<UTC time>.csv"),
+                          "reports/<first input stem>-<UTC time>.csv; a --resume writes the "
+                          "report of the run it continues, in place."),
         click.option("--map", "maps", multiple=True, metavar="FIELD=COLUMN",
                      help="Use COLUMN for FIELD (job_id, review_key, do_notify_sms, "
                           "update_target). Repeatable; wins over name matching."),
@@ -105,9 +109,14 @@ def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "$XDG_STATE_HOME/batch-toggle/state.sqlite"),
         click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
                      help="Also write the rows that need attention, unmasked, in the input's "
-                          "own layout, ready to fix and re-run."),
+                          "own layout, ready to fix and re-run (rows merely waiting for the "
+                          "next slice of a resumable run are left out)."),
         click.option("--encoding", metavar="NAME",
                      help="Force the input encoding (default: UTF-8, falling back to cp1252)."),
+        click.option("--sheet", metavar="NAME|INDEX",
+                     help="The sheet of an .xlsx input to read: its name, or its number from "
+                          "1. Default: the first sheet (said when there are several); the "
+                          "summary records the sheet read."),
         click.option("--rate", default="2500/h", show_default=True, metavar="N/PERIOD",
                      help="Budget: at most N requests in any sliding window of PERIOD "
                           "(s, m, h, d or seconds like 10s)."),
@@ -266,24 +275,36 @@ def guarded(fn: Callable[[], int]) -> None:
 
 
 EPILOG_MAIN = """\b
-The three jobs (rehearse run and audit with --sandbox first: no key, no network):
+The three jobs, on the samples the repository ships (run from its root; rehearse run and
+audit with --sandbox first: no key, no network):
   # 1. the monthly compliance opt-out import
-  batch-toggle validate optouts_2026_11.csv
-  batch-toggle run optouts_2026_11.csv --canary 20 --rejects reports/fix-me.csv
+  batch-toggle validate sample_data/optouts_2026_11.csv
+  batch-toggle run sample_data/optouts_2026_11.csv --canary 20 --rejects reports/fix-me.csv
   # 2. a migration from another system (its column names; everyone opted in)
-  batch-toggle run export.csv --map review_key="Tracking Key" --set-state true --dry-run
+  batch-toggle run sample_data/migration_export.csv --map job_id="Job Ref" \\
+      --map review_key="Tracking Key" --map update_target="Level" --set-state true --dry-run
   # 3. a dry-run audit: what a run would do, and what Logis already shows
-  batch-toggle run optouts.csv --dry-run
-  batch-toggle audit optouts.csv
+  batch-toggle run sample_data/optouts_2026_11.csv --dry-run
+  batch-toggle audit sample_data/optouts_2026_11.csv
 
 \b
 Repeated options in a file, flags still win:
-  batch-toggle --config batch-toggle.toml run optouts_2026_11.csv
+  batch-toggle --config sample_data/batch-toggle.toml run sample_data/optouts_2026_11.csv
 
 \b
 Exit codes: 0 ok; 1 some rows need attention; 2 usage or input error, nothing sent;
 3 aborted by the API or halted; 4 stopped early, resumable; 130 interrupted, resumable.
-Guides: docs/monthly-optout.md, docs/migration.md, docs/dry-run-audit.md, docs/report.md.
+
+\b
+Guides (docs/ in the repository):
+  monthly-optout.md  the monthly compliance opt-out import, canary, config file, cron
+  migration.md       a migration from another system: --map, --set-state, resubscribes
+  dry-run-audit.md   validate, run --dry-run and audit: what would happen, what Logis shows
+  audit.md           the audit command: reads, samples, what it cannot tell
+  cron.md            long runs in cron slices: one line, one report, exit codes
+  library.md         batch-toggle from Python: Airflow, notebooks, DataFrames
+  report.md          reading the report, its summary and HTML page; statuses, error codes
+  sandbox.md         rehearsing against the local Logis simulator
 """
 
 # `sandbox` is a test tool with options of its own (its --daily-limit is the simulated API's):
@@ -409,6 +430,9 @@ def apply_env_names(group: click.Group, specs: dict[str, dict[str, OptionSpec]])
 @main.command(epilog=EPILOG_VALIDATE)
 @input_options
 @EVENTS_OPTION
+@click.option("--progress/--no-progress", default=None,
+              help="Accepted as by run and audit, so that a script can pass it to every "
+                   "command; validate sends nothing and shows no progress bar.")
 def validate(**opts: Any) -> None:
     """Load, normalise, validate and dedupe INPUT...; report what would happen. No network."""
     from batch_toggle.jobs import validate as run_validate
@@ -430,27 +454,28 @@ def validate(**opts: Any) -> None:
 
 EPILOG_RUN = """\b
 Examples:
+  # (from the repository root, on the samples it ships; rehearse with --sandbox first)
   # the monthly compliance opt-out import: 20 units first, the rest only if none of them
   # failed permanently; the opt-out wins where a client asked both ways
-  batch-toggle run optouts_2026_11.csv --canary 20 --on-conflict opt-out-wins \\
+  batch-toggle run sample_data/optouts_2026_11.csv --canary 20 --on-conflict opt-out-wins \\
       --rejects reports/optouts-fix-me.csv
 
 \b
   # the same from cron (crontab -e), every hour until done: one line starts, continues and
   # finishes the job (exit 4 = stopped early, resumable: the next hour resumes it); the
-  # config file names the state store and --api-key-file
-  15 * * * * cd /srv/optouts && batch-toggle --config batch-toggle.toml run optouts_2026_11.csv --resume --stop-after 55m
+  # config file names the state store and --api-key-file; cron's PATH lacks batch-toggle
+  15 * * * * cd /srv/optouts && /srv/optouts/.venv/bin/batch-toggle --config batch-toggle.toml run optouts_2026_11.csv --resume --stop-after 55m
 
 \b
   # a migration from another system: its column names, everyone opted in, rehearsed first.
   # A row that would turn SMS back on where an earlier run confirmed an opt-out is
   # `conflict` (resubscribe_blocked): add --allow-resubscribe only if that is intended.
-  batch-toggle run export.csv --map job_id="Job Ref" --map review_key="Tracking Key" \\
-      --set-state true --default-target job --dry-run
+  batch-toggle run sample_data/migration_export.csv --map job_id="Job Ref" \\
+      --map review_key="Tracking Key" --map update_target="Level" --set-state true --dry-run
 
 \b
   # a dry-run audit: the plan and report, statuses dry_run, nothing sent
-  batch-toggle run optouts_2026_11.csv --dry-run
+  batch-toggle run sample_data/optouts_2026_11.csv --dry-run
   # rehearse against the built-in simulator (no key, no network)
   batch-toggle run sample_data/optouts_2026_11.csv --sandbox
 """  # noqa: E501 - a crontab line cannot be continued

@@ -24,10 +24,11 @@ RUN_ONLY = frozenset({"resume", "retry_failed", "canary", "skip_confirmed"})
 
 EPILOG_AUDIT = """\b
 Examples:
+  # (from the repository root, on the samples it ships)
   # before an import: which rows does Logis already honour? (one read per distinct job)
-  batch-toggle audit optouts.csv --report reports/before.csv
-  # a big file on a tight budget: read 400 jobs, estimate the share in sync
-  batch-toggle audit big.csv --sample 400 --seed 7
+  batch-toggle audit sample_data/optouts_2026_11.csv --report reports/before.csv
+  # a big file on a tight budget: read 40 jobs drawn at random, estimate the share in sync
+  batch-toggle audit sample_data/optouts_2026_11.csv --sample 40 --seed 7
   # rehearse against the built-in simulator (no key, no network)
   batch-toggle audit sample_data/optouts_2026_11.csv --sandbox
 """

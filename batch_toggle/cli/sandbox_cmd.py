@@ -1,4 +1,4 @@
-"""`batch-toggle sandbox`: serve the local Logis simulator (SPEC section 7)."""
+"""`batch-toggle sandbox`: serve the local Logis simulator (docs/sandbox.md)."""
 
 from __future__ import annotations
 
@@ -32,8 +32,25 @@ def _latency(ctx: click.Context, param: click.Parameter, value: str | None) -> o
 
 _rate = click.FloatRange(0.0, 1.0)
 
+EPILOG_SANDBOX = """\b
+Examples:
+  # (from the repository root)
+  # the shipped world on http://127.0.0.1:8765, key "sandbox-key", until Ctrl-C
+  batch-toggle sandbox
+  # rehearse a long run quickly: 50 requests a minute, slow replies, a few 5xx
+  batch-toggle sandbox --hourly-limit 50 --window 60 --latency-ms 5-200 --error-rate 0.05
+  # a world of your own, and a key Logis would refuse (403)
+  batch-toggle sandbox --seed sample_data/sandbox_seed.csv --inactive-key old-key
 
-@click.command("sandbox")
+\b
+Then, in another terminal, point a run at it (its own state store: a rehearsal must not
+spend the real key's recorded budget):
+  LOGIS_BASE_URL=http://127.0.0.1:8765 LOGIS_API_KEY=sandbox-key batch-toggle run \\
+      sample_data/optouts_2026_11.csv --state reports/rehearsal.sqlite
+"""
+
+
+@click.command("sandbox", epilog=EPILOG_SANDBOX)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; a non-loopback one needs --public.")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,

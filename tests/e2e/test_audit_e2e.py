@@ -8,6 +8,7 @@ received (`handle.requests()`): one GET per distinct job, never a PUT.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -187,8 +188,8 @@ def test_no_key_is_a_usage_error_before_any_read(sandbox_server: Any, tmp_path: 
 
 def _verbose(stderr: str) -> list[str]:
     """The -v lines of stderr (each starts with a UTC timestamp), without their timestamps."""
-    return [line[21:] for line in stderr.splitlines()
-            if len(line) > 21 and line[4] == "-" and line[10] == "T" and line[19:21] == "Z "]
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z ")
+    return [line[m.end():] for line in stderr.splitlines() if (m := stamp.match(line))]
 
 
 def _events(path: Path) -> list[dict[str, Any]]:
@@ -240,3 +241,18 @@ def test_a_stopped_audit_advises_auditing_again_never_resume_a_run_still_resume(
         assert stop.startswith("stop (exit 4): --max-requests 4 reached; resume with --resume; ")
         assert finish.startswith(f"finish: run {result.summary['run_id']}: exit 4, ")
         assert stop_event["message"] == "--max-requests 4 reached; resume with --resume"
+
+
+@pytest.mark.parametrize("command", ["audit", "run"])
+def test_a_refused_key_ends_with_a_stopped_line_naming_why(
+        sandbox_server: Any, tmp_path: Path, command: str) -> None:
+    """An audit whose key Logis refuses (403) says why it stopped, last on stderr, as a run
+    does; its counts say they cover only what was read, never "0 units in sync" as an answer."""
+    sandbox_server.set_key(sandbox_server.api_key, active=False)
+    result = cli(sandbox_server, tmp_path, command, [SAMPLE])
+    assert result.code == 3, result.stderr
+    last = result.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("stopped: ") and "api_key_invalid" in last, result.stderr
+    if command == "audit":
+        (counts,) = [x for x in result.stderr.splitlines() if x.startswith("audit: ")]
+        assert "among the jobs read before it stopped" in counts
