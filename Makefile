@@ -39,7 +39,7 @@ system-deps:
 	  || echo "note: libfaketime unavailable; the faked-clock tests will skip"
 
 test: $(STAMP) browser system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 4
 
 lint: $(STAMP)
 	$(BIN)/ruff check batch_toggle tests benchmarks
