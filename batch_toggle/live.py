@@ -27,6 +27,7 @@ import httpx
 from . import vocab
 from .clock import utc_text
 from .committer import Committer, Finished
+from .config import format_duration
 from .connections import proxy_configured, worker_connections
 from .errors import ExitCode, InputError, UsageError
 from .hosts import is_loopback
@@ -41,13 +42,14 @@ from .jobs import (
     prepare_or_refuse,
 )
 from .ledger import ledger_view
-from .limiter import DAY, WAIT_BUDGET, WAIT_DAILY, Budget
+from .limiter import SEND_LOG_KEEP, WAIT_BUDGET, WAIT_DAILY, Budget
 from .operations import Operation
 from .outcome import Outcome
 from .plan import Units
 from .report import ReportError, release_reservation
 from .results import UnitResults, row_ref_array
 from .runner import Counters, Interrupts, RunHooks, Runner, Stop, interrupt_stop
+from .sendlog import Reading, wall_clock_moved
 from .store import RunRecord, StateStore, default_state_path, record_interrupted
 from .watchdog import Watchdog
 
@@ -311,7 +313,6 @@ def _before_reset(record: RunRecord) -> Stop | None:
 def _announce_resume(config: JobConfig, hooks: Hooks, run_id: str, had: int, todo: int) -> None:
     """A resume states what is left, not only the whole plan: each cron slice's log then says
     how far the job has come and how long the rest takes."""
-    from .config import format_duration
     rate = config.send.rate
     seconds = rate.duration_for(todo, config.send.max_rps)
     hooks.notice(f"resume: run {run_id}: {had:,} units already have an outcome; {todo:,} to "
@@ -435,13 +436,23 @@ def _wait_events(hooks: Hooks) -> Callable[..., None]:
 
 
 def _budget(config: JobConfig, store: StateStore | None, hooks: Hooks = SILENT) -> Budget:
+    """The run's budget, seeded with the slots earlier runs sharing the store still hold.
+
+    One rule decides what is held (`sendlog.still_held`), for loading and pruning alike: the
+    log is pruned to SEND_LOG_KEEP (a day and its margin) or this budget's longest hold if
+    that is longer, whatever this run's own windows, and loaded to this budget's hold."""
     budget = Budget.from_options(config.send, on_wait=_wait_events(hooks))
     if store is not None:
-        longest = DAY if config.send.daily_limit else config.send.rate.period
-        now = time.time()
-        store.prune_sends(now - 2 * longest - config.send.timeout)
-        budget.seed(store.recent_sends(now - longest - config.send.timeout - 60),
-                    now_wall=now, timeout=config.send.timeout)
+        timeout = config.send.timeout
+        now = Reading.now()
+        store.prune_sends(now, max(SEND_LOG_KEEP, budget.hold), timeout)
+        sends = store.recent_sends(now, budget.hold, timeout)
+        moved = wall_clock_moved(sends, now)
+        if moved > 0:
+            hooks.notice(f"warning: the send log has requests up to {format_duration(moved)} "
+                         "in the future by this machine's wall clock (it was set back since "
+                         "they were sent, before a reboot): they count as sent just now")
+        budget.seed(sends, now=now, timeout=timeout)
     return budget
 
 

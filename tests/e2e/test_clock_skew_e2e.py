@@ -1,0 +1,96 @@
+"""Clocks that disagree between runs on one state store, end to end.
+
+Each run is the real CLI in a subprocess, its clocks moved by Debian's libfaketime (`make test`
+installs it; without it these tests skip), against the sandbox on a real loopback socket whose
+own clock is the true one. Two ways of moving a run's clock:
+
+* `FAKETIME=+1h` alone moves every clock of the process, the monotonic one included (this
+  libfaketime then reports CLOCK_MONOTONIC as the faked wall time): the run looks as if it
+  happened an hour later by every measure. That is how "5 h later" is staged.
+* `FAKETIME=+1h` with `FAKETIME_DONT_FAKE_MONOTONIC=1` moves only the wall clock: what an NTP
+  step or an operator's `date -s` does to a machine between two runs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import CLI_TIMEOUT, FAST, CliRun, cli_command, cli_env, collect, write_input
+
+pytestmark = pytest.mark.e2e
+
+FAKETIME_LIBS = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+needs_faketime = pytest.mark.skipif(
+    not FAKETIME_LIBS, reason="Debian's libfaketime is not installed (make test installs it)")
+
+
+def faked_run(handle: Any, tmp_path: Path, inputs: Sequence[Path], *extra: str,
+              offset: str | None = None, wall_only: bool = False,
+              command: str = "run", timeout: float = CLI_TIMEOUT) -> CliRun:
+    """`batch-toggle <command>` to completion with its clocks moved by `offset` (libfaketime's
+    syntax: "+1h", "-3600"); `wall_only` leaves the monotonic clock alone."""
+    env = cli_env(handle.api_key)
+    if offset is not None:
+        env.update(LD_PRELOAD=str(FAKETIME_LIBS[0]), FAKETIME=offset, FAKETIME_NO_CACHE="1")
+        if wall_only:
+            env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
+    cmd = cli_command(handle, tmp_path, inputs, *extra)
+    cmd[3] = command
+    started = time.monotonic()
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return collect(tmp_path, proc.returncode, proc.stdout, proc.stderr,
+                   time.monotonic() - started)
+
+
+def api_requests(handle: Any) -> list[dict[str, Any]]:
+    return [r for r in handle.requests() if r["path"].startswith("/api/")]
+
+
+def client_with_jobs(handle: Any, n: int) -> tuple[str, list[Any]]:
+    """A seeded client with at least `n` jobs, and `n` of them."""
+    by_client: dict[str, list[Any]] = {}
+    for job in handle.jobs:
+        by_client.setdefault(job.client_id, []).append(job)
+    client, jobs = next((c, js) for c, js in by_client.items() if len(js) >= n)
+    return client, jobs[:n]
+
+
+# --- defect 1: the latest confirmation is the latest written, whatever the clocks said ---------
+
+
+@needs_faketime
+def test_an_opt_out_stays_blocked_after_an_earlier_run_with_a_fast_clock(
+        sandbox_server: Any, tmp_path: Path) -> None:
+    """Run A (its clock an hour fast) sets client C's default true through job J1; run B (true
+    time) opts C out through J2; run C asks for true through J3. B's opt-out is the latest
+    confirmation: C is `resubscribe_blocked` and nothing is sent, although A's confirmation
+    carries the later time. (Run A also sets J3's own state, so that the ledger knows J3
+    belongs to C: a job it never saw cannot be tied to a client without asking Logis.)"""
+    srv = sandbox_server
+    client, (j1, j2, j3) = client_with_jobs(srv, 3)
+    a = faked_run(srv, tmp_path, [write_input(tmp_path / "a.csv", [
+        [j1.job_id, j1.review_key, "true", "client"],
+        [j3.job_id, j3.review_key, "true", "job"]])], *FAST, offset="+3600s")
+    assert a.code == 0 and a.statuses() == ["updated"] * 2, a.stderr
+    b = faked_run(srv, tmp_path, [write_input(tmp_path / "b.csv", [
+        [j2.job_id, j2.review_key, "false", "client"]])], *FAST)
+    assert b.code == 0 and b.statuses() == ["updated"], b.stderr
+    assert srv.client_state(client) is False
+    sent_before = len(api_requests(srv))
+
+    c = faked_run(srv, tmp_path, [write_input(tmp_path / "c.csv", [
+        [j3.job_id, j3.review_key, "true", "client"]])], *FAST)
+
+    assert c.code == 1, c.stderr
+    assert [(r["status"], r["error_code"]) for r in c.rows] == [
+        ("conflict", "resubscribe_blocked")]
+    assert f"through job {j2.job_id}" in c.rows[0]["error_message"]
+    assert len(api_requests(srv)) == sent_before  # nothing sent
+    assert srv.client_state(client) is False
