@@ -435,7 +435,7 @@ def _wait_events(hooks: Hooks) -> Callable[..., None]:
     return on_wait
 
 
-def _budget(config: JobConfig, store: StateStore | None, hooks: Hooks = SILENT) -> Budget:
+def seeded_budget(config: JobConfig, store: StateStore | None, hooks: Hooks = SILENT) -> Budget:
     """The run's budget, seeded with the slots earlier runs sharing the store still hold.
 
     One rule decides what is held (`sendlog.still_held`), for loading and pruning alike: the
@@ -449,9 +449,10 @@ def _budget(config: JobConfig, store: StateStore | None, hooks: Hooks = SILENT) 
         sends = store.recent_sends(now, budget.hold, timeout)
         moved = wall_clock_moved(sends, now)
         if moved > 0:
-            hooks.notice(f"warning: the send log has requests up to {format_duration(moved)} "
-                         "in the future by this machine's wall clock (it was set back since "
-                         "they were sent, before a reboot): they count as sent just now")
+            hooks.notice(f"warning: the state store's send log has requests sent before a "
+                         f"reboot up to {format_duration(moved)} ahead of this machine's clock "
+                         "(it was set back since): they count as sent just now, so the budget "
+                         "may wait up to one window longer than it needs")
         budget.seed(sends, now=now, timeout=timeout)
     return budget
 
@@ -469,7 +470,7 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
     `advice`: rewords the runner's stop messages (see Runner); `stop_first`: a stop decided
     before any request (the runner then sends nothing, and the report says why);
     `watchdog`: watches the loop while it sends (see watchdog.py)."""
-    budget = _budget(config, store, hooks)
+    budget = seeded_budget(config, store, hooks)
     sent = prepared.plan.units if units is None else units
     sources = row_ref_array(prepared.loaded, sent.row)  # file:row of each unit, once per run
 

@@ -15,13 +15,23 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from . import CLI_TIMEOUT, FAST, CliRun, cli_command, cli_env, collect, write_input
+from . import (
+    CLI_TIMEOUT,
+    FAST,
+    CliRun,
+    cli_command,
+    cli_env,
+    collect,
+    max_in_window,
+    write_input,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -94,3 +104,77 @@ def test_an_opt_out_stays_blocked_after_an_earlier_run_with_a_fast_clock(
     assert f"through job {j2.job_id}" in c.rows[0]["error_message"]
     assert len(api_requests(srv)) == sent_before  # nothing sent
     assert srv.client_state(client) is False
+
+
+# --- defect 2: the daily window's history survives a run that has no daily limit ---------------
+
+
+@needs_faketime
+def test_the_daily_limit_holds_across_an_intervening_audit_without_one(
+        sandbox_server: Any, tmp_path: Path) -> None:
+    """3 sends under --daily-limit 5, then (3 h later) a 1-row audit without a daily limit,
+    then (5 h after the first) another --daily-limit 5 run: 4 requests of the day are on record
+    (the audit's read counts too), so it sends 1 and stops; the server saw 5 in the day. The
+    audit used to prune the log to 2 x its own longest window (2 h) and the last run sent 4.
+
+    Every run's clocks move together (monotonic included): "3 h later" by every measure."""
+    srv = sandbox_server
+    jobs = srv.jobs[:8]
+    first = faked_run(srv, tmp_path, [write_input(tmp_path / "first.csv", [
+        [j.job_id, j.review_key, "false", "job"] for j in jobs[:3]])], *FAST,
+        "--daily-limit", "5", offset="+0")
+    assert first.code == 0 and first.statuses() == ["updated"] * 3, first.stderr
+    audit = faked_run(srv, tmp_path, [write_input(tmp_path / "audit.csv", [
+        [jobs[3].job_id, jobs[3].review_key, "false", "job"]])], *FAST, command="audit",
+        offset="+3h")
+    assert audit.code == 0 and len(audit.rows) == 1, audit.stderr
+    assert len(api_requests(srv)) == 4
+
+    last = faked_run(srv, tmp_path, [write_input(tmp_path / "last.csv", [
+        [j.job_id, j.review_key, "false", "job"] for j in jobs[4:8]])], *FAST,
+        "--daily-limit", "5", "--stop-after", "3s", offset="+5h")
+
+    assert last.code == 4, last.stderr  # stopped early (--stop-after), resumable
+    assert Counter(last.statuses()) == {"updated": 1, "not_attempted": 3}
+    assert len(api_requests(srv)) == 5
+    assert all(r["status"] == 200 for r in api_requests(srv))
+
+
+# --- point 5: a wall clock stepped between two runs of one boot -------------------------------
+
+
+WINDOW, LIMIT = 4.0, 10
+
+
+@needs_faketime
+def test_a_wall_clock_stepped_an_hour_either_way_between_runs_neither_bursts_nor_stalls(
+        make_sandbox_server: Any, tmp_path: Path) -> None:
+    """A first run fills the server's window; a second run on the same store starts right
+    after with the wall clock an hour ahead, a third with it an hour behind (the monotonic
+    clock untouched: what an NTP step or `date -s` does). The second used to take the first
+    run's sends for an hour old and burst into the full window (two 429s). Now: no 429, never
+    more than N in any window on the server's own clock, each run done within the time its
+    budget needs, and no warning (one boot: the monotonic clock places every send)."""
+    srv = make_sandbox_server(window=WINDOW, hourly_limit=LIMIT)
+    rate = ("--rate", f"{LIMIT}/{WINDOW:g}s")
+    jobs = list(srv.jobs)
+    fill = faked_run(srv, tmp_path, [write_input(tmp_path / "fill.csv", [
+        [j.job_id, j.review_key, "false", "job"] for j in jobs[:LIMIT]])], *FAST, *rate)
+    assert fill.code == 0 and fill.statuses() == ["updated"] * LIMIT, fill.stderr
+
+    hold = WINDOW * 1.02  # PERIOD plus the margin
+    for n, offset in enumerate(("+1h", "-1h")):
+        rows = jobs[LIMIT + 15 * n:LIMIT + 15 * (n + 1)]
+        run = faked_run(srv, tmp_path, [write_input(tmp_path / f"step{n}.csv", [
+            [j.job_id, j.review_key, "false", "job"] for j in rows])], *FAST, *rate,
+            offset=offset, wall_only=True)
+        assert run.code == 0 and run.statuses() == ["updated"] * 15, run.stderr
+        assert "warning" not in run.stderr
+        # 15 sends behind a full (then a third-full) window: two holds at most, plus the
+        # process's start and the replies.
+        assert run.elapsed < 2 * hold + 3.0, run.elapsed
+
+    received = api_requests(srv)
+    assert len(received) == LIMIT + 30
+    assert [r["status"] for r in received if r["status"] != 200] == []
+    assert max_in_window([r["t"] for r in received], WINDOW) <= LIMIT
