@@ -180,14 +180,24 @@ class Key:
 EDGE_SLACK = 1e-6  # seconds: far below any real clock's jitter, far above float rounding
 
 
+def edge_slack(now: float) -> float:
+    """How early an entry may leave the window: EDGE_SLACK, or a few ulps of `now` where the
+    float keeps fewer bits than that (past 2**32 s): never lost to rounding."""
+    return max(EDGE_SLACK, 4 * math.ulp(now))
+
+
 @dataclass
 class SlidingLog:
     """At most `limit` counted events in any half-open window (t - window, t].
 
-    An event at time s leaves the window at s + window (less EDGE_SLACK), so a request arriving
-    then is accepted and a Retry-After derived from `wait` is never too short. The slack absorbs
-    float rounding: a client that adds a whole Retry-After to its clock can land a rounding
-    error short of the exact edge (the property test found it).
+    An event at time s leaves the window at s + window, less a slack (`edge_slack`), and
+    `wait` names the exact edge: a client that adds the wait to its clock lands within a
+    rounding error of the edge, well inside the slack, so it is admitted (the property test
+    found clients refused again, told to wait 0, when both named the same edge), and a
+    Retry-After derived from the wait is never too short.
+
+    Progress: `prune` pops one entry per turn; a full log's wait is more than the slack, so a
+    client that follows it moves on.
     """
 
     limit: int
@@ -195,7 +205,7 @@ class SlidingLog:
     times: deque[float] = field(default_factory=deque)
 
     def prune(self, now: float) -> None:
-        edge = now - self.window + EDGE_SLACK
+        edge = now - self.window + edge_slack(now)
         while self.times and self.times[0] <= edge:
             self.times.popleft()
 
@@ -210,7 +220,7 @@ class SlidingLog:
         if excess < 0:
             return 0.0
         # The (excess+1) oldest must leave; the log is sorted because the clock is monotonic.
-        return max(0.0, self.times[excess] + self.window - EDGE_SLACK - now)
+        return max(0.0, self.times[excess] + self.window - now)
 
     def record(self, now: float) -> None:
         self.times.append(now)
