@@ -29,6 +29,12 @@ What it promises (SPEC section 6):
   not exist gives an empty in-memory view, so callers need no special case and nothing is
   created. Every write method of a read-only store raises `StoreError`.
 
+* Order without clocks. Runs are ordered by their insertion (`runs.seq`) and confirmations by
+  a counter of the store's own (`ledger.conf_seq` from `meta.ledger_seq`, handed out inside
+  the write transaction): "latest" never compares two processes' clocks. The send log is the
+  one place where time across processes matters; each time in it is read on the wall clock
+  and on the boot's monotonic clock (see sendlog.py for which one decides).
+
 The schema is versioned with `PRAGMA user_version` (and marked as ours with
 `PRAGMA application_id`); a file from a newer batch-toggle, or some other SQLite file, is
 refused rather than guessed at.
