@@ -269,21 +269,26 @@ def test_hourly_and_daily_windows_hold_together(limit, daily, workers, seed) -> 
         assert max_in_window(times, DAY) <= daily, name
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     limit=st.integers(1, 5),
     first=st.lists(latency_lists, min_size=1, max_size=4),
     second=st.lists(latency_lists, min_size=1, max_size=4),
     stop_at=st.floats(0.0, 60.0),
     offset=st.floats(-1e6, 1e6),
+    same_boot=st.booleans(),
+    wall_step=st.floats(-1e6, 1e6),
     seed=st.integers(0, 2**32),
 )
 def test_a_second_run_seeded_from_the_first_keeps_the_bound(
-    limit, first, second, stop_at, offset, seed
+    limit, first, second, stop_at, offset, same_boot, wall_step, seed
 ) -> None:
     """Run 1 is killed at `stop_at` (open requests have no recorded completion); run 2 seeds
-    its budget from run 1's wall-clock log (another boot: no monotonic side). Together they
-    never exceed N in a window."""
+    its budget from run 1's log, its wall clock `offset` from the monotonic one. Another boot:
+    the log has no monotonic side, the wall clock places it. The same boot: the log has its
+    monotonic times too, and the wall clock may have been stepped by `wall_step` between the
+    runs (an hour forward used to look like an empty window: a burst the server refused).
+    Together the runs never exceed N in a window."""
     period, timeout = 30.0, 30.0  # every latency drawn is within the timeout
     old: list[tuple[float, float]] = []
     new: list[tuple[float, float]] = []
@@ -304,62 +309,15 @@ def test_a_second_run_seeded_from_the_first_keeps_the_bound(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        killed = [(s, None) for s in opened.values()]
-        old.extend((s, s + timeout) for s, _ in killed)  # worst case: answered at the timeout
-        recorded = [LoggedSend(s + offset, r + offset)
-                    for s, r in old[: len(old) - len(killed)]]
-        recorded += [LoggedSend(s + offset, None) for s, _ in killed]
-        b2 = budget(Rate(limit, period))
-        b2.seed(recorded, now=Reading(clock() + offset, 0.0, BOOT), timeout=timeout)
-        await asyncio.gather(*(worker(b2, lat, [0.0] * len(lat), new) for lat in second))
-
-    run(main)
-    for name, times in arrivals(old + new, random.Random(seed)).items():
-        assert max_in_window(times, period) <= limit, name
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    limit=st.integers(1, 5),
-    first=st.lists(latency_lists, min_size=1, max_size=4),
-    second=st.lists(latency_lists, min_size=1, max_size=4),
-    stop_at=st.floats(0.0, 60.0),
-    wall_step=st.floats(-1e6, 1e6),
-    seed=st.integers(0, 2**32),
-)
-def test_a_second_run_on_the_same_boot_keeps_the_bound_whatever_the_wall_clock_did(
-    limit, first, second, stop_at, wall_step, seed
-) -> None:
-    """As above, but run 1 logged its monotonic times too and run 2 runs on the same boot,
-    after the wall clock was stepped by `wall_step` (an hour forward used to look like an empty
-    window: a burst the server refused)."""
-    period, timeout = 30.0, 30.0
-    old: list[tuple[float, float]] = []
-    new: list[tuple[float, float]] = []
-
-    async def main() -> None:
-        b1 = budget(Rate(limit, period))
-        opened: dict[int, float] = {}
-
-        async def traced(latencies: list[float]) -> None:
-            for latency in latencies:
-                async with b1.slot() as ticket:
-                    opened[ticket.slot] = clock()
-                    await asyncio.sleep(latency)
-                    old.append((opened.pop(ticket.slot), clock()))
-
-        tasks = [asyncio.ensure_future(traced(lat)) for lat in first]
-        await asyncio.sleep(stop_at)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         killed = list(opened.values())
-        recorded = [LoggedSend(s + 1e9, r + 1e9, BOOT, s, r) for s, r in old]
-        recorded += [LoggedSend(s + 1e9, None, BOOT, s, None) for s in killed]
+        boot = BOOT if same_boot else None
+        recorded = [LoggedSend(s + offset, r + offset, boot, s if boot else None,
+                               r if boot else None) for s, r in old]
+        recorded += [LoggedSend(s + offset, None, boot, s if boot else None) for s in killed]
         old.extend((s, s + timeout) for s in killed)  # worst case: answered at the timeout
         b2 = budget(Rate(limit, period))
-        b2.seed(recorded, now=Reading(clock() + 1e9 + wall_step, clock(), BOOT),
-                timeout=timeout)
+        step = wall_step if same_boot else 0.0
+        b2.seed(recorded, now=Reading(clock() + offset + step, clock(), BOOT), timeout=timeout)
         await asyncio.gather(*(worker(b2, lat, [0.0] * len(lat), new) for lat in second))
 
     run(main)

@@ -25,19 +25,18 @@ import pytest
 from . import (
     CLI_TIMEOUT,
     FAST,
+    LIBFAKETIME,
     CliRun,
     cli_command,
     cli_env,
     collect,
     max_in_window,
+    needs_faketime,
     write_input,
 )
 
 pytestmark = pytest.mark.e2e
 
-FAKETIME_LIBS = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
-needs_faketime = pytest.mark.skipif(
-    not FAKETIME_LIBS, reason="Debian's libfaketime is not installed (make test installs it)")
 
 
 def faked_run(handle: Any, tmp_path: Path, inputs: Sequence[Path], *extra: str,
@@ -47,7 +46,7 @@ def faked_run(handle: Any, tmp_path: Path, inputs: Sequence[Path], *extra: str,
     syntax: "+1h", "-3600"); `wall_only` leaves the monotonic clock alone."""
     env = cli_env(handle.api_key)
     if offset is not None:
-        env.update(LD_PRELOAD=str(FAKETIME_LIBS[0]), FAKETIME=offset, FAKETIME_NO_CACHE="1")
+        env.update(LD_PRELOAD=str(LIBFAKETIME), FAKETIME=offset, FAKETIME_NO_CACHE="1")
         if wall_only:
             env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
     cmd = cli_command(handle, tmp_path, inputs, *extra)
