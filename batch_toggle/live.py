@@ -449,10 +449,11 @@ def seeded_budget(config: JobConfig, store: StateStore | None, hooks: Hooks = SI
         sends = store.recent_sends(now, budget.hold, timeout)
         moved = wall_clock_moved(sends, now)
         if moved > 0:
-            hooks.notice(f"warning: the state store's send log has requests sent before a "
-                         f"reboot up to {format_duration(moved)} ahead of this machine's clock "
-                         "(it was set back since): they count as sent just now, so the budget "
-                         "may wait up to one window longer than it needs")
+            hooks.notice(f"warning: the state store's send log has requests dated up to "
+                         f"{format_duration(moved)} ahead of this machine's clock, sent before "
+                         "a reboot or on another host (the clock was set back since, or the "
+                         "two disagree): they count as sent just now, so the budget may wait "
+                         "up to one window longer than it needs")
         budget.seed(sends, now=now, timeout=timeout)
     return budget
 
