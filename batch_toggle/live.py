@@ -581,4 +581,4 @@ def _send_summary(runner: Runner, counters: Counters, config: JobConfig) -> dict
 
 
 __all__ = ["run", "check_base_url", "live_config", "lock_store", "make_client", "open_store",
-           "plan_key", "same_outputs"]
+           "plan_key", "same_outputs", "seeded_budget"]
