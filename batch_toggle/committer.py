@@ -32,10 +32,12 @@ import contextlib
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .outcome import Outcome
+from .sendlog import SendEntry, boot_id
 from .store import LedgerUpdates, StateStore
 
 # The longest a commit round waits for the answers still in flight to join it (it waits for
@@ -46,7 +48,6 @@ from .store import LedgerUpdates, StateStore
 MIN_ROUND = 0.001
 # How long a queued send-log record may wait for a round of outcomes to carry it.
 SEND_LOG_DELAY = 0.05
-SendEntry = tuple[str, float, float | None]  # (send_id, wall_sent, wall_done or None)
 _log = logging.getLogger(__name__)
 
 
@@ -64,7 +65,8 @@ class Committer:
     """Collect outcomes; persist them (and the send log) when a store is present."""
 
     def __init__(self, store: StateStore | None, run_id: str,
-                 on_committed: Callable[[Finished], None] = lambda _f: None) -> None:
+                 on_committed: Callable[[Finished], None] = lambda _f: None, *,
+                 mono: Callable[[], float] = time.monotonic, boot: str | None = None) -> None:
         self.store = store
         self.run_id = run_id
         self.outcomes: dict[int, Outcome] = {}  # by unit index, for the report
@@ -85,6 +87,11 @@ class Committer:
         self._quiet: asyncio.Future[None] | None = None  # set when none is in flight
         self._send_log_timer: asyncio.TimerHandle | None = None  # a round for queued sends
         self._callback_failed = False  # on_committed raised once: said once, not per row
+        # The send log's monotonic side (see sendlog.py): this boot's CLOCK_MONOTONIC, which
+        # a later run on the same boot reads too, whatever the runner's own clocks are.
+        self._mono = mono
+        self._boot = boot_id() if boot is None else boot
+        self._sent_mono: dict[str, float] = {}  # send_id -> when it left, until its reply
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._writer())
@@ -117,13 +124,15 @@ class Committer:
         if self.error is not None:
             raise self.error
         send_id = f"{self._send_prefix}{next(self._send_ids)}"
-        entry: SendEntry = (send_id, wall, None)
+        mono = self._sent_mono[send_id] = self._mono()
+        entry = SendEntry(send_id, wall, None, self._boot, mono)
         if wait:  # with whatever is queued (reply times, records waiting for a round)
             pending, self._sends = self._sends, []
             try:
                 self.store.record_sends([*pending, entry])
             except BaseException:
                 self._sends[:0] = pending
+                del self._sent_mono[send_id]  # never sent
                 raise
         else:
             self._sends.append(entry)
@@ -134,7 +143,9 @@ class Committer:
     def send_done(self, send_id: str | None, sent: float, done: float) -> None:
         """Log when the request's reply (or timeout, or error) came, with the next batch."""
         if self.store is not None and send_id is not None:
-            self._sends.append((send_id, sent, done))
+            sent_mono = self._sent_mono.pop(send_id, None)
+            self._sends.append(SendEntry(send_id, sent, done, self._boot, sent_mono,
+                                         self._mono()))
             self._in_flight -= 1
             if self._in_flight == 0 and self._quiet is not None:
                 _let_go([self._quiet])

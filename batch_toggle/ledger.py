@@ -14,9 +14,10 @@ from .store import StateStore, default_state_path
 if TYPE_CHECKING:
     from .jobs import JobConfig
 
-# confirmed_at: a client's latest client-level confirmation decides its state (plan).
+# confirmed_seq: a client's latest client-level confirmation decides its state (plan); the
+# store's own order of writes says which is latest, never a clock.
 _COLUMNS = ["job_id", "update_target", "do_notify_sms", "review_key_hash", "entity_id",
-            "confirmed_at"]
+            "confirmed_seq"]
 
 
 def ledger_view(store: StateStore, exclude_run: str | None = None) -> LedgerView | None:

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from .config import Rate, SendOptions
+from .sendlog import LoggedSend, Reading, held_expiries
 
 DAY = 86400.0
 MIN_MARGIN = 0.05  # seconds
@@ -50,6 +51,12 @@ PACE_SLACK = 0.005
 def default_margin(period: float) -> float:
     """The safety margin added to every held slot: about 2% of PERIOD, at least 50 ms."""
     return max(MARGIN_FRACTION * period, MIN_MARGIN)
+
+
+# How long the send log keeps a request after its reply, whatever the run that prunes it asks
+# for: the daily window's hold (a day plus its margin). A run without --daily-limit must not
+# erase what a later run with one needs; a run whose own windows hold longer keeps longer.
+SEND_LOG_KEEP = DAY + default_margin(DAY)
 
 
 class SlidingWindow:
@@ -111,7 +118,8 @@ class SlidingWindow:
             heapq.heappush(self._expiries, now + self.hold)
 
     def seed(self, held_until: Iterable[float]) -> None:
-        """Slots held by earlier runs, as expiry times on this clock (see `wall_to_expiries`)."""
+        """Slots held by earlier runs, as expiry times on this clock (see
+        `sendlog.held_expiries`)."""
         for expiry in held_until:
             if math.isfinite(expiry):
                 heapq.heappush(self._expiries, expiry)
@@ -131,32 +139,6 @@ class SlidingWindow:
     def _prune(self, now: float) -> None:
         while self._expiries and self._expiries[0] <= now:
             heapq.heappop(self._expiries)
-
-
-def wall_to_expiries(
-    sends: Iterable[tuple[float, float | None]],
-    *,
-    now_wall: float,
-    now_mono: float,
-    hold: float,
-    timeout: float,
-) -> list[float]:
-    """Convert (wall_sent, wall_done or None) pairs recorded by earlier runs into expiry times
-    on this run's monotonic clock, for `SlidingWindow.seed`.
-
-    A request with no recorded completion is taken as answered at `sent + timeout` (the latest
-    it can have been answered). A wall time in the future (the wall clock went back since) is
-    taken as now, so such a jump stalls the run by at most one window and never lets it burst.
-    Slots already expired are dropped.
-    """
-    expiries = []
-    for sent, done in sends:
-        sent = min(sent, now_wall)
-        end = min(done, now_wall) if done is not None else sent + timeout
-        expiry = now_mono + (end - now_wall) + hold
-        if expiry > now_mono:
-            expiries.append(expiry)
-    return expiries
 
 
 @dataclass(frozen=True)
@@ -275,18 +257,25 @@ class Budget:
         """The earliest monotonic time a new request could be sent (inf: awaiting responses)."""
         return self._ready_at(self._clock())[0]
 
-    def seed(
-        self, sends: Iterable[tuple[float, float | None]], *, now_wall: float, timeout: float
-    ) -> None:
-        """Honour requests recorded by earlier runs sharing the state store: (wall_sent,
-        wall_done or None) pairs, converted to this clock (see `wall_to_expiries`)."""
+    @property
+    def windows(self) -> tuple[SlidingWindow, ...]:
+        """The sliding windows every request holds a slot of: hourly, and daily when set."""
+        return (self.hourly,) if self.daily is None else (self.hourly, self.daily)
+
+    @property
+    def hold(self) -> float:
+        """The longest any of its windows holds a slot after the reply: how far back the send
+        log must reach to seed this budget."""
+        return max(window.hold for window in self.windows)
+
+    def seed(self, sends: Iterable[LoggedSend], *, now: Reading, timeout: float) -> None:
+        """Honour requests recorded by earlier runs sharing the state store, each window by its
+        own hold (see `sendlog.held_expiries`). `now` is both clocks read just before; `timeout`
+        is how late a request with no recorded reply may have been answered."""
         sends = list(sends)
-        for window in (self.hourly, self.daily):
-            if window is not None:
-                window.seed(wall_to_expiries(
-                    sends, now_wall=now_wall, now_mono=self._clock(), hold=window.hold,
-                    timeout=timeout,
-                ))
+        for window in self.windows:
+            window.seed(held_expiries(sends, now=now, clock_now=self._clock(), hold=window.hold,
+                                      timeout=timeout))
 
     def eta_seconds(self, remaining_requests: int, latency: float = 0.0) -> float:
         """Seconds until the last of `remaining_requests` more requests can be sent, from the

@@ -27,6 +27,7 @@ import httpx
 from . import vocab
 from .clock import utc_text
 from .committer import Committer, Finished
+from .config import format_duration
 from .connections import proxy_configured, worker_connections
 from .errors import ExitCode, InputError, UsageError
 from .hosts import is_loopback
@@ -41,13 +42,14 @@ from .jobs import (
     prepare_or_refuse,
 )
 from .ledger import ledger_view
-from .limiter import DAY, WAIT_BUDGET, WAIT_DAILY, Budget
+from .limiter import SEND_LOG_KEEP, WAIT_BUDGET, WAIT_DAILY, Budget
 from .operations import Operation
 from .outcome import Outcome
 from .plan import Units
 from .report import ReportError, release_reservation
 from .results import UnitResults, row_ref_array
 from .runner import Counters, Interrupts, RunHooks, Runner, Stop, interrupt_stop
+from .sendlog import Reading, wall_clock_moved
 from .store import RunRecord, StateStore, default_state_path, record_interrupted
 from .watchdog import Watchdog
 
@@ -311,7 +313,6 @@ def _before_reset(record: RunRecord) -> Stop | None:
 def _announce_resume(config: JobConfig, hooks: Hooks, run_id: str, had: int, todo: int) -> None:
     """A resume states what is left, not only the whole plan: each cron slice's log then says
     how far the job has come and how long the rest takes."""
-    from .config import format_duration
     rate = config.send.rate
     seconds = rate.duration_for(todo, config.send.max_rps)
     hooks.notice(f"resume: run {run_id}: {had:,} units already have an outcome; {todo:,} to "
@@ -434,14 +435,26 @@ def _wait_events(hooks: Hooks) -> Callable[..., None]:
     return on_wait
 
 
-def _budget(config: JobConfig, store: StateStore | None, hooks: Hooks = SILENT) -> Budget:
+def seeded_budget(config: JobConfig, store: StateStore | None, hooks: Hooks = SILENT) -> Budget:
+    """The run's budget, seeded with the slots earlier runs sharing the store still hold.
+
+    One rule decides what is held (`sendlog.still_held`), for loading and pruning alike: the
+    log is pruned to SEND_LOG_KEEP (a day and its margin) or this budget's longest hold if
+    that is longer, whatever this run's own windows, and loaded to this budget's hold."""
     budget = Budget.from_options(config.send, on_wait=_wait_events(hooks))
     if store is not None:
-        longest = DAY if config.send.daily_limit else config.send.rate.period
-        now = time.time()
-        store.prune_sends(now - 2 * longest - config.send.timeout)
-        budget.seed(store.recent_sends(now - longest - config.send.timeout - 60),
-                    now_wall=now, timeout=config.send.timeout)
+        timeout = config.send.timeout
+        now = Reading.now()
+        store.prune_sends(now, max(SEND_LOG_KEEP, budget.hold), timeout)
+        sends = store.recent_sends(now, budget.hold, timeout)
+        moved = wall_clock_moved(sends, now)
+        if moved > 0:
+            hooks.notice(f"warning: the state store's send log has requests dated up to "
+                         f"{format_duration(moved)} ahead of this machine's clock, sent before "
+                         "a reboot or on another host (the clock was set back since, or the "
+                         "two disagree): they count as sent just now, so the budget may wait "
+                         "up to one window longer than it needs")
+        budget.seed(sends, now=now, timeout=timeout)
     return budget
 
 
@@ -458,7 +471,7 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
     `advice`: rewords the runner's stop messages (see Runner); `stop_first`: a stop decided
     before any request (the runner then sends nothing, and the report says why);
     `watchdog`: watches the loop while it sends (see watchdog.py)."""
-    budget = _budget(config, store, hooks)
+    budget = seeded_budget(config, store, hooks)
     sent = prepared.plan.units if units is None else units
     sources = row_ref_array(prepared.loaded, sent.row)  # file:row of each unit, once per run
 
@@ -568,4 +581,4 @@ def _send_summary(runner: Runner, counters: Counters, config: JobConfig) -> dict
 
 
 __all__ = ["run", "check_base_url", "live_config", "lock_store", "make_client", "open_store",
-           "plan_key", "same_outputs"]
+           "plan_key", "same_outputs", "seeded_budget"]

@@ -45,7 +45,8 @@ class LedgerView:
     """What an earlier run confirmed, as the planner needs it.
 
     `confirmed` has columns job_id, update_target, do_notify_sms, review_key_hash, entity_id
-    (only units confirmed by a PUT, not merely observed by an audit). `job_clients` maps a job to
+    and optionally confirmed_seq, the order in which the store wrote them (only units
+    confirmed by a PUT, not merely observed by an audit). `job_clients` maps a job to
     the client Logis said it belongs to.
     """
 
@@ -371,22 +372,25 @@ def _client_optouts(norm: pa.Table, reps: np.ndarray, is_client: np.ndarray,
     """A client's confirmed opt-out is sticky across its jobs, not only for the unit that
     confirmed it: a `client` row asking for true for another job of that client would turn the
     same client default back on. Blocked (`resubscribe_blocked`) unless --allow-resubscribe.
-    A client's state is its latest confirmed client-level update (by confirmation time when
-    the ledger gives it, else the latest entry)."""
+    A client's state is its latest confirmed client-level update: the highest `confirmed_seq`
+    (the store's order of writes) when the ledger gives it, else the last entry. Never by
+    confirmation time: a run whose clock was an hour fast would make its older confirmation
+    look newer, and undo an opt-out confirmed after it."""
     if options.allow_resubscribe or not ledger.job_clients:
         return reps
     confirmed = ledger.confirmed.filter(pc.equal(ledger.confirmed["update_target"], "client"))
     if confirmed.num_rows == 0:
         return reps
-    at = (confirmed["confirmed_at"].to_pylist() if "confirmed_at" in confirmed.column_names
-          else [""] * confirmed.num_rows)
-    latest: dict[str, tuple[str, bool, str]] = {}
-    for job, entity, state, when in zip(confirmed["job_id"].to_pylist(),
-                                        confirmed["entity_id"].to_pylist(),
-                                        confirmed["do_notify_sms"].to_pylist(), at, strict=True):
+    order = (confirmed["confirmed_seq"].to_pylist() if "confirmed_seq" in confirmed.column_names
+             else list(range(confirmed.num_rows)))
+    latest: dict[str, tuple[int, bool, str]] = {}
+    for job, entity, state, seq in zip(confirmed["job_id"].to_pylist(),
+                                       confirmed["entity_id"].to_pylist(),
+                                       confirmed["do_notify_sms"].to_pylist(), order, strict=True):
         client = entity or ledger.job_clients.get(job)
-        if client is not None and (client not in latest or (when or "") >= latest[client][0]):
-            latest[client] = (when or "", bool(state), job)
+        seq = -1 if seq is None else seq
+        if client is not None and (client not in latest or seq >= latest[client][0]):
+            latest[client] = (seq, bool(state), job)
     opted_out = {client: job for client, (_, state, job) in latest.items() if not state}
     if not opted_out:
         return reps

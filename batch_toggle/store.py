@@ -29,6 +29,12 @@ What it promises (SPEC section 6):
   not exist gives an empty in-memory view, so callers need no special case and nothing is
   created. Every write method of a read-only store raises `StoreError`.
 
+* Order without clocks. Runs are ordered by their insertion (`runs.seq`) and confirmations by
+  a counter of the store's own (`ledger.conf_seq` from `meta.ledger_seq`, handed out inside
+  the write transaction): "latest" never compares two processes' clocks. The send log is the
+  one place where time across processes matters; each time in it is read on the wall clock
+  and on the boot's monotonic clock (see sendlog.py for which one decides).
+
 The schema is versioned with `PRAGMA user_version` (and marked as ours with
 `PRAGMA application_id`); a file from a newer batch-toggle, or some other SQLite file, is
 refused rather than guessed at.
@@ -66,8 +72,9 @@ import pyarrow.csv as pcsv
 from .clock import parse_utc, utc_text
 from .errors import ExitCode, StoreError, StoreLocked
 from .outcome import Outcome
+from .sendlog import LoggedSend, Reading, SendEntry
 
-SCHEMA_VERSION = 3  # 2: runs.units; 3: runs.resume_after
+SCHEMA_VERSION = 4  # 2: runs.units; 3: runs.resume_after; 4: ledger.conf_seq, sends' clocks
 # 'BTgl': marks the file as a batch-toggle state store (PRAGMA application_id).
 APPLICATION_ID = 0x4254676C
 
@@ -125,10 +132,15 @@ CREATE TABLE outcomes (
 ) WITHOUT ROWID;
 
 -- Every request sent with this store (all runs): the limiter's memory across processes.
+-- Each time is read on two clocks: the wall clock, and CLOCK_MONOTONIC of the boot named by
+-- `boot`, which every process of that boot shares and no one can step (see sendlog.py).
 CREATE TABLE sends (
-    send_id TEXT PRIMARY KEY,
-    sent    REAL NOT NULL,   -- wall clock (time.time()) when the request left
-    done    REAL             -- wall clock when its response (or timeout) came, NULL while in flight
+    send_id   TEXT PRIMARY KEY,
+    sent      REAL NOT NULL,  -- wall clock (time.time()) when the request left
+    done      REAL,           -- wall clock when its response (or timeout) came, NULL in flight
+    boot      TEXT,           -- /proc/sys/kernel/random/boot_id of the sender, NULL if unknown
+    sent_mono REAL,           -- CLOCK_MONOTONIC of that boot when the request left
+    done_mono REAL            -- CLOCK_MONOTONIC when its response came, NULL in flight
 );
 CREATE INDEX sends_by_time ON sends (sent);
 
@@ -145,6 +157,7 @@ CREATE TABLE ledger (
     conf_entity   TEXT,
     conf_at       TEXT,       -- NOT NULL exactly when a PUT confirmed this unit
     conf_run      TEXT,
+    conf_seq      INTEGER,    -- order of confirmations: meta.ledger_seq when written, never a clock
     obs_state     INTEGER,
     obs_entity    TEXT,
     obs_at        TEXT,
@@ -186,6 +199,9 @@ LEDGER_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
     ("observed", "l.conf_at IS NULL", pa.bool_()),
     ("observed_do_notify_sms", "l.obs_state", pa.bool_()),
     ("observed_at", "l.obs_at", pa.string()),
+    # The order of confirmations (higher: written later), from the store's own counter: which
+    # of two confirmations is the latest never depends on a clock.
+    ("confirmed_seq", f"CASE WHEN {_CONFIRMED} THEN l.conf_seq END", pa.int64()),
 )
 _BULK_CHUNK = 200_000  # key values per bulk-read query: bounds the transient text to ~40 MB
 
@@ -338,6 +354,13 @@ class StateStore:
         # lacks as NULL.
         self._run_columns = ", ".join([_RUN_COLUMNS, *(c if c in names else "NULL"
                                                        for c in ("units", "resume_after"))])
+        with self._sends_lock:
+            send_names = {r[1] for r in self._sends_conn.execute("PRAGMA table_info(sends)")}
+        self._send_columns = ", ".join(c if c in send_names else "NULL" for c in _SEND_FIELDS)
+        self._held_sql = _held_sql(send_names)
+        with self._lock:
+            ledger_names = {r[1] for r in conn.execute("PRAGMA table_info(ledger)")}
+        self._ledger_has_seq = "conf_seq" in ledger_names
 
     # --- opening and closing ----------------------------------------------------------------
 
@@ -684,7 +707,7 @@ class StateStore:
     @_translated
     def record_outcomes(self, run_id: str,
                         items: Sequence[tuple[int, Outcome, LedgerUpdates]],
-                        sends: Sequence[tuple[str, float, float | None]] = ()) -> None:
+                        sends: Sequence[SendEntry | tuple[Any, ...]] = ()) -> None:
         """Commit a batch of outcomes (and what they taught the ledger) in ONE transaction.
 
         `sends` are send-log entries (as for `record_sends`) that nobody waits on: written in
@@ -724,6 +747,7 @@ class StateStore:
                     f"INSERT OR REPLACE INTO outcomes (run, row, {', '.join(_OUTCOME_FIELDS)})"
                     f" VALUES ({seq}, ?,?,?,?,?,?,?,?,?,?,?)", outcome_rows)
                 if ledger_rows:
+                    _number_confirmations(self._conn, ledger_rows)
                     # In item order: a later update of the same unit wins.
                     self._conn.executemany(_LEDGER_UPSERT, ledger_rows)
                     self._conn.executemany(_LEDGER_CLIENT, ledger_rows)
@@ -767,7 +791,7 @@ class StateStore:
 
         Columns (all, or those named in `columns`, in this order): job_id, update_target,
         do_notify_sms, review_key_hash, entity_id, client_id, confirmed_at, run_id, observed,
-        observed_do_notify_sms, observed_at.
+        observed_do_notify_sms, observed_at, confirmed_seq.
 
         For a unit a PUT confirmed, the first columns describe that confirmation and `observed`
         is False; an audit after it only fills `observed_do_notify_sms`/`observed_at` (so an
@@ -776,6 +800,7 @@ class StateStore:
         when it was seen. `client_id` is the client the job belongs to, as Logis last said
         (on both units of the job). `confirmed_only=True` leaves out the
         observed-only units (what --skip-confirmed and the sticky opt-out use).
+        `confirmed_seq` orders the confirmations: of two, the higher was written later.
         """
         wanted = LEDGER_COLUMNS
         if columns is not None:
@@ -785,8 +810,14 @@ class StateStore:
                 raise ValueError(f"unknown ledger column(s): {', '.join(unknown)}")
             wanted = tuple(c for c in LEDGER_COLUMNS if c[0] in columns)
         where = f" WHERE {_CONFIRMED}" if confirmed_only else " WHERE 1"
+        source = "ledger l"
+        if not self._ledger_has_seq:
+            # A schema-3 file opened read-only: number its confirmations as the migration will.
+            source += f" LEFT JOIN ({_LEGACY_ORDER}) AS o ON o.id = l.rowid"
+            wanted = tuple((name, expr.replace("l.conf_seq", "o.n"), typ)
+                           for name, expr, typ in wanted)
         with self._lock:
-            return _bulk_read(self._conn, wanted, "ledger l" + where, key="l.rowid")
+            return _bulk_read(self._conn, wanted, source + where, key="l.rowid")
 
     @_translated
     def job_clients(self, job_ids: Iterable[str] | None = None) -> dict[str, str]:
@@ -810,8 +841,9 @@ class StateStore:
     # --- the send log -----------------------------------------------------------------------
 
     @_translated
-    def record_sends(self, entries: Sequence[tuple[str, float, float | None]]) -> None:
-        """Log requests: (send_id, wall_sent, wall_done or None while in flight).
+    def record_sends(self, entries: Sequence[SendEntry | tuple[Any, ...]]) -> None:
+        """Log requests (see `SendEntry`; a plain (send_id, sent, done) tuple is a record on
+        the wall clock alone).
 
         Record a request when it leaves (done None) and again under the same `send_id` when
         its response or timeout comes: a run killed mid-request still leaves the send on
@@ -825,13 +857,14 @@ class StateStore:
             self._sends_conn.executemany(_SENDS_UPSERT, _merged(entries))
 
     @_translated
-    def recent_sends(self, since_wall: float) -> list[tuple[float, float | None]]:
-        """(wall_sent, wall_done) of every request that may still hold a slot at `since_wall`:
-        sent or done since then, or never marked done. Oldest first."""
+    def recent_sends(self, now: Reading, keep: float, timeout: float) -> list[LoggedSend]:
+        """The requests that still hold a slot at `now` in a window whose slots are held `keep`
+        seconds after the reply (`sendlog.still_held`), oldest first."""
         with self._sends_lock:
-            return self._sends_conn.execute(
-                "SELECT sent, done FROM sends WHERE sent >= ? OR done IS NULL OR done >= ?"
-                " ORDER BY sent", (since_wall, since_wall)).fetchall()
+            rows = self._sends_conn.execute(
+                f"SELECT {self._send_columns} FROM sends WHERE {self._held_sql}"
+                " ORDER BY sent", _held_args(now, keep, timeout)).fetchall()
+        return [LoggedSend(*row) for row in rows]
 
     @_translated
     def oldest_send(self, since_wall: float) -> float | None:
@@ -843,15 +876,22 @@ class StateStore:
         return None if row is None or row[0] is None else float(row[0])
 
     @_translated
-    def prune_sends(self, before_wall: float) -> None:
-        """Forget requests finished (or, never marked done, sent) before `before_wall`.
-
-        Keep at least the longest window in use: the rate PERIOD, or a day with --daily-limit.
-        """
+    def prune_sends(self, now: Reading, keep: float, timeout: float) -> None:
+        """Forget the requests that hold no slot at `now` in a window of `keep` (the longest
+        any rule may ask for: see `limiter.SEND_LOG_KEEP`), by the same rule as
+        `recent_sends`."""
         self._writable()
         with self._sends_lock, _transaction(self._sends_conn):
-            self._sends_conn.execute("DELETE FROM sends WHERE COALESCE(done, sent) < ?",
-                                     (before_wall,))
+            self._sends_conn.execute(f"DELETE FROM sends WHERE NOT ({self._held_sql})",
+                                     _held_args(now, keep, timeout))
+
+    @_translated
+    def send_log(self) -> list[LoggedSend]:
+        """Every request on record, oldest first (for tests and for looking)."""
+        with self._sends_lock:
+            rows = self._sends_conn.execute(
+                f"SELECT {self._send_columns} FROM sends ORDER BY sent").fetchall()
+        return [LoggedSend(*row) for row in rows]
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -864,22 +904,48 @@ _RUN_COLUMNS = ("seq, run_id, command, inputs, plan_key, options, total_rows, st
                 " finished_at, exit_code, counts, pid, host, resumes, resumed_at")
 _EXIT = 9  # index of exit_code in _RUN_COLUMNS
 
-# A send-log record: a later record of the same send adds its reply time, never removes it.
+# A send-log record: a later record of the same send adds its reply time (and monotonic
+# readings), never removes them.
 _SENDS_UPSERT = (
-    "INSERT INTO sends (send_id, sent, done) VALUES (?, ?, ?) ON CONFLICT (send_id)"
-    " DO UPDATE SET sent = excluded.sent, done = COALESCE(excluded.done, done)")
+    "INSERT INTO sends (send_id, sent, done, boot, sent_mono, done_mono)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (send_id) DO UPDATE SET sent = excluded.sent,"
+    " done = COALESCE(excluded.done, done), boot = COALESCE(excluded.boot, boot),"
+    " sent_mono = COALESCE(excluded.sent_mono, sent_mono),"
+    " done_mono = COALESCE(excluded.done_mono, done_mono)")
+_SEND_FIELDS = ("sent", "done", "boot", "sent_mono", "done_mono")  # LoggedSend's, in order
 
-def _merged(entries: Sequence[tuple[str, float, float | None]]
-            ) -> list[tuple[str, float, float | None]]:
+
+def _held_sql(columns: set[str]) -> str:
+    """`sendlog.still_held` in SQL, over the send log's columns (a schema-3 file, read only,
+    lacks the monotonic ones: then the wall clock decides, as it did). Parameters: see
+    `_held_args`. SQLite's two-argument min() is NULL when either side is: hence COALESCE."""
+    wall = "COALESCE(min(done, :wall), min(sent, :wall) + :timeout) > :wall - :keep"
+    if not {"boot", "sent_mono", "done_mono"} <= columns:
+        return wall
+    mono = ("COALESCE(min(done_mono, :mono), min(sent_mono, :mono) + :timeout)"
+            " > :mono - :keep")
+    return (f"CASE WHEN :boot IS NOT NULL AND boot = :boot AND sent_mono IS NOT NULL"
+            f" THEN {mono} ELSE {wall} END")
+
+
+def _held_args(now: Reading, keep: float, timeout: float) -> dict[str, Any]:
+    return {"wall": now.wall, "mono": now.mono, "boot": now.boot, "keep": keep,
+            "timeout": timeout}
+
+
+def _merged(entries: Sequence[SendEntry | tuple[Any, ...]]) -> list[SendEntry]:
     """One record per request: a request that left and was answered since the last write
     is logged once, with its reply time (a row written twice costs twice). The same result
     as upserting them in order (see _SENDS_UPSERT)."""
-    merged: dict[str, tuple[str, float, float | None]] = {}
-    for send_id, sent, done in entries:
-        earlier = merged.get(send_id)
-        if done is None and earlier is not None:
-            done = earlier[2]
-        merged[send_id] = (send_id, sent, done)
+    merged: dict[str, SendEntry] = {}
+    for entry in map(lambda e: SendEntry(*e), entries):
+        earlier = merged.get(entry.send_id)
+        if earlier is not None:
+            entry = entry._replace(**{
+                name: getattr(earlier, name) for name in ("done", "boot", "sent_mono",
+                                                          "done_mono")
+                if getattr(entry, name) is None})
+        merged[entry.send_id] = entry
     return list(merged.values())
 
 
@@ -888,7 +954,7 @@ def _merged(entries: Sequence[tuple[str, float, float | None]]
 # observation only replaces the observation. A new unit inherits its job's known client.
 _LEDGER_UPSERT = """
 INSERT INTO ledger (job_id, update_target, client_id,
-                    conf_state, conf_hash, conf_entity, conf_at, conf_run,
+                    conf_state, conf_hash, conf_entity, conf_at, conf_run, conf_seq,
                     obs_state, obs_entity, obs_at, obs_run)
 VALUES (:job_id, :target,
         COALESCE(:client_id, (SELECT client_id FROM ledger
@@ -898,6 +964,7 @@ VALUES (:job_id, :target,
         CASE WHEN :observed THEN NULL ELSE :entity END,
         CASE WHEN :observed THEN NULL ELSE :at END,
         CASE WHEN :observed THEN NULL ELSE :run END,
+        CASE WHEN :observed THEN NULL ELSE :seq END,
         CASE WHEN :observed THEN :state END,
         CASE WHEN :observed THEN :entity END,
         CASE WHEN :observed THEN :at END,
@@ -909,11 +976,27 @@ ON CONFLICT (job_id, update_target) DO UPDATE SET
     conf_entity = CASE WHEN :observed THEN conf_entity ELSE excluded.conf_entity END,
     conf_at     = CASE WHEN :observed THEN conf_at     ELSE excluded.conf_at END,
     conf_run    = CASE WHEN :observed THEN conf_run    ELSE excluded.conf_run END,
+    conf_seq    = CASE WHEN :observed THEN conf_seq    ELSE excluded.conf_seq END,
     obs_state   = excluded.obs_state,
     obs_entity  = excluded.obs_entity,
     obs_at      = excluded.obs_at,
     obs_run     = excluded.obs_run
 """
+def _number_confirmations(conn: sqlite3.Connection, ledger_rows: list[dict[str, Any]]) -> None:
+    """Give each confirmation among `ledger_rows` (in order) the next number of the store's
+    counter, meta.ledger_seq, and advance it: inside the caller's write transaction, so two
+    processes never hand out the same number and the order is the order of the commits."""
+    (last,) = conn.execute("SELECT value FROM meta WHERE key = 'ledger_seq'").fetchone()
+    last = int(last)
+    for row in ledger_rows:
+        if row["observed"]:
+            row["seq"] = None
+        else:
+            last += 1
+            row["seq"] = last
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'ledger_seq'", (last,))
+
+
 # Keep both units of a job on the job's latest known client.
 _LEDGER_CLIENT = """
 UPDATE ledger SET client_id = :client_id
@@ -970,6 +1053,7 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
                         conn.execute(statement)
                 conn.execute("INSERT INTO meta (key, value) VALUES ('hmac_secret', ?)",
                              (secrets.token_bytes(32),))
+                conn.execute("INSERT INTO meta (key, value) VALUES ('ledger_seq', 0)")
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 return
@@ -985,6 +1069,34 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
             if conn.execute("PRAGMA user_version").fetchone()[0] < 3:
                 conn.execute("ALTER TABLE runs ADD COLUMN resume_after TEXT")
                 conn.execute("PRAGMA user_version=3")
+    if version < 4:
+        with _transaction(conn):
+            if conn.execute("PRAGMA user_version").fetchone()[0] < 4:
+                _migrate_to_4(conn)
+                conn.execute("PRAGMA user_version=4")
+
+
+def _migrate_to_4(conn: sqlite3.Connection) -> None:
+    """Schema 4: the ledger's confirmations get their order (conf_seq, and its counter
+    meta.ledger_seq), and the send log its monotonic side (boot, sent_mono, done_mono).
+
+    Confirmations already there are numbered in the order the older version judged them by
+    (their time, then insertion), so the migration changes no decision it made; every later
+    confirmation is numbered above them. Send records already there have no boot: the wall
+    clock places them, as before."""
+    conn.execute("ALTER TABLE ledger ADD COLUMN conf_seq INTEGER")
+    conn.execute(f"UPDATE ledger SET conf_seq = ordered.n FROM ({_LEGACY_ORDER}) AS ordered"
+                 " WHERE ledger.rowid = ordered.id")
+    conn.execute("INSERT INTO meta (key, value) VALUES ('ledger_seq',"
+                 " (SELECT count(*) FROM ledger WHERE conf_at IS NOT NULL))")
+    for column in ("boot TEXT", "sent_mono REAL", "done_mono REAL"):
+        conn.execute(f"ALTER TABLE sends ADD COLUMN {column}")
+
+
+# The order of a schema-3 ledger's confirmations: the one its version used (conf_at, then
+# insertion). Used once, by the migration, and by a read-only view of such a file.
+_LEGACY_ORDER = ("SELECT rowid AS id, row_number() OVER (ORDER BY conf_at, rowid) AS n"
+                 " FROM ledger WHERE conf_at IS NOT NULL")
 
 
 def _tighten(path: Path) -> None:

@@ -163,6 +163,7 @@ def sandbox_config(config: SoakConfig, seed: Path) -> SandboxConfig:
         window=config.server_window, latency_ms=config.latency_ms, error_rate=config.error_rate,
         error_html_share=0.3, reset_rate=config.reset_rate, timeout_rate=config.timeout_rate,
         timeout_delay_s=TIMEOUT + 0.5, fault_seed=config.seed,
+        request_log_limit=10**8,  # the check reads every request the server received
     )
 
 

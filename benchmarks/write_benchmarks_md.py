@@ -492,7 +492,8 @@ def generic_section(title: str, entry: dict[str, Any]) -> list[str]:
 
 
 TITLES = {"validate": "validate", "sender": "Sender ceiling", "store": "State store overhead",
-          "sandbox": "Sandbox requests/s", "peers": "Peer comparison"}
+          "sandbox": "Sandbox requests/s", "sandbox_memory": "Sandbox request log memory",
+          "peers": "Peer comparison"}
 RENDER = {"peers": peers_section, "validate": validate_section, "sandbox": sandbox_section,
           "sender": sender_section, "store": store_section}
 

@@ -221,7 +221,7 @@ def test_audit_is_recorded_as_a_run_with_its_reads_in_the_send_log(tmp_path: Pat
         assert record.counts == result.summary["counts_by_status"]
         # one outcome per unit, the client unit of J1 included
         assert record.outcome_counts == {"would_change": 2, "in_sync": 2, "failed": 1}
-        assert len(store.recent_sends(0.0)) == 4  # the reads count against the budget
+        assert len(store.send_log()) == 4  # the reads count against the budget
 
 
 def test_a_held_lock_refuses_the_audit_before_any_read(tmp_path: Path) -> None:

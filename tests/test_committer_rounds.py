@@ -14,6 +14,7 @@ from helpers_time import run_virtual, vclock
 
 from batch_toggle.committer import MIN_ROUND, SEND_LOG_DELAY, Committer, Finished
 from batch_toggle.outcome import Outcome
+from batch_toggle.sendlog import LoggedSend
 from batch_toggle.store import StateStore
 
 RUN_ID = "run-rounds"
@@ -108,18 +109,38 @@ def test_a_send_record_with_no_outcome_to_ride_with_is_committed_within_the_dela
         store: Any) -> None:
     """A request that is retried (no outcome yet) still leaves its send on disk soon."""
 
-    async def main() -> list[tuple[float, float | None]]:
-        committer = Committer(store, RUN_ID)
+    async def main() -> list[LoggedSend]:
+        committer = Committer(store, RUN_ID, mono=vclock, boot="boot-1")
         committer.start()
         send_id = committer.send_started(100.0, wait=False)
         committer.send_done(send_id, 100.0, 100.5)  # answered: a retry, no outcome
         await asyncio.sleep(SEND_LOG_DELAY + 0.001)
-        logged = store.recent_sends(0.0)
+        logged = store.send_log()
         await committer.close()
         return logged
 
-    assert run_virtual(main) == [(100.0, 100.5)]
+    assert run_virtual(main) == [LoggedSend(100.0, 100.5, "boot-1", 0.0, 0.0)]
     assert store.rounds == [[]]  # one round, for the send log alone
+
+
+def test_a_send_is_logged_on_both_clocks_with_the_boot_it_was_read_in(store: Any) -> None:
+    """The wall times are the runner's; the monotonic ones are read beside them, on the clock a
+    later run of the same boot reads too (see sendlog.py), when the request leaves and when
+    its reply comes."""
+
+    async def main() -> list[LoggedSend]:
+        committer = Committer(store, RUN_ID, mono=lambda: 1000.0 + vclock(), boot="boot-1")
+        committer.start()
+        await asyncio.sleep(2.0)
+        send_id = committer.send_started(100.0, wait=True)
+        in_flight = store.send_log()
+        await asyncio.sleep(0.25)
+        committer.send_done(send_id, 100.0, 100.5)
+        await committer.close()
+        return [*in_flight, *store.send_log()]
+
+    assert run_virtual(main) == [LoggedSend(100.0, None, "boot-1", 1002.0, None),
+                                 LoggedSend(100.0, 100.5, "boot-1", 1002.0, 1002.25)]
 
 
 def test_a_failed_outcome_commit_does_not_take_the_send_log_down_with_it(store: Any) -> None:
@@ -137,4 +158,4 @@ def test_a_failed_outcome_commit_does_not_take_the_send_log_down_with_it(store: 
 
     error = run_virtual(main)
     assert error is not None and "no run no-such-run" in str(error)
-    assert store.recent_sends(0.0) == [(0.0, 0.0)]
+    assert [(s.sent, s.done) for s in store.send_log()] == [(0.0, 0.0)]

@@ -27,8 +27,8 @@ from batch_toggle.limiter import (
     Budget,
     SlidingWindow,
     default_margin,
-    wall_to_expiries,
 )
+from batch_toggle.sendlog import LoggedSend, Reading, held_expiries
 
 T = TypeVar("T")
 
@@ -172,13 +172,16 @@ def test_send_time_of_a_fresh_window_is_a_burst_then_one_hold_per_round() -> Non
     assert w.send_time(0.0, 24, latency=1.0) == 2 * 103.0
 
 
-# --- wall-clock seeds -----------------------------------------------------------------------
+# --- seeds from the send log -----------------------------------------------------------------
+
+BOOT = "boot-a"
 
 
 def test_wall_sends_become_expiries_on_the_monotonic_clock() -> None:
-    got = wall_to_expiries(
-        [(1000.0, 1001.0), (1090.0, None), (500.0, 501.0)],
-        now_wall=1100.0, now_mono=50.0, hold=102.0, timeout=30.0,
+    """Records without a boot (an older store, another boot): the wall clock places them."""
+    got = held_expiries(
+        [LoggedSend(1000.0, 1001.0), LoggedSend(1090.0, None), LoggedSend(500.0, 501.0)],
+        now=Reading(1100.0, 7.0, BOOT), clock_now=50.0, hold=102.0, timeout=30.0,
     )
     # answered at 1001 -> 50 - 99 + 102; unknown completion -> sent + timeout; 501 is long gone
     assert got == pytest.approx([53.0, 50.0 - 10.0 + 30.0 + 102.0])
@@ -186,11 +189,31 @@ def test_wall_sends_become_expiries_on_the_monotonic_clock() -> None:
 
 def test_a_wall_time_in_the_future_is_taken_as_now_so_a_clock_jump_neither_bursts_nor_stalls(
 ) -> None:
-    got = wall_to_expiries(
-        [(5000.0, 5001.0), (5000.0, None)], now_wall=1100.0, now_mono=50.0, hold=102.0,
-        timeout=30.0,
+    got = held_expiries(
+        [LoggedSend(5000.0, 5001.0, "boot-before"), LoggedSend(5000.0, None)],
+        now=Reading(1100.0, 7.0, BOOT), clock_now=50.0, hold=102.0, timeout=30.0,
     )
     assert got == pytest.approx([152.0, 182.0])  # at most one hold (+ timeout) from now
+
+
+@pytest.mark.parametrize("wall_step", [-3600.0, 0.0, 3600.0, 1e6])
+def test_sends_of_this_boot_are_placed_by_the_monotonic_clock_whatever_the_wall_did(
+        wall_step: float) -> None:
+    """Same boot: the wall clock may have been stepped between the runs; the monotonic times
+    alone say how long ago the replies came."""
+    sends = [LoggedSend(1000.0, 1001.0, BOOT, 200.0, 201.0),
+             LoggedSend(1090.0, None, BOOT, 290.0, None),
+             LoggedSend(500.0, 501.0, BOOT, -300.0, -299.0)]
+    now = Reading(1100.0 + wall_step, 300.0, BOOT)
+    got = held_expiries(sends, now=now, clock_now=50.0, hold=102.0, timeout=30.0)
+    assert got == pytest.approx([53.0, 50.0 - 10.0 + 30.0 + 102.0])
+
+
+def test_a_monotonic_time_ahead_of_this_boots_clock_counts_as_now() -> None:
+    """Impossible on a real kernel, possible under a faked clock: never held beyond a window."""
+    got = held_expiries([LoggedSend(0.0, 1.0, BOOT, 9e9, 9e9 + 1)],
+                        now=Reading(0.0, 300.0, BOOT), clock_now=50.0, hold=102.0, timeout=30.0)
+    assert got == pytest.approx([152.0])
 
 
 # --- Budget: the async gate -----------------------------------------------------------------
@@ -246,20 +269,26 @@ def test_hourly_and_daily_windows_hold_together(limit, daily, workers, seed) -> 
         assert max_in_window(times, DAY) <= daily, name
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     limit=st.integers(1, 5),
     first=st.lists(latency_lists, min_size=1, max_size=4),
     second=st.lists(latency_lists, min_size=1, max_size=4),
     stop_at=st.floats(0.0, 60.0),
     offset=st.floats(-1e6, 1e6),
+    same_boot=st.booleans(),
+    wall_step=st.floats(-1e6, 1e6),
     seed=st.integers(0, 2**32),
 )
 def test_a_second_run_seeded_from_the_first_keeps_the_bound(
-    limit, first, second, stop_at, offset, seed
+    limit, first, second, stop_at, offset, same_boot, wall_step, seed
 ) -> None:
     """Run 1 is killed at `stop_at` (open requests have no recorded completion); run 2 seeds
-    its budget from run 1's wall-clock log. Together they never exceed N in a window."""
+    its budget from run 1's log, its wall clock `offset` from the monotonic one. Another boot:
+    the log has no monotonic side, the wall clock places it. The same boot: the log has its
+    monotonic times too, and the wall clock may have been stepped by `wall_step` between the
+    runs (an hour forward used to look like an empty window: a burst the server refused).
+    Together the runs never exceed N in a window."""
     period, timeout = 30.0, 30.0  # every latency drawn is within the timeout
     old: list[tuple[float, float]] = []
     new: list[tuple[float, float]] = []
@@ -280,12 +309,15 @@ def test_a_second_run_seeded_from_the_first_keeps_the_bound(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        killed = [(s, None) for s in opened.values()]
-        old.extend((s, s + timeout) for s, _ in killed)  # worst case: answered at the timeout
-        recorded = [(s + offset, r + offset) for s, r in old[: len(old) - len(killed)]]
-        recorded += [(s + offset, None) for s, _ in killed]
+        killed = list(opened.values())
+        boot = BOOT if same_boot else None
+        recorded = [LoggedSend(s + offset, r + offset, boot, s if boot else None,
+                               r if boot else None) for s, r in old]
+        recorded += [LoggedSend(s + offset, None, boot, s if boot else None) for s in killed]
+        old.extend((s, s + timeout) for s in killed)  # worst case: answered at the timeout
         b2 = budget(Rate(limit, period))
-        b2.seed(recorded, now_wall=clock() + offset, timeout=timeout)
+        step = wall_step if same_boot else 0.0
+        b2.seed(recorded, now=Reading(clock() + offset + step, clock(), BOOT), timeout=timeout)
         await asyncio.gather(*(worker(b2, lat, [0.0] * len(lat), new) for lat in second))
 
     run(main)

@@ -207,17 +207,29 @@ def test_a_clients_confirmed_opt_out_blocks_a_client_row_for_its_other_jobs():
 
 
 def test_a_clients_latest_confirmation_decides_its_state():
-    """Opted out through J1, then opted back in through J2 (later): not blocked."""
+    """Opted out through J1, then opted back in through J2 (written later): not blocked."""
     led = ledger((J1, "client", False, K1, "c1"), (J2, "client", True, K2, "c1"),
                  job_clients={J1: "c1", J2: "c1", J3: "c1"})
-    times = pa.array(["2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"], pa.string())
-    led = LedgerView(led.confirmed.append_column("confirmed_at", times), led.job_clients,
-                     led.hash_review_key)
+    led = LedgerView(led.confirmed.append_column("confirmed_seq", pa.array([1, 2], pa.int64())),
+                     led.job_clients, led.hash_review_key)
     assert list(plan_of(norm((J3, K1, True, "client")), led).state) == [SEND]
-    earlier = pa.array(["2026-11-02T00:00:00Z", "2026-11-01T00:00:00Z"], pa.string())
-    led = LedgerView(led.confirmed.set_column(5, "confirmed_at", earlier), led.job_clients,
-                     led.hash_review_key)
+    led = LedgerView(led.confirmed.set_column(5, "confirmed_seq", pa.array([2, 1], pa.int64())),
+                     led.job_clients, led.hash_review_key)
     assert list(plan_of(norm((J3, K1, True, "client")), led).state) == [CONFLICT]
+
+
+def test_a_clients_latest_confirmation_is_the_latest_written_not_the_latest_timed():
+    """The opt-out through J2 was written after the opt-in through J1, whose run had a clock an
+    hour fast: its time says later, the store's order says earlier. The opt-out holds."""
+    led = ledger((J1, "client", True, K1, "c1"), (J2, "client", False, K2, "c1"),
+                 job_clients={J1: "c1", J2: "c1", J3: "c1"})
+    confirmed = led.confirmed.append_column(
+        "confirmed_at", pa.array(["2026-11-01T01:00:00Z", "2026-11-01T00:00:05Z"]))
+    confirmed = confirmed.append_column("confirmed_seq", pa.array([1, 2], pa.int64()))
+    led = LedgerView(confirmed, led.job_clients, led.hash_review_key)
+    p = plan_of(norm((J3, K1, True, "client")), led)
+    assert list(p.state) == [CONFLICT]
+    assert f"through job {J2}" in p.error_message.to_pylist()[0]
 
 
 def test_client_rows_for_jobs_of_one_client_conflict_when_states_differ():

@@ -837,9 +837,9 @@ def test_outcomes_and_ledger_updates_reach_a_real_state_store_without_review_key
         assert seen["observed"] is True and seen["observed_do_notify_sms"] is False
         assert seen["client_id"] == client_of(job_name(2))
         assert store.job_clients() == {job_name(i): client_of(job_name(i)) for i in range(3)}
-        sends = store.recent_sends(0.0)
+        sends = store.send_log()
         assert len(sends) == len(logis.requests) == 5
-        assert all(done is not None and sent >= EPOCH for sent, done in sends)
+        assert all(s.done is not None and s.sent >= EPOCH for s in sends)
     finally:
         store.close()
     secrets = [API_KEY] + [k for key in units.review_key

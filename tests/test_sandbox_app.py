@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from batch_toggle.sandbox import SandboxConfig, SandboxThread, create_app
+from batch_toggle.sandbox.config import DEFAULT_REQUEST_LOG
 from batch_toggle.sandbox.world import SeedJob, World
 
 TOGGLE = "/api/apikeys/toggle_sms_notifications"
@@ -630,6 +631,27 @@ def test_the_request_log_records_every_request_but_no_secret(make_api):
     assert api.sandbox("GET", "requests?since=x")[0] == 400
 
 
+def test_the_request_log_keeps_the_last_n_entries_and_counts_them_all(make_api):
+    """A ring: a long rehearsal (or `run --sandbox`, in the client's own process) must not grow
+    without bound. seq and ?since= stay absolute; the reply says how many entries asked for
+    are gone, and the totals cover every request received."""
+    api = make_api(request_log_limit=3, hourly_limit=4, clock=FakeClock())
+    statuses = [api.toggle(i % 3).status_code for i in range(6)]
+    assert statuses == [200, 200, 200, 200, 429, 429]
+    assert [r["seq"] for r in api.world.requests] == [3, 4, 5]
+    status, body = api.sandbox("GET", "requests")
+    assert status == 200
+    assert [r["seq"] for r in body["requests"]] == [3, 4, 5]
+    assert (body["next"], body["missed"], body["dropped"], body["kept"]) == (6, 3, 3, 3)
+    assert body["totals"] == {"requests": 6, "counted": 6,
+                              "by_status": {"200": 4, "429": 2}}
+    since = api.sandbox("GET", "requests?since=4")[1]
+    assert ([r["seq"] for r in since["requests"]], since["missed"]) == ([4, 5], 0)
+    since = api.sandbox("GET", "requests?since=1")[1]
+    assert ([r["seq"] for r in since["requests"]], since["missed"]) == ([3, 4, 5], 2)
+    assert api.sandbox("GET", "requests?since=9")[1]["requests"] == []
+
+
 def test_reset_restores_the_seed_and_clears_logs_budgets_and_faults(make_api):
     api = make_api(clock=FakeClock(), hourly_limit=2)
     pristine = api.sandbox("GET", "state")[1]
@@ -640,7 +662,9 @@ def test_reset_restores_the_seed_and_clears_logs_budgets_and_faults(make_api):
     assert api.toggle(2).status_code == 429
     assert api.sandbox("POST", "reset")[0] == 200
     assert api.sandbox("GET", "state")[1] == pristine
-    assert api.sandbox("GET", "requests")[1] == {"requests": [], "next": 0}
+    assert api.sandbox("GET", "requests")[1] == {
+        "requests": [], "next": 0, "missed": 0, "dropped": 0, "kept": DEFAULT_REQUEST_LOG,
+        "totals": {"requests": 0, "counted": 0, "by_status": {}}}
     assert api.toggle(2).status_code == 200
     assert api.sandbox("GET", "faults")[1]["error_rate"] == 0.0
 

@@ -54,6 +54,7 @@ def test_is_loopback(host, loopback):
         pytest.param(["--retry-after", "minutes"], "--retry-after", id="retry-after-style"),
         pytest.param(["--seed", "no/such/seed.csv"], "does not exist", id="missing-seed"),
         pytest.param(["--hourly-limit", "0"], "--hourly-limit", id="hourly-limit"),
+        pytest.param(["--request-log", "0"], "--request-log", id="request-log"),
     ],
 )
 def test_bad_options_are_usage_errors(args, message):
@@ -76,7 +77,7 @@ def test_help_names_every_option():
     for option in ("--host", "--port", "--public", "--seed", "--api-key", "--inactive-key",
                    "--no-permission-key", "--hourly-limit", "--window", "--daily-limit",
                    "--retry-after", "--latency-ms", "--error-rate", "--reset-rate",
-                   "--timeout-rate", "--fault-seed"):
+                   "--timeout-rate", "--fault-seed", "--request-log"):
         assert option in result.output
 
 

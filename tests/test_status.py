@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from test_store import downgrade_to_schema_3
 
 from batch_toggle.cli import main
 from batch_toggle.clock import utc_text
@@ -245,6 +246,7 @@ def test_a_run_aborted_by_the_api_says_what_to_do_instead_of_only_finished(
 
 
 def _downgrade_to_schema_1(path: Path) -> None:
+    downgrade_to_schema_3(path)
     conn = sqlite3.connect(path)
     conn.execute("ALTER TABLE runs DROP COLUMN units")
     conn.execute("ALTER TABLE runs DROP COLUMN resume_after")  # schema 3's
@@ -260,7 +262,7 @@ def test_a_schema_1_store_reads_without_unit_counts_and_migrates_when_written(
     run = one(state)  # read-only: no migration, the count is unknown
     assert (run.units, run.units_done, run.resume_sends, run.resumable) == (None, 2, None, True)
     assert "would send the units without a final outcome" in render_status(store_status(state))
-    with StateStore.open(state) as store:  # migrates 1 -> 2 -> 3
+    with StateStore.open(state) as store:  # migrates 1 -> 2 -> 3 -> 4
         record = store.get_run("r1")
         assert record is not None and (record.units, record.resume_after) == (None, None)
     conn = sqlite3.connect(state)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from batch_toggle.errors import StoreError, StoreLocked
 from batch_toggle.outcome import Outcome
+from batch_toggle.sendlog import LoggedSend, Reading, SendEntry
 from batch_toggle.store import (
     LEDGER_COLUMNS,
     SCHEMA_VERSION,
@@ -171,6 +172,57 @@ def test_store_from_a_newer_version_is_refused(store_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="newer batch-toggle"):
         StateStore.open(store_path)
+
+
+def downgrade_to_schema_3(path: Path) -> None:
+    """Make a schema-4 file what batch-toggle wrote before schema 4."""
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE ledger DROP COLUMN conf_seq")
+    # Schema 3's send log, as it was created (DROP COLUMN trips on the comments of schema 4's).
+    conn.executescript("""
+        CREATE TABLE sends3 (send_id TEXT PRIMARY KEY, sent REAL NOT NULL, done REAL);
+        INSERT INTO sends3 SELECT send_id, sent, done FROM sends;
+        DROP TABLE sends;
+        ALTER TABLE sends3 RENAME TO sends;
+        CREATE INDEX sends_by_time ON sends (sent);
+    """)
+    conn.execute("DELETE FROM meta WHERE key = 'ledger_seq'")
+    conn.execute("PRAGMA user_version=3")
+    conn.commit()
+    conn.close()
+
+
+def test_a_schema_3_store_is_read_as_is_and_migrated_in_place_when_opened_to_write(
+        store_path: Path) -> None:
+    """Schema 4 numbers the confirmations already there in the order schema 3 judged them by
+    (their time, then insertion): no decision changes across the upgrade, and what comes after
+    is numbered above. A read-only view (validate, status) numbers them the same way without
+    writing. Old send records have no boot: the wall clock places them, as before."""
+    with StateStore.open(store_path) as store:
+        store.create_run("r1", **RUN_ARGS)
+        store.record_outcomes("r1", [
+            (0, FULL, confirm(store, job=JOB_A, at="2026-11-01T02:00:00Z")),
+            (1, FULL, confirm(store, job=JOB_B, at="2026-11-01T01:00:00Z")),
+            (2, FULL, observe(job=JOB_B, target="client"))])
+        store.record_sends([SendEntry("s", 1000.0, 1001.0, "boot-1", 5.0, 6.0)])
+    downgrade_to_schema_3(store_path)
+    legacy = {(JOB_A, "job"): 2, (JOB_B, "job"): 1, (JOB_B, "client"): None}
+    with StateStore.open(store_path, readonly=True) as view:
+        assert seqs(view) == legacy
+        assert view.send_log() == [LoggedSend(1000.0, 1001.0)]
+        assert view.recent_sends(Reading(1002.0, 0.0, "boot-1"), 60.0, 30.0) \
+            == [LoggedSend(1000.0, 1001.0)]
+    assert sqlite3.connect(store_path).execute("PRAGMA user_version").fetchone()[0] == 3
+    with StateStore.open(store_path) as store:
+        assert seqs(store) == legacy
+        store.record_outcomes("r1", [(3, FULL, confirm(store, job=JOB_B, target="client"))])
+        assert seqs(store)[(JOB_B, "client")] == 3
+        assert store.send_log() == [LoggedSend(1000.0, 1001.0)]
+        store.record_sends([SendEntry("t", 1100.0, None, "boot-1", 105.0)])
+        assert store.send_log()[-1] == LoggedSend(1100.0, None, "boot-1", 105.0, None)
+    conn = sqlite3.connect(store_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    conn.close()
 
 
 def test_sqlite_errors_become_store_errors(store: StateStore, store_path: Path) -> None:
@@ -390,22 +442,41 @@ def test_committed_outcomes_survive_sigkill(store_path: Path) -> None:
         assert sorted(outcomes) == list(range(100))
         assert outcomes[99].entity_id == "00000000-0000-4000-8000-000000000099"
         assert store.ledger_table().num_rows == 100
-        assert store.recent_sends(0.0) == [(1000.0, None)]
+        assert walls(store.send_log()) == [(1000.0, None)]
         assert store.find_unfinished_run(["a.csv"], "k") is not None
 
 
 # --- the send log ----------------------------------------------------------------------------
 
+def walls(sends: list[LoggedSend]) -> list[tuple[float, float | None]]:
+    return [(s.sent, s.done) for s in sends]
+
+
 def test_send_log_records_in_flight_then_done_and_prunes(store: StateStore) -> None:
     store.record_sends([("a", 100.0, 100.5), ("b", 200.0, None), ("c", 300.0, None)])
     store.record_sends([("c", 300.0, 301.0)])  # its response came
     store.record_sends([("b", 200.0, None)])  # re-recording in flight keeps nothing less
-    assert store.recent_sends(0.0) == [(100.0, 100.5), (200.0, None), (300.0, 301.0)]
-    # A request still holds a slot while in flight or if it finished after `since`.
-    assert store.recent_sends(250.0) == [(200.0, None), (300.0, 301.0)]
-    assert store.recent_sends(300.5) == [(200.0, None), (300.0, 301.0)]
-    store.prune_sends(250.0)  # forgets what ended (or, never done, started) before 250
-    assert store.recent_sends(0.0) == [(300.0, 301.0)]
+    assert walls(store.send_log()) == [(100.0, 100.5), (200.0, None), (300.0, 301.0)]
+    # Held at 400 by a window that keeps a slot 150 s (or 175 s) after the reply; b was never
+    # answered: taken as answered at its timeout, 230.
+    now = Reading(400.0, 0.0, None)
+    assert walls(store.recent_sends(now, 150.0, 30.0)) == [(300.0, 301.0)]
+    assert walls(store.recent_sends(now, 175.0, 30.0)) == [(200.0, None), (300.0, 301.0)]
+    store.prune_sends(now, 175.0, 30.0)  # forgets what no window of 175 s holds
+    assert walls(store.send_log()) == [(200.0, None), (300.0, 301.0)]
+
+
+def test_sends_of_this_boot_are_kept_and_loaded_by_the_monotonic_clock(store: StateStore) -> None:
+    """The wall clock went an hour forward since both were sent: the one of this boot is 49 s
+    old by the monotonic clock and still held; the one of another boot only the wall clock
+    can place, an hour old."""
+    store.record_sends([SendEntry("a", 1000.0, 1001.0, "boot-1", 50.0, 51.0),
+                        SendEntry("b", 1000.0, 1001.0, "boot-0", 50.0, 51.0)])
+    now = Reading(1100.0 + 3600.0, 100.0, "boot-1")
+    assert store.recent_sends(now, 60.0, 30.0) == [LoggedSend(1000.0, 1001.0, "boot-1", 50.0,
+                                                              51.0)]
+    store.prune_sends(now, 60.0, 30.0)
+    assert [s.boot for s in store.send_log()] == ["boot-1"]
 
 
 def test_send_log_entries_ride_in_the_outcomes_transaction(store: StateStore) -> None:
@@ -414,17 +485,20 @@ def test_send_log_entries_ride_in_the_outcomes_transaction(store: StateStore) ->
     store.record_sends([("a", 100.0, None)])
     store.record_outcomes("r1", [(0, Outcome("updated", attempts=1), None)],
                           [("a", 100.0, 100.5), ("b", 200.0, None)])
-    assert store.recent_sends(0.0) == [(100.0, 100.5), (200.0, None)]
+    assert walls(store.send_log()) == [(100.0, 100.5), (200.0, None)]
     assert sorted(store.load_outcomes("r1")) == [0]
     with pytest.raises(StoreError, match="no run nope"):
         store.record_outcomes("nope", [(1, Outcome("updated"), None)], [("c", 300.0, None)])
-    assert store.recent_sends(0.0) == [(100.0, 100.5), (200.0, None)]
+    assert walls(store.send_log()) == [(100.0, 100.5), (200.0, None)]
     store.record_outcomes("r1", [], [("d", 400.0, None)])  # no outcomes: still logged
-    assert store.recent_sends(350.0) == [(200.0, None), (400.0, None)]  # b: never answered
+    assert walls(store.send_log()) == [(100.0, 100.5), (200.0, None), (400.0, None)]
 
 
-_SEND_ENTRIES = st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from([1.0, 2.0]),
-                                     st.none() | st.sampled_from([3.0, 4.0])), max_size=8)
+_SEND_ENTRIES = st.lists(st.builds(
+    SendEntry, st.sampled_from("abc"), st.sampled_from([1.0, 2.0]),
+    st.none() | st.sampled_from([3.0, 4.0]), st.none() | st.just("boot"),
+    st.none() | st.sampled_from([5.0, 6.0]), st.none() | st.sampled_from([7.0, 8.0])),
+    max_size=8)
 
 
 @settings(max_examples=60, deadline=None)
@@ -440,19 +514,22 @@ def test_a_batch_of_send_records_ends_as_if_upserted_one_by_one(
         batched.record_sends(batch)
         for entry in [*before, *batch]:
             single.record_sends([entry])
-        assert batched.recent_sends(0.0) == single.recent_sends(0.0)
+        assert batched.send_log() == single.send_log()
 
 
 def test_a_request_sent_and_answered_within_one_batch_is_one_record() -> None:
     assert _merged([("a", 1.0, None), ("b", 2.0, None), ("a", 1.0, 1.5), ("b", 2.0, None)]) \
-        == [("a", 1.0, 1.5), ("b", 2.0, None)]
+        == [("a", 1.0, 1.5, None, None, None), ("b", 2.0, None, None, None, None)]
+    assert _merged([SendEntry("a", 1.0, None, "boot", 5.0), SendEntry("a", 1.0, 1.5, None, None,
+                                                                      6.0)]) \
+        == [SendEntry("a", 1.0, 1.5, "boot", 5.0, 6.0)]
 
 
 def test_send_log_is_shared_by_every_handle_on_the_store(store: StateStore,
                                                          store_path: Path) -> None:
     store.record_sends([("a", 10.0, 11.0)])
     with StateStore.open(store_path, readonly=True) as view:
-        assert view.recent_sends(0.0) == [(10.0, 11.0)]
+        assert walls(view.send_log()) == [(10.0, 11.0)]
 
 
 # --- the ledger ------------------------------------------------------------------------------
@@ -471,6 +548,7 @@ def test_a_confirmation_is_recorded_with_the_keyed_hash(store: StateStore) -> No
         "review_key_hash": store.review_key_hash(REVIEW_KEY), "entity_id": JOB_A,
         "client_id": CLIENT_1, "confirmed_at": "2026-11-01T00:00:01Z", "run_id": "r1",
         "observed": False, "observed_do_notify_sms": None, "observed_at": None,
+        "confirmed_seq": 1,
     }
     assert [c.name for c in store.ledger_table().schema] == [c[0] for c in LEDGER_COLUMNS]
 
@@ -483,6 +561,31 @@ def test_a_later_confirmation_overwrites(store: StateStore) -> None:
     row = ledger_rows(store)[(JOB_A, "job")]
     assert (row["do_notify_sms"], row["review_key_hash"], row["run_id"], row["confirmed_at"]) \
         == (True, store.review_key_hash("other-key"), "r2", "t2")
+
+
+def seqs(store: StateStore) -> dict[tuple[str, str], int | None]:
+    return {unit: row["confirmed_seq"] for unit, row in ledger_rows(store).items()}
+
+
+def test_confirmations_are_numbered_in_the_order_they_are_written_never_by_their_time(
+        store: StateStore, store_path: Path) -> None:
+    """The order of confirmations is the store's own: a run with a clock an hour fast writes a
+    later `confirmed_at` than the run after it, and still comes first. An observation leaves the
+    number alone; a unit confirmed again gets a new, higher one. Another handle on the file
+    (another process) continues the same count."""
+    store.create_run("r1", **RUN_ARGS)
+    store.record_outcomes("r1", [(0, FULL, confirm(store, job=JOB_A, at="2026-11-01T01:00:00Z")),
+                                 (1, FULL, confirm(store, job=JOB_B, at="2026-11-01T01:00:01Z"))])
+    store.record_outcomes("r1", [(2, FULL, confirm(store, job=JOB_A, target="client",
+                                                   at="2026-11-01T00:00:00Z"))])
+    assert seqs(store) == {(JOB_A, "job"): 1, (JOB_B, "job"): 2, (JOB_A, "client"): 3}
+    store.record_outcomes("r1", [(3, FULL, observe(job=JOB_B))])
+    assert seqs(store)[(JOB_B, "job")] == 2
+    with StateStore.open(store_path) as other:
+        other.record_outcomes("r1", [(0, FULL, confirm(other, job=JOB_A, state=True))])
+    assert seqs(store) == {(JOB_A, "job"): 4, (JOB_B, "job"): 2, (JOB_A, "client"): 3}
+    store.record_outcomes("r1", [(4, FULL, observe(job=CLIENT_1))])  # observed only: no number
+    assert seqs(store)[(CLIENT_1, "job")] is None
 
 
 def test_an_observation_never_overwrites_a_confirmation(store: StateStore) -> None:
@@ -616,7 +719,7 @@ def test_readonly_open_of_a_missing_store_creates_nothing(tmp_path: Path) -> Non
         assert view.ledger_table(confirmed_only=True).num_rows == 0
         assert view.job_clients() == {}
         assert view.list_runs() == []
-        assert view.recent_sends(0.0) == []
+        assert view.send_log() == []
         assert len(view.review_key_hash(REVIEW_KEY)) == 32
         with pytest.raises(StoreError, match="read-only"):
             view.create_run("r1", **RUN_ARGS)
@@ -639,7 +742,7 @@ def test_readonly_open_reads_without_modifying(store: StateStore, store_path: Pa
                       lambda: view.finish_run("r1", exit_code=0, finished_at="t", counts={}),
                       lambda: view.mark_resumed("r1", resumed_at="t"),
                       lambda: view.record_sends([("s", 1.0, None)]),
-                      lambda: view.prune_sends(1.0),
+                      lambda: view.prune_sends(Reading(1.0, 1.0, None), 1.0, 1.0),
                       lambda: view.acquire_lock("r2", "bob")):
             with pytest.raises(StoreError, match="read-only"):
                 write()

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from batch_toggle.config import Rate
 from batch_toggle.limiter import DAY, Budget
 from batch_toggle.runner import Timeline
+from batch_toggle.sendlog import LoggedSend, Reading
 
 from test_limiter import arrivals, latency_lists, max_in_window, worker  # isort: skip
 from test_limiter import budget as limiter_budget  # isort: skip
@@ -172,8 +173,8 @@ def test_eta_and_send_times_are_finite_and_ordered_near_powers_of_two(
     a finite, non-negative time that never shrinks when more requests remain."""
     now_wall = 1.8e9
     b = Budget(Rate(limit, period), max_rps=0, clock=lambda: origin)
-    b.seed([(now_wall - age, None if d is None else now_wall - age + d) for age, d in sends],
-           now_wall=now_wall, timeout=30.0)
+    b.seed([LoggedSend(now_wall - age, None if d is None else now_wall - age + d)
+            for age, d in sends], now=Reading(now_wall, origin, None), timeout=30.0)
     with must_finish_within(GUARD):
         eta = b.eta_seconds(remaining, latency)
         more = b.eta_seconds(remaining + limit, latency)

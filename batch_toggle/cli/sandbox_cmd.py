@@ -11,6 +11,7 @@ from batch_toggle.sandbox.config import (
     DEFAULT_API_KEY,
     DEFAULT_HOURLY_LIMIT,
     DEFAULT_PORT,
+    DEFAULT_REQUEST_LOG,
     DEFAULT_WINDOW,
     RETRY_AFTER_STYLES,
     parse_latency,
@@ -92,6 +93,10 @@ spend the real key's recorded budget):
               default=120.0, show_default=True, help="Seconds a 'timeout' reply stalls.")
 @click.option("--fault-seed", type=int, default=0, show_default=True,
               help="Seed of the fault generator (same seed and order, same faults).")
+@click.option("--request-log", "request_log_limit", type=click.IntRange(min=1),
+              default=DEFAULT_REQUEST_LOG, show_default=True, metavar="N",
+              help="How many of the latest requests /_sandbox/requests keeps (its counters "
+                   "cover them all).")
 def sandbox_command(host: str, port: int, public: bool, seed: Path | None,
                     api_keys: tuple[str, ...], latency_ms: object, **options: object) -> None:
     """Serve a local simulator of the Logis API to rehearse a run against.

@@ -213,9 +213,9 @@ class Sandbox:
         if delay > 0:
             await asyncio.sleep(delay)
         entry["t"], entry["at"] = world.clock(), time.time()
-        # The log is in arrival order after latency: seq is the entry's index, so seq values
-        # are unique and `?since=` (an index) and seq agree, however the latency interleaves.
-        entry["seq"] = len(world.requests)
+        # The log is in arrival order after latency: seq is the entry's place in it (given by
+        # the log), so seq values are unique and `?since=` and seq agree, however the latency
+        # interleaves.
         world.requests.append(entry)
         refused = self._gate(request, entry)
         if refused is not None:
@@ -299,7 +299,10 @@ class Sandbox:
         except ValueError:
             return _error(400, "since must be an integer")
         log = self.world.requests
-        return JSONResponse({"requests": log[since:], "next": len(log)})
+        entries, missed = log.since(since)
+        return JSONResponse({"requests": entries, "next": log.total, "missed": missed,
+                             "dropped": log.dropped, "kept": log.limit,
+                             "totals": log.totals()})
 
     async def reset(self, request: Request) -> Response:
         self.world.reset()

@@ -21,6 +21,7 @@ DEFAULT_HOURLY_LIMIT = 2500
 DEFAULT_WINDOW = 3600.0
 DEFAULT_DAILY_WINDOW = 86400.0
 DEFAULT_PORT = 8765
+DEFAULT_REQUEST_LOG = 10_000  # entries /_sandbox/requests keeps (about 9 MB)
 
 Latency = float | tuple[float, float]
 
@@ -40,6 +41,9 @@ class SandboxConfig:
     the reply stalls `timeout_delay_s`), `latency_ms` (every /api request; a number or a
     (lo, hi) range). `scripted` maps a job id (or "*" for any request) to the faults its next
     requests get, in order: e.g. {job: ["503", "503"]}; see `faults.parse_fault`.
+
+    `request_log_limit`: how many of the latest requests /_sandbox/requests keeps (the log is a
+    ring; its counters cover every request).
     """
 
     seed: Path | str | None = None
@@ -60,6 +64,7 @@ class SandboxConfig:
     timeout_delay_s: float = 120.0
     fault_seed: int = 0
     scripted: Mapping[str, Sequence[str]] = field(default_factory=dict, hash=False)
+    request_log_limit: int = DEFAULT_REQUEST_LOG
 
     def __post_init__(self) -> None:
         # Accept lists where tuples are meant, and freeze the scripted map, so that a config
@@ -91,6 +96,8 @@ class SandboxConfig:
         rates = (self.error_rate, self.reset_rate, self.timeout_rate)
         if any(r < 0 or r > 1 for r in (*rates, self.error_html_share)) or sum(rates) > 1:
             raise ValueError("fault rates must be within 0..1 and add up to at most 1")
+        if self.request_log_limit < 1:
+            raise ValueError("request_log_limit must be at least 1")
         if self.timeout_delay_s < 0:
             raise ValueError("timeout_delay_s must not be negative")
         lo, hi = latency_bounds(self.latency_ms)

@@ -7,13 +7,14 @@ daily limit) measured on an injected monotonic clock, so it is tested exactly wi
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import re
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from .config import SandboxConfig
 from .faults import Faults
@@ -179,14 +180,24 @@ class Key:
 EDGE_SLACK = 1e-6  # seconds: far below any real clock's jitter, far above float rounding
 
 
+def edge_slack(now: float) -> float:
+    """How early an entry may leave the window: EDGE_SLACK, or a few ulps of `now` where the
+    float keeps fewer bits than that (past 2**32 s): never lost to rounding."""
+    return max(EDGE_SLACK, 4 * math.ulp(now))
+
+
 @dataclass
 class SlidingLog:
     """At most `limit` counted events in any half-open window (t - window, t].
 
-    An event at time s leaves the window at s + window (less EDGE_SLACK), so a request arriving
-    then is accepted and a Retry-After derived from `wait` is never too short. The slack absorbs
-    float rounding: a client that adds a whole Retry-After to its clock can land a rounding
-    error short of the exact edge (the property test found it).
+    An event at time s leaves the window at s + window, less a slack (`edge_slack`), and
+    `wait` names the exact edge: a client that adds the wait to its clock lands within a
+    rounding error of the edge, well inside the slack, so it is admitted (the property test
+    found clients refused again, told to wait 0, when both named the same edge), and a
+    Retry-After derived from the wait is never too short.
+
+    Progress: `prune` pops one entry per turn; a full log's wait is more than the slack, so a
+    client that follows it moves on.
     """
 
     limit: int
@@ -194,7 +205,7 @@ class SlidingLog:
     times: deque[float] = field(default_factory=deque)
 
     def prune(self, now: float) -> None:
-        edge = now - self.window + EDGE_SLACK
+        edge = now - self.window + edge_slack(now)
         while self.times and self.times[0] <= edge:
             self.times.popleft()
 
@@ -209,7 +220,7 @@ class SlidingLog:
         if excess < 0:
             return 0.0
         # The (excess+1) oldest must leave; the log is sorted because the clock is monotonic.
-        return max(0.0, self.times[excess] + self.window - EDGE_SLACK - now)
+        return max(0.0, self.times[excess] + self.window - now)
 
     def record(self, now: float) -> None:
         self.times.append(now)
@@ -279,6 +290,81 @@ class Budgets:
         return len(log.times)
 
 
+# --- the request log ----------------------------------------------------------------------
+
+
+class RequestLog:
+    """The requests received, in arrival order: the last `limit` entries, plus counters over
+    every request ever received, so that a sandbox serving a 40-hour run (or `run --sandbox`,
+    inside the client's process) stays bounded in memory (an entry costs about 860 bytes).
+
+    An entry's `seq` is its place among all requests received, and stays so when older entries
+    are dropped: `since(n)` is absolute, and says how many of the entries asked for are gone.
+    The counters of a dropped entry are taken as it leaves (a reply still held by a timeout
+    fault then counts with no status).
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the request log keeps at least 1 entry")
+        self.limit = limit
+        self._entries: deque[dict[str, Any]] = deque()
+        self.total = 0  # requests received, dropped ones included (the next seq)
+        self._dropped_statuses: Counter[str] = Counter()
+        self._dropped_counted = 0
+
+    def append(self, entry: dict[str, Any]) -> None:
+        """Log `entry`, giving it the next seq; the oldest entry leaves when the log is full."""
+        entry["seq"] = self.total
+        self.total += 1
+        if len(self._entries) >= self.limit:
+            gone = self._entries.popleft()
+            self._dropped_statuses[_status_key(gone["status"])] += 1
+            self._dropped_counted += bool(gone["counted"])
+        self._entries.append(entry)
+
+    @property
+    def dropped(self) -> int:
+        """Entries received but no longer kept."""
+        return self.total - len(self._entries)
+
+    def since(self, seq: int) -> tuple[list[dict[str, Any]], int]:
+        """The kept entries from `seq` on, and how many entries from `seq` were dropped."""
+        first = self.dropped  # the seq of the oldest entry kept
+        start = max(seq, first)
+        return list(itertools.islice(self._entries, start - first, None)), start - seq
+
+    def totals(self) -> dict[str, Any]:
+        """Counters over every request received: by status (a string; "none" while no reply
+        was sent) and how many counted against a budget."""
+        statuses = self._dropped_statuses.copy()
+        statuses.update(_status_key(e["status"]) for e in self._entries)
+        counted = self._dropped_counted + sum(bool(e["counted"]) for e in self._entries)
+        return {"requests": self.total, "counted": counted, "by_status": dict(sorted(
+            statuses.items()))}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._entries)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        """A kept entry by its place among the kept ones (not its seq), or a list of them."""
+        if isinstance(index, slice):
+            return list(self._entries)[index]
+        return self._entries[index]
+
+
+def _status_key(status: int | None) -> str:
+    return "none" if status is None else str(status)
+
+
 # --- the world ----------------------------------------------------------------------------
 
 
@@ -315,7 +401,7 @@ class World:
         self.budgets = Budgets(cfg)
         self.limits = cfg  # the limits in force (POST /_sandbox/limits changes them)
         self.faults = Faults(cfg)
-        self.requests: list[dict[str, Any]] = []
+        self.requests = RequestLog(cfg.request_log_limit)
 
     def set_limits(self, changes: dict[str, Any]) -> None:
         """Change budgets at runtime (an owner lowering a key's limit); ValueError if invalid."""

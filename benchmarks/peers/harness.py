@@ -37,7 +37,8 @@ class Sandbox:
     def __init__(self, seed: Path, hourly_limit: int, window: float, api_key: str) -> None:
         argv = [sys.executable, "-m", "batch_toggle", "sandbox", "--port", "0",
                 "--seed", str(seed), "--hourly-limit", str(hourly_limit),
-                "--window", str(window), "--api-key", api_key]
+                "--window", str(window), "--api-key", api_key,
+                "--request-log", str(10**8)]  # scoring reads every request received
         self.command = argv
         self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)

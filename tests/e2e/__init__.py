@@ -9,6 +9,7 @@ from two sides: the report the CLI wrote (one row per input row) and what the se
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import signal
@@ -21,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
+# Debian's libfaketime (`make test` installs it): the faked-clock tests skip without it.
+LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
+needs_faketime = pytest.mark.skipif(
+    LIBFAKETIME is None, reason="Debian's libfaketime is not installed (make test installs it)")
 SAMPLE = REPO / "sample_data" / "optouts_2026_11.csv"
 SAMPLE_EXPECTED = REPO / "sample_data" / "optouts_2026_11.expected.json"
 HEADER = ("job_id", "review_key", "do_notify_sms", "update_target")

@@ -11,7 +11,6 @@ enough that every run waits on it across the crossing. Twenty runs must all fini
 
 from __future__ import annotations
 
-import glob
 import os
 import subprocess
 import sys
@@ -23,13 +22,21 @@ import pytest
 
 from batch_toggle.clock import parse_utc
 
-from . import FAST, cli_command, cli_env, collect, job_rows, puts, wait_until, write_input
+from . import (
+    FAST,
+    LIBFAKETIME,
+    cli_command,
+    cli_env,
+    collect,
+    job_rows,
+    needs_faketime,
+    puts,
+    wait_until,
+    write_input,
+)
 
 pytestmark = pytest.mark.e2e
 
-LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
-needs_faketime = pytest.mark.skipif(
-    LIBFAKETIME is None, reason="Debian's libfaketime is not installed (make test installs it)")
 
 RUNS_PER_ORIGIN = 10
 ROWS = 40
