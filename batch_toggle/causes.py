@@ -28,11 +28,18 @@ _PROXY_CREDENTIALS = ("give the proxy's credentials in HTTPS_PROXY "
 def explain(code: str, message: str, route: Route, *,
             certificate: Certificate | None = None, waited: float | None = None) -> str:
     """The stop's message for connection `code`; `message` is the classifier's short cause."""
-    target = Target.of(route.base_url)
-    where = target.authority
-    describe = _DESCRIBE.get(code)
-    text = describe(message, route, where, certificate, waited) if describe else message
-    return f"{text}; {DOCTOR}"
+    text = describe(code, message, route, certificate=certificate, waited=waited)
+    prefix = _PREFIX.get(code.split("_")[0], "")
+    return f"{prefix}{text}; {DOCTOR}"
+
+
+def describe(code: str, message: str, route: Route, *,
+             certificate: Certificate | None = None, waited: float | None = None) -> str:
+    """What failed, the detail and the fix (`explain` without the pointer to doctor: doctor
+    itself says this)."""
+    where = Target.of(route.base_url).authority
+    how = _DESCRIBE.get(code)
+    return how(message, route, where, certificate, waited) if how else message
 
 
 def explainer(route: Route, timeout: float,
@@ -52,9 +59,9 @@ def _untrusted(message: str, route: Route, where: str, cert: Certificate | None,
                _waited: float | None) -> str:
     seen = f" ({cert.describe()})" if cert else ""
     if cert is not None and cert.expired():
-        return (f"TLS: the certificate of {where} has expired{seen}: its operator must renew "
+        return (f"the certificate of {where} has expired{seen}: its operator must renew "
                 "it (or this machine's clock is wrong)")
-    return (f"TLS: the certificate of {where} is not trusted{seen}: {message}; trusted here: "
+    return (f"the certificate of {where} is not trusted{seen}: {message}; trusted here: "
             f"{route.trust.describe()}. If that issuer is your organisation's CA (a proxy "
             "that inspects TLS), add it to the system trust store, or give its PEM file with "
             "--ca-bundle PATH or SSL_CERT_FILE")
@@ -64,13 +71,13 @@ def _mismatch(message: str, route: Route, where: str, cert: Certificate | None,
               _waited: float | None) -> str:
     seen = f" ({cert.describe()})" if cert else ""
     host = Target.of(route.base_url).host
-    return (f"TLS: the certificate of {where} is not valid for {host}{seen}: {message}. Check "
+    return (f"the certificate of {where} is not valid for {host}{seen}: {message}. Check "
             "the host in --base-url (LOGIS_BASE_URL): it must be one of the certificate's names")
 
 
 def _tls_error(message: str, route: Route, where: str, _cert: Certificate | None,
                _waited: float | None) -> str:
-    return (f"TLS: no secure connection could be agreed with {where} ({message}): if that port "
+    return (f"no secure connection could be agreed with {where} ({message}): if that port "
             "speaks plain http the URL is wrong (https:// for an http port?); batch-toggle "
             "needs TLS 1.2 or newer")
 
@@ -79,10 +86,10 @@ def _dns(message: str, route: Route, where: str, _cert: Certificate | None,
          _waited: float | None) -> str:
     if route.proxy.url is not None:
         host = (route.proxy.host_port or ("?", 0))[0]
-        return (f"DNS: the proxy's host {host} does not resolve ({message}): check --proxy or "
+        return (f"the proxy's host {host} does not resolve ({message}): check --proxy or "
                 f"{route.proxy.source}")
     host = Target.of(route.base_url).host
-    return (f"DNS: the host {host} does not exist ({message}): check the host name in "
+    return (f"the host {host} does not exist ({message}): check the host name in "
             "--base-url (LOGIS_BASE_URL; the default is https://app.logisapp.ca); a network "
             "that only reaches out through a proxy needs HTTPS_PROXY or --proxy")
 
@@ -91,15 +98,15 @@ def _proxy_auth(message: str, route: Route, where: str, _cert: Certificate | Non
                 _waited: float | None) -> str:
     proxy = route.proxy.describe()
     if route.proxy.has_credentials:
-        return (f"proxy: {proxy} refused the credentials given for the tunnel to {where} "
+        return (f"{proxy} refused the credentials given for the tunnel to {where} "
                 f"({message}): check them; {_PROXY_CREDENTIALS}")
-    return f"proxy: {proxy} wants credentials for the tunnel to {where} ({message}): " \
+    return f"{proxy} wants credentials for the tunnel to {where} ({message}): " \
            f"{_PROXY_CREDENTIALS}"
 
 
 def _proxy_error(message: str, route: Route, where: str, _cert: Certificate | None,
                  _waited: float | None) -> str:
-    return (f"proxy: {route.proxy.describe()} does not let a tunnel to {where} through "
+    return (f"{route.proxy.describe()} does not let a tunnel to {where} through "
             f"({message}): ask its administrators to allow it, or add the host to NO_PROXY "
             "if it is reachable directly")
 
@@ -114,10 +121,14 @@ def _unreachable(message: str, route: Route, where: str, _cert: Certificate | No
             "--base-url, the network and firewall, and HTTPS_PROXY if it needs a proxy")
 
 
+# What the one line of a run's stop starts with, by the code's first word (doctor names the
+# step itself).
+_PREFIX = {"tls": "TLS: ", "dns": "DNS: ", "proxy": "proxy: "}
+
 _DESCRIBE: dict[str, Callable[[str, Route, str, Certificate | None, float | None], str]] = {
     "tls_untrusted": _untrusted, "tls_hostname_mismatch": _mismatch, "tls_error": _tls_error,
     "dns_failure": _dns, "proxy_auth_required": _proxy_auth, "proxy_error": _proxy_error,
     "unreachable": _unreachable,
 }
 
-__all__ = ["DOCTOR", "explain", "explainer"]
+__all__ = ["DOCTOR", "describe", "explain", "explainer"]

@@ -256,11 +256,11 @@ def connection_failure(exc: BaseException) -> Verdict | None:
         if isinstance(cause, socket.gaierror) and cause.errno in _NO_SUCH_NAME:
             return _unusable("dns_failure", f"name not found: {cause.strerror or cause}")
         if isinstance(cause, httpx.ProxyError | httpcore.ProxyError):
-            return _proxy_refusal(str(cause))
+            return proxy_refusal(str(cause))
     return None
 
 
-def _proxy_refusal(text: str) -> Verdict | None:
+def proxy_refusal(text: str) -> Verdict | None:
     """The proxy's answer to CONNECT ("407 Proxy Authentication Required"). Its 5xx mean the
     proxy could not reach the host (or is struggling): transient, like a gateway's 502."""
     match = _PROXY_STATUS_RE.match(text)

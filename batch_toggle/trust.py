@@ -93,7 +93,7 @@ def resolve_trust(trust: str | None = None, ca_bundle: str | os.PathLike[str] | 
         path = Path(ca_bundle).expanduser()
         if not path.exists():
             raise UsageError(f"--ca-bundle {path}: no such file or directory")
-        return Trust(CA_BUNDLE, str(path))
+        return Trust(CA_BUNDLE, str(path.resolve()))
     env = tuple((name, environ[name]) for name in CERT_ENV
                 if environ.get(name) and os.path.exists(environ[name]))
     return Trust(choice, None, env)

@@ -368,6 +368,7 @@ class LazyGroup(click.Group):
 
     lazy: dict[str, str] = {
         "audit": "batch_toggle.cli.audit_cmd:audit_command",
+        "doctor": "batch_toggle.cli.doctor_cmd:doctor_command",
         "sandbox": "batch_toggle.cli.sandbox_cmd:sandbox_command",
         "status": "batch_toggle.cli.status_cmd:status_command",
     }
