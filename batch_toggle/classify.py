@@ -18,7 +18,7 @@ import re
 import socket
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -125,7 +125,8 @@ def classify_error(status: int, headers: Mapping[str, str], body: bytes) -> Verd
     if 300 <= status < 400:
         return _redirect(status, headers)
     if status == 407:  # a forwarding proxy (plain http) wants credentials
-        return _unusable("proxy_auth_required", f"the proxy answered 407 ({message})")
+        return replace(_unusable("proxy_auth_required", f"the proxy answered 407 ({message})"),
+                       http_status=407)
     if status >= 500:
         return Verdict("retry", vocab.FAILED, "server_error", message, True, status)
     code, kind = _client_error_code(status, text or "")

@@ -84,7 +84,8 @@ def choose_proxy(base_url: str, explicit: str | None = None,
     url = normalise_proxy_url(url, source or "--proxy")
     no_proxy_name, no_proxy = _lookup(environ, "no_proxy")
     host = parts.hostname or ""
-    if no_proxy and _bypassed(host, parts.port, no_proxy):
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if no_proxy and _bypassed(host, port, no_proxy):
         return ProxyChoice(None, None, no_proxy_name)
     if credentials is not None:
         url = with_credentials(url, *credentials)

@@ -692,7 +692,8 @@ class Runner:
                 waited = self._contact.waited(now)
                 self.request_stop(Stop("unreachable", ExitCode.ABORTED, self.hooks.explain(
                     "unreachable", v.message or v.error_code or "no answer", waited)))
-        elif v.http_status is not None and self._contact.answer():
+        elif (v.http_status is not None and v.error_code not in vocab.CONNECTION_CODES
+              and self._contact.answer()):  # a proxy's 407 is not the service answering
             self.hooks.answered()
 
     async def _honour_pause(self) -> bool:
