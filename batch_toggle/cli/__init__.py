@@ -335,12 +335,17 @@ audit with --sandbox first: no key, no network):
   batch-toggle audit sample_data/optouts_2026_11.csv
 
 \b
+Before the first real run (behind a company proxy or CA too): check the path, no budget spent
+  batch-toggle doctor
+
+\b
 Repeated options in a file, flags still win:
   batch-toggle --config sample_data/batch-toggle.toml run sample_data/optouts_2026_11.csv
 
 \b
 Exit codes: 0 ok; 1 some rows need attention; 2 usage or input error, nothing sent;
-3 aborted by the API or halted; 4 stopped early, resumable; 130 interrupted, resumable.
+3 aborted by the API, by a connection that cannot work (TLS, DNS, proxy) or halted;
+4 stopped early, resumable; 130 interrupted, resumable.
 
 \b
 Guides (docs/ in the repository):

@@ -20,10 +20,10 @@ EPILOG_DOCTOR = """\b
 Examples:
   # before the first real run (or when one stopped with exit 3)
   batch-toggle doctor
-  # behind a company proxy that re-signs TLS with its own CA
-  HTTPS_PROXY=http://proxy.corp:3128 batch-toggle doctor --ca-bundle corp-ca.pem
+  # behind a company proxy that re-signs TLS with its own CA (give the CA's PEM file):
+  #   HTTPS_PROXY=http://proxy.corp:3128 batch-toggle doctor --ca-bundle corp-ca.pem
   # for a script: one JSON document on stdout
-  batch-toggle doctor --json --state /var/lib/batch-toggle/state.sqlite
+  batch-toggle doctor --json
 
 \b
 Exit codes: 0 every check passed; 3 a check failed (a run would stop the same way);
