@@ -676,9 +676,12 @@ class Runner:
                                    f"{self.options.outage_limit / 60:g} min; resume with --resume"))
             return False
         delay = self._contact.cap(self._outage.probe_delay(), self.clocks.mono())
+        # A first contact stops at its grace, not at the outage limit: say the limit that holds.
+        limit = (self.options.outage_limit if self._contact.answered
+                 else min(self._contact.grace, self.options.outage_limit))
         self.hooks.event("pause", {"reason": "outage", "seconds": delay,
                                    "outage_s": round(self._outage.duration(self.clocks.mono()), 1),
-                                   "limit_s": self.options.outage_limit})
+                                   "limit_s": limit})
         self.budget.pause_until(self.clocks.mono() + delay)
         return self.stop is None
 
