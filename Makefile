@@ -29,14 +29,21 @@ browser:
 	  || echo "note: chromium unavailable; the HTML report's browser test will skip"
 
 # System packages the tests use for real (never mocks): Debian's libfaketime, which starts the
-# clocks of a CLI run near a power of two (tests/e2e/test_faked_clock.py). Installed when
-# missing and we may (root, apt reachable); otherwise those tests skip with a message.
+# clocks of a CLI run near a power of two (tests/e2e/test_faked_clock.py), and tinyproxy (its
+# binary only, no service), the forward proxy the proxy tests start on 127.0.0.1
+# (tests/e2e/forward_proxy.py). Installed when missing and we may (root, apt reachable);
+# otherwise those tests skip with a message.
 system-deps:
 	@[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || [ -n "$$(ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null)" ] \
 	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 	       && { apt-get install -y -qq libfaketime >/dev/null 2>&1 \
 	            || { apt-get update -qq && apt-get install -y -qq libfaketime; } >/dev/null 2>&1; }; } \
 	  || echo "note: libfaketime unavailable; the faked-clock tests will skip"
+	@command -v tinyproxy >/dev/null 2>&1 \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	       && { apt-get install -y -qq tinyproxy-bin >/dev/null 2>&1 \
+	            || { apt-get update -qq && apt-get install -y -qq tinyproxy-bin; } >/dev/null 2>&1; }; } \
+	  || echo "note: tinyproxy unavailable; the proxy tests will skip"
 
 test: $(STAMP) browser system-deps
 	$(BIN)/python -m pytest -q -n 4

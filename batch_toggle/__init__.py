@@ -80,6 +80,10 @@ class Options(TypedDict, total=False):
     halt_after: int
     canary: int
     insecure: bool
+    trust: str  # "system" (the OS trust store, default) or "certifi"
+    ca_bundle: PathLike  # trust only the CAs in this PEM file or hashed directory
+    proxy: str  # proxy URL (default: HTTPS_PROXY/HTTP_PROXY; NO_PROXY applies)
+    proxy_auth_file: PathLike  # the proxy's credentials, one line USER:PASSWORD
     sandbox: bool  # the in-process simulator, the packaged seed (no network, no key)
     dry_run: bool  # run(): plan and report only
     resume: bool

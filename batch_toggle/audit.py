@@ -55,6 +55,7 @@ from .live import (
     lock_store,
     open_store,
     run_watchdog,
+    stop_record,
 )
 from .operations import Track, track_verdict
 from .outcome import Outcome
@@ -237,7 +238,8 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
         if store is not None:
             store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
                              finished_at=utc_text(),
-                             counts=result.summary["counts_by_status"])
+                             counts=result.summary["counts_by_status"],
+                             stopped=stop_record(runner.stop))
     if runner.committer.error is not None:
         hooks.notice(f"warning: the state store stopped accepting outcomes: "
                      f"{runner.committer.error}")

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from . import vocab
@@ -121,6 +124,9 @@ def classify_error(status: int, headers: Mapping[str, str], body: bytes) -> Verd
                        daily_limit=bool(text and _DAILY_RE.search(text)))
     if 300 <= status < 400:
         return _redirect(status, headers)
+    if status == 407:  # a forwarding proxy (plain http) wants credentials
+        return replace(_unusable("proxy_auth_required", f"the proxy answered 407 ({message})"),
+                       http_status=407)
     if status >= 500:
         return Verdict("retry", vocab.FAILED, "server_error", message, True, status)
     code, kind = _client_error_code(status, text or "")
@@ -193,8 +199,9 @@ def classify_track(status: int, headers: Mapping[str, str], body: bytes) -> Trac
 
 def classify_exception(exc: BaseException) -> Verdict:
     """Classify what httpx raised instead of a response. Timeouts and transport failures are
-    retried (the PUT is idempotent); anything that is not a transport error is a bug and is
-    re-raised rather than hidden in a row's outcome."""
+    retried (the PUT is idempotent); a connection that cannot work as configured (see
+    `connection_failure`) stops the run; anything that is not a transport error is a bug and
+    is re-raised rather than hidden in a row's outcome."""
     name = type(exc).__name__
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return Verdict("retry", vocab.FAILED, "timeout", f"timed out ({name})", True, None)
@@ -205,14 +212,89 @@ def classify_exception(exc: BaseException) -> Verdict:
         return Verdict("retry", vocab.FAILED, "unexpected_response",
                        f"response body could not be decoded ({name})", True, None)
     if isinstance(exc, httpx.TransportError | OSError):
-        return Verdict("retry", vocab.FAILED, "network_error", _network_message(exc), True, None)
+        return connection_failure(exc) or Verdict(
+            "retry", vocab.FAILED, "network_error", _network_message(exc), True, None)
     raise exc
 
 
+# Certificate checks that fail on the name rather than the issuer (OpenSSL's X509_V_ERR_*).
+_NAME_MISMATCH = frozenset({62, 63, 64})  # HOSTNAME_MISMATCH, EMAIL_MISMATCH, IP_ADDRESS_MISMATCH
+# TLS failures that say the two ends cannot agree, not that the network hiccupped (an EOF or a
+# reset during the handshake stays a transient network_error).
+_TLS_CONFIG_REASONS = frozenset({
+    "WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION",
+    "NO_PROTOCOLS_AVAILABLE", "SSLV3_ALERT_HANDSHAKE_FAILURE", "NO_SHARED_CIPHER",
+    "NO_CIPHERS_AVAILABLE", "TLSV1_ALERT_INSUFFICIENT_SECURITY", "TLSV1_UNRECOGNIZED_NAME",
+    "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "DH_KEY_TOO_SMALL", "EE_KEY_TOO_SMALL", "CA_MD_TOO_WEAK",
+    "CA_KEY_TOO_SMALL", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST",
+})
+# getaddrinfo's answers that mean "no such name" (NXDOMAIN), as opposed to a resolver that did
+# not answer (EAI_AGAIN, EAI_FAIL: transient).
+_NO_SUCH_NAME = frozenset(code for code in (getattr(socket, "EAI_NONAME", None),
+                                            getattr(socket, "EAI_NODATA", None)) if code)
+_PROXY_STATUS_RE = re.compile(r"^\s*(\d{3})\b\s*(.*)")
+
+
+def connection_failure(exc: BaseException) -> Verdict | None:
+    """A connection that cannot work as configured, or None for a failure that may pass.
+
+    Definitive (the run stops, exit 3, with the code as the cause): a certificate that does not
+    verify (`tls_untrusted`; `tls_hostname_mismatch` when it is for other names), TLS the two
+    ends cannot agree on (`tls_error`), a name that does not exist (`dns_failure`), a proxy
+    that wants credentials (`proxy_auth_required`) or refuses the tunnel (`proxy_error`).
+    Ambiguous failures (refused, reset, timeout, a resolver that did not answer, a proxy's
+    5xx) return None: they stay transient. Reads the whole chain of causes, since httpx wraps
+    the ssl and socket errors."""
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            code = ("tls_hostname_mismatch" if cause.verify_code in _NAME_MISMATCH
+                    else "tls_untrusted")
+            return _unusable(code, f"certificate verify failed: "
+                                   f"{cause.verify_message or _scrub(str(cause))}")
+        if isinstance(cause, ssl.SSLError) and cause.reason in _TLS_CONFIG_REASONS:
+            return _unusable("tls_error", f"TLS handshake failed: {cause.reason}")
+        if isinstance(cause, socket.gaierror) and cause.errno in _NO_SUCH_NAME:
+            return _unusable("dns_failure", f"name not found: {cause.strerror or cause}")
+        if isinstance(cause, httpx.ProxyError | httpcore.ProxyError):
+            return proxy_refusal(str(cause))
+    return None
+
+
+def proxy_refusal(text: str) -> Verdict | None:
+    """The proxy's answer to CONNECT ("407 Proxy Authentication Required"). Its 5xx mean the
+    proxy could not reach the host (or is struggling): transient, like a gateway's 502."""
+    match = _PROXY_STATUS_RE.match(text)
+    if match is None:
+        return None
+    status, reason = int(match.group(1)), _scrub(match.group(2)) or "no reason"
+    if status in (401, 407):
+        return _unusable("proxy_auth_required", f"the proxy answered {status} {reason}")
+    if 400 <= status < 500:
+        return _unusable("proxy_error", f"the proxy refused the tunnel: {status} {reason}")
+    return None
+
+
+def _unusable(code: str, message: str) -> Verdict:
+    """A run-level stop for the connection; the row is not at fault (retryable: a new run
+    after the fix sends it)."""
+    return Verdict("abort", vocab.FAILED, code, message, True, None)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what caused it, outermost first (bounded: chains can loop)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10 and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 def _network_message(exc: BaseException) -> str:
-    """A short cause, calling out TLS failures, which will not cure themselves by retrying."""
+    """A short cause, calling out TLS failures (those that may pass: a reset mid-handshake)."""
     text = str(exc)
-    if "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text:
+    if "SSL" in text:
         return f"TLS failure ({type(exc).__name__}): {_scrub(text)}"
     return f"{type(exc).__name__}: {_scrub(text)}" if text else type(exc).__name__
 

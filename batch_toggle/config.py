@@ -16,6 +16,8 @@ OnConflict = Literal["last", "first", "opt-out-wins", "reject"]
 ON_CONFLICT_CHOICES: tuple[str, ...] = ("last", "first", "opt-out-wins", "reject")
 
 DEFAULT_BASE_URL = "https://app.logisapp.ca"
+# --trust: which CAs verify the server when no --ca-bundle is given (trust.py).
+TRUST_CHOICES: tuple[str, ...] = ("system", "certifi")
 
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -124,3 +126,11 @@ class SendOptions:
     canary: int = 0
     insecure: bool = False
     outage_limit: float = 15 * 60.0  # give up after this long with every request failing
+    # A base URL that never answered (this run or an earlier one on the store) gets this long
+    # of ambiguous failures before the run stops (exit 3, `unreachable`); see retry.FirstContact.
+    first_contact_grace: float = 60.0
+    trust: str = "system"  # system | certifi (trust.py)
+    ca_bundle: str | None = None  # --ca-bundle: trust only these CAs
+    # --proxy: the proxy URL (the CLI refuses credentials in it; a library caller may pass
+    # them, so it is never shown as is: proxies.redact)
+    proxy: str | None = field(default=None, repr=False)

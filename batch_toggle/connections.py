@@ -14,17 +14,27 @@ A worker is an asyncio task. A task that sends its first request is given a tran
 own (one connection, kept alive); when the task ends, the transport goes back to a free list
 for the next task (the canary's workers hand their connections to the main run's). There are
 never more transports than tasks that sent at the same time: the runner's --concurrency
-workers.
+workers. Through a proxy each of those transports holds one CONNECT tunnel, kept alive the
+same way: one tunnel per worker, not one per request (a proxy counts and logs tunnels, and a
+new one costs a TCP and a TLS handshake with the proxy in the way).
+
+`Route` is how a run reaches its base URL (which CAs it trusts, which proxy it goes through),
+decided once, before anything is sent: `route_for`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
-import urllib.request
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
+
+from .config import SendOptions
+from .proxies import ProxyChoice, choose_proxy
+from .trust import Trust, resolve_trust
 
 
 class WorkerConnections(httpx.AsyncBaseTransport):
@@ -64,19 +74,36 @@ class WorkerConnections(httpx.AsyncBaseTransport):
             await transport.aclose()
 
 
-def worker_connections() -> WorkerConnections:
-    """The transport a run uses on the network: one kept-alive HTTP/1.1 connection per worker,
-    TLS always verified (one SSL context, built once and shared by the workers; it honours
-    SSL_CERT_FILE and SSL_CERT_DIR as httpx does)."""
-    context: ssl.SSLContext = httpx.create_ssl_context(verify=True)
+@dataclass(frozen=True)
+class Route:
+    """How a run reaches its base URL: the CAs it trusts and the proxy it goes through."""
+
+    base_url: str
+    trust: Trust
+    proxy: ProxyChoice
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the summary and events: never a proxy password."""
+        return {"base_url": self.base_url, "trust": self.trust.as_dict(),
+                "proxy": self.proxy.as_dict()}
+
+
+def route_for(send: SendOptions, proxy_auth: tuple[str, str] | None = None,
+              environ: Mapping[str, str] | None = None) -> Route:
+    """The route of a run with these options, in this environment (proxy variables,
+    SSL_CERT_FILE/SSL_CERT_DIR). UsageError for a --ca-bundle or proxy URL that cannot work."""
+    environ = os.environ if environ is None else environ
+    trust = resolve_trust(send.trust, send.ca_bundle, environ)
+    proxy = choose_proxy(send.base_url, send.proxy, environ, proxy_auth)
+    return Route(send.base_url, trust, proxy)
+
+
+def worker_connections(route: Route) -> WorkerConnections:
+    """The transport a run uses on the network: one kept-alive HTTP/1.1 connection per worker
+    (a tunnel through the route's proxy when it has one), TLS always verified against the
+    route's trust (one SSL context, built once and shared by the workers)."""
+    context = route.trust.context()
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    return WorkerConnections(lambda: httpx.AsyncHTTPTransport(verify=context, limits=limits))
-
-
-def proxy_configured() -> bool:
-    """Does the environment name a proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, any case)?
-
-    httpx honours those only when it builds the client's transport itself, so a run that must
-    go through a proxy keeps httpx's own pool (and its NO_PROXY rules) rather than
-    `WorkerConnections`: correct first, a little CPU second."""
-    return any(urllib.request.getproxies().get(scheme) for scheme in ("http", "https", "all"))
+    proxy = httpx.Proxy(route.proxy.url) if route.proxy.url is not None else None
+    return WorkerConnections(lambda: httpx.AsyncHTTPTransport(
+        verify=context, limits=limits, proxy=proxy, trust_env=False))

@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import (
     ON_CONFLICT_CHOICES,
+    TRUST_CHOICES,
     LoadOptions,
     PlanOptions,
     SendOptions,
@@ -25,6 +26,7 @@ from .config import (
 )
 from .errors import UsageError
 from .jobs import JobConfig
+from .proxies import normalise_proxy_url, read_proxy_auth_file
 from .vocab import FIELDS
 
 Namer = Callable[[str], str]
@@ -81,11 +83,27 @@ def job_config(command: str, inputs: Sequence[str], options: Mapping[str, Any],
                                    if isinstance(stop, str) else float(stop))
     if "insecure" in o:
         send_args["insecure"] = bool(o["insecure"])
+    send_args.update(_route_options(o, name))
+    if o.get("proxy_auth_file") and extra.get("proxy_auth") is None:
+        extra["proxy_auth"] = read_proxy_auth_file(Path(o["proxy_auth_file"]),
+                                                   name("proxy_auth_file"))
     return JobConfig(
         inputs=tuple(str(i) for i in inputs), command=command, load=load,
         plan=PlanOptions(**plan_args), send=SendOptions(**send_args),
         report_path=_path(o.get("report")), rejects_path=_path(o.get("rejects")),
         state_path=_path(o.get("state")), html=bool(o.get("html", True)), **extra)
+
+
+def _route_options(o: Mapping[str, Any], name: Namer) -> dict[str, Any]:
+    """--trust, --ca-bundle and --proxy, checked (trust.py, proxies.py)."""
+    out: dict[str, Any] = {}
+    if o.get("trust"):
+        out["trust"] = _choice(str(o["trust"]), TRUST_CHOICES, "trust", name)
+    if o.get("ca_bundle"):
+        out["ca_bundle"] = str(o["ca_bundle"])
+    if o.get("proxy"):
+        out["proxy"] = normalise_proxy_url(str(o["proxy"]), name("proxy"))
+    return out
 
 
 def column_map(value: Mapping[str, str] | Sequence[str] | str | None,

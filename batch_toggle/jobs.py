@@ -28,6 +28,7 @@ from .errors import ExitCode, worst_exit
 from .ingest import LoadedInput, load_inputs
 from .normalize import normalize
 from .plan import Plan, TooManyInvalid, build_plan
+from .proxies import redact
 from .report import (
     check_outputs_distinct,
     check_writable,
@@ -89,6 +90,8 @@ class JobConfig:
     # Inputs given in memory (the library: a DataFrame, a pyarrow Table, a list of dicts), by
     # the name that stands for each in `inputs` ("<DataFrame>"); see ingest.in_memory_table.
     tables: Mapping[str, pa.Table] = field(default_factory=dict, repr=False, compare=False)
+    # (user, password) for the proxy, from --proxy-auth-file; never printed, logged or stored
+    proxy_auth: tuple[str, str] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -329,6 +332,10 @@ _VERDICTS = {
     ExitCode.STOPPED: "stopped early: resumable",
     ExitCode.INTERRUPTED: "interrupted: resumable",
 }
+# Exit 3 for a connection that cannot work as configured (vocab.CONNECTION_CODES): the cause is
+# the stop's code, and nothing is resumable until a person fixes it.
+CONNECTION_VERDICT = ("aborted: the connection to Logis cannot work as configured ({code}); "
+                      "fix it (see why), then run again (confirmed rows are not re-sent)")
 # An audit changes nothing (exit 0 with rows that would change) and does not resume.
 _AUDIT_VERDICTS = {
     ExitCode.OK: "ok: every row was read (in_sync or would_change) or needs no read",
@@ -365,8 +372,7 @@ def build_summary(prepared: Prepared, report: pa.Table, exit_code: ExitCode, dig
         "retries": 0,
         "budget_used": 0,
         "exit_code": int(exit_code),
-        "verdict": (_AUDIT_VERDICTS if config.command == "audit" else _VERDICTS).get(
-            exit_code, _VERDICTS[exit_code]),
+        "verdict": _verdict(config.command, exit_code, extra.get("stopped")),
         "client_only": client_only(prepared),
         "notes": [CLIENT_ONLY_NOTE] if client_only(prepared) else [],
         "report": {"path": str(prepared.report_path), "format": prepared.report_path.suffix[1:],
@@ -374,6 +380,14 @@ def build_summary(prepared: Prepared, report: pa.Table, exit_code: ExitCode, dig
     }
     summary.update(extra)
     return summary
+
+
+def _verdict(command: str, exit_code: ExitCode, stopped: dict[str, Any] | None) -> str:
+    code = (stopped or {}).get("code")
+    if exit_code == ExitCode.ABORTED and code in vocab.CONNECTION_CODES:
+        return CONNECTION_VERDICT.format(code=code)
+    return (_AUDIT_VERDICTS if command == "audit" else _VERDICTS).get(exit_code,
+                                                                       _VERDICTS[exit_code])
 
 
 def options_record(config: JobConfig) -> dict[str, Any]:
@@ -392,6 +406,8 @@ def options_record(config: JobConfig) -> dict[str, Any]:
         "max_requests": send.max_requests, "stop_after": send.stop_after,
         "halt_after": send.halt_after, "canary": send.canary, "resume": config.resume,
         "retry_failed": config.retry_failed, "dry_run": config.dry_run,
+        "trust": send.trust, "ca_bundle": send.ca_bundle,
+        "proxy": redact(send.proxy) if send.proxy else None,
     }
 
 

@@ -25,11 +25,12 @@ from urllib.parse import urlsplit
 import httpx
 
 from . import vocab
+from .causes import explainer
 from .clock import utc_text
 from .committer import Committer, Finished
 from .config import format_duration
-from .connections import proxy_configured, worker_connections
-from .errors import ExitCode, InputError, UsageError
+from .connections import Route, route_for, worker_connections
+from .errors import ExitCode, InputError, StoreError, UsageError
 from .hosts import is_loopback
 from .jobs import (
     SILENT,
@@ -46,11 +47,14 @@ from .limiter import SEND_LOG_KEEP, WAIT_BUDGET, WAIT_DAILY, Budget
 from .operations import Operation
 from .outcome import Outcome
 from .plan import Units
+from .probe import Target
+from .proxies import DIRECT
 from .report import ReportError, release_reservation
 from .results import UnitResults, row_ref_array
 from .runner import Counters, Interrupts, RunHooks, Runner, Stop, interrupt_stop
 from .sendlog import Reading, wall_clock_moved
 from .store import RunRecord, StateStore, default_state_path, record_interrupted
+from .trust import Trust
 from .watchdog import Watchdog
 
 SANDBOX_BASE_URL = "http://sandbox.invalid"
@@ -120,14 +124,23 @@ def run(config: JobConfig, hooks: Hooks = SILENT, *, stdin: Any = None,
 
 def live_config(config: JobConfig) -> JobConfig:
     """The config of a job that talks to Logis (run, audit): --sandbox points it at the
-    in-process simulator with its key; otherwise the base URL must be safe and a key present."""
+    in-process simulator with its key; otherwise the base URL must be safe, a key present,
+    and the route usable (a --ca-bundle that loads, a proxy URL that parses): exit 2 before
+    anything is read."""
     if config.sandbox:
         config = replace(config, send=replace(config.send, base_url=SANDBOX_BASE_URL),
                          api_key=config.api_key or _sandbox_key())
     check_base_url(config.send.base_url, config.send.insecure or config.sandbox)
     if not config.api_key:
         raise UsageError("no API key: set LOGIS_API_KEY or use --api-key-file")
+    if not config.sandbox:
+        route_of(config).trust.context()  # loads --ca-bundle: a bad file is a usage error
     return config
+
+
+def route_of(config: JobConfig) -> Route:
+    """How this job reaches its base URL (trust, proxy); see connections.route_for."""
+    return route_for(config.send, config.proxy_auth)
 
 
 def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin: Any,
@@ -177,7 +190,8 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
             store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
                              finished_at=utc_text(),
                              counts=result.summary["counts_by_status"],
-                             resume_after=_daily_reset(runner.stop))
+                             resume_after=_daily_reset(runner.stop),
+                             stopped=stop_record(runner.stop))
         if runner.stop is not None:
             # Last on stderr: why the run ended early and when a resume can start (daily limit).
             hooks.notice(f"stopped: {runner.stop.message}")
@@ -292,6 +306,11 @@ def _find_resumable(config: JobConfig, store: StateStore, loaded: Any,
     return record
 
 
+def stop_record(stop: Stop | None) -> dict[str, str] | None:
+    """What the store keeps of a run's stop, for `batch-toggle status` to say why it ended."""
+    return None if stop is None else {"code": stop.code, "message": stop.message}
+
+
 def _daily_reset(stop: Stop | None) -> str | None:
     """When a resume may send again: only a daily limit's reset binds a resume (a Retry-After
     over an hour ends the run too, but a resume may try again: the server said so once)."""
@@ -398,23 +417,17 @@ def _sandbox_key() -> str:
 
 def make_client(config: JobConfig,
                 transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """One client for the run: a kept-alive connection per worker (see `connections`), no
-    redirects (the key header and body would follow them), TLS verification always on.
-
-    With a proxy named in the environment, httpx builds the transport itself (it honours the
-    proxy only then): one pool sized to --concurrency, through the proxy, TLS verified; that
-    is what `limits` and `verify` below are for."""
+    """One client for the run: a kept-alive connection per worker (see `connections`), through
+    the route's proxy when it has one, TLS verified against the route's trust; no redirects
+    (the key header and body would follow them). `trust_env=False`: the route already read
+    the environment (proxies, CA variables), and a ~/.netrc must not add credentials."""
     if transport is None and config.sandbox:
         from .sandbox import SandboxConfig, create_app
         transport = httpx.ASGITransport(app=create_app(SandboxConfig()))
-    elif transport is None and not proxy_configured():
-        transport = worker_connections()
-    n = config.send.concurrency
-    return httpx.AsyncClient(
-        transport=transport, timeout=httpx.Timeout(config.send.timeout),
-        limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
-        follow_redirects=False, verify=True,
-    )
+    elif transport is None:
+        transport = worker_connections(route_of(config))
+    return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(config.send.timeout),
+                             follow_redirects=False, trust_env=False)
 
 
 NOTABLE_WAIT = 1.0  # seconds: a budget wait at least this long is an event ("wait")
@@ -496,13 +509,17 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
             hooks.progress(runner.progress_snapshot())
 
     committer = Committer(store, prepared.run_id, on_committed=committed)
+    route = _route_or_sandbox(config)
     async with make_client(config, transport) as client:
         runner = Runner(sent, client=client,
                         api_key=config.api_key or "",
                         options=config.send, budget=budget, committer=committer,
-                        hooks=RunHooks(notice=hooks.notice, event=hooks.event),
+                        hooks=RunHooks(notice=hooks.notice, event=hooks.event,
+                                       explain=explainer(route, config.send.timeout),
+                                       answered=_remember_answer(store, route, hooks)),
                         review_key_hash=store.review_key_hash if store is not None else None,
-                        run_id=prepared.run_id, operation=operation, advice=advice)
+                        run_id=prepared.run_id, operation=operation, advice=advice,
+                        answered_before=_answered_before(store, route))
         committer.start()
         if stop_first is not None:
             runner.request_stop(stop_first)
@@ -521,6 +538,46 @@ def _watched(watchdog: Watchdog | None) -> contextlib.AbstractContextManager[Non
     if watchdog is None:
         return contextlib.nullcontext()
     return watchdog.watching(asyncio.get_running_loop())
+
+
+def _route_or_sandbox(config: JobConfig) -> Route:
+    """The run's route; the in-process sandbox has no network (and no proxy to read)."""
+    if config.sandbox:
+        return Route(config.send.base_url, Trust(), DIRECT)
+    return route_of(config)
+
+
+def endpoint_key(base_url: str) -> str:
+    """How the store knows a base URL (scheme, host, port): `https://App.Example.com/` and
+    `https://app.example.com:443` are one endpoint."""
+    target = Target.of(base_url)
+    return f"{target.scheme.lower()}://{target.authority.lower()}"
+
+
+def _answered_before(store: StateStore | None, route: Route) -> bool:
+    """Has this base URL answered a run on this store before? (retry.FirstContact)"""
+    if store is None:
+        return False
+    try:
+        return store.has_answered(endpoint_key(route.base_url))
+    except StoreError:
+        return False
+
+
+def _remember_answer(store: StateStore | None, route: Route,
+                     hooks: Hooks) -> Callable[[], None]:
+    """The runner's `answered` hook: the store remembers the base URL's first answer of this
+    run, so a later run (a resumed cron slice) rides out a blip instead of stopping at once."""
+    def answered() -> None:
+        if store is None:
+            return
+        try:
+            store.record_answer(endpoint_key(route.base_url),
+                                utc_text())
+        except StoreError as exc:  # worth a warning, not a stopped run
+            hooks.notice(f"warning: the state store did not record that the API answered: "
+                         f"{exc}")
+    return answered
 
 
 PROGRESS_TICK = 1.0  # seconds between refreshes while nothing commits
@@ -577,6 +634,8 @@ def _send_summary(runner: Runner, counters: Counters, config: JobConfig) -> dict
     if runner.stop is not None:
         extra["stopped"] = {"code": runner.stop.code, "message": runner.stop.message,
                             "resume_after": runner.stop.resume_after}
+    extra["connection"] = ({"base_url": "sandbox"} if config.sandbox
+                           else route_of(config).as_dict())
     return extra
 
 

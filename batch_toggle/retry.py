@@ -10,6 +10,9 @@ answer how long to wait, whether to try again, and whether the run should pause 
   for more than an hour ends the run resumably instead of sleeping for hours.
 * `OutageDetector`: when every recent request failed on the network, pause the whole run rather
   than fail row after row; give up after `--outage-limit` (15 min).
+* `FirstContact`: a base URL that has never answered gets about a minute of ambiguous failures
+  (refused, reset, timeout, a silent resolver), then the run stops (`unreachable`, exit 3)
+  instead of pausing 15 minutes for an outage of something that may never have existed.
 * `HaltDetector`: `--halt-after N` consecutive rows failing with the same permanent code stop the
   run: a file with swapped columns or from another account must not burn the budget row by row.
 """
@@ -247,6 +250,60 @@ class OutageDetector:
     def probe_delay(self) -> float:
         """Seconds between probes during an outage: 1 s doubling per failed probe, capped."""
         return min(self.probe_cap, 2.0 ** min(self.streak - self.window_n, _MAX_EXPONENT))
+
+
+# --- first contact ------------------------------------------------------------------------
+
+FIRST_CONTACT_GRACE = 60.0  # seconds of failures a never-answered base URL gets
+
+
+class FirstContact:
+    """Has the base URL ever answered? Until it has, its ambiguous failures count against a
+    short grace instead of the outage limit.
+
+    Why: a refused port, a host that times out or a resolver that stays silent look like an
+    outage, and an outage is ridden out for 15 minutes. That is right for a service that
+    answered before (in this run, or an earlier one on the same state store: a resumed cron
+    slice must ride out a blip), and wrong for a first contact, where it is far more likely a
+    wrong URL, port or network path: then `grace` seconds after the first failure the run
+    stops with the cause (exit 3) rather than report "stopped early: resumable".
+
+    Feed every request's result (`answered`/`failed`, monotonic `now`); `expired` says when
+    to stop; `cap` keeps a pause from sleeping past the grace.
+    """
+
+    def __init__(self, answered_before: bool, grace: float = FIRST_CONTACT_GRACE) -> None:
+        self.answered = answered_before
+        self.grace = grace
+        self._first_failure: float | None = None
+
+    def answer(self) -> bool:
+        """The service answered (any HTTP status but a gateway's). True the first time only."""
+        first = not self.answered
+        self.answered = True
+        return first
+
+    def failed(self, now: float) -> None:
+        """A request got no answer (timeout, connection failure, gateway 502/503/504)."""
+        if self._first_failure is None:
+            self._first_failure = now
+
+    def waited(self, now: float) -> float:
+        """Seconds since the first failure of this first contact (0 once it answered)."""
+        if self.answered or self._first_failure is None:
+            return 0.0
+        return now - self._first_failure
+
+    def expired(self, now: float) -> bool:
+        """A first contact that has failed for `grace` seconds: stop (exit 3, `unreachable`)."""
+        return not self.answered and self._first_failure is not None and \
+            self.waited(now) >= self.grace
+
+    def cap(self, delay: float, now: float) -> float:
+        """`delay`, shortened so that a first contact's grace ends in a try, not a sleep."""
+        if self.answered or self._first_failure is None:
+            return delay
+        return max(0.0, min(delay, self.grace - self.waited(now)))
 
 
 # --- halting --------------------------------------------------------------------------------

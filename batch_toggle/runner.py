@@ -32,6 +32,7 @@ from .outcome import Outcome
 from .plan import Units
 from .retry import (
     MAX_RESUME_HINT,
+    FirstContact,
     HaltDetector,
     OutageDetector,
     RateLimitDecision,
@@ -228,6 +229,11 @@ class RunHooks:
     committed: Callable[[Finished, Counters], None] = lambda _f, _c: None
     notice: Callable[[str], None] = lambda _m: None
     event: Callable[[str, dict[str, Any]], None] = lambda _k, _d: None
+    # The stop message of a connection that cannot work (code, short cause, seconds a first
+    # contact waited): the detail and the fix (causes.explainer). Called as the run stops.
+    explain: Callable[[str, str, float | None], str] = lambda _c, m, _w: m
+    # The base URL answered for the first time (the store remembers it: retry.FirstContact).
+    answered: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -248,7 +254,8 @@ class Runner:
                  hooks: RunHooks | None = None, clocks: _Clocks | None = None,
                  review_key_hash: Callable[[str], str] | None = None, run_id: str = "",
                  operation: Operation | None = None,
-                 advice: Callable[[str], str] | None = None) -> None:
+                 advice: Callable[[str], str] | None = None,
+                 answered_before: bool = False) -> None:
         self.units = units
         self.client = client
         self.options = options
@@ -287,6 +294,7 @@ class Runner:
         self._policy = RetryPolicy.from_options(options)
         self._halt = HaltDetector(options.halt_after)
         self._outage = OutageDetector.for_concurrency(options.concurrency, options.outage_limit)
+        self._contact = FirstContact(answered_before, options.first_contact_grace)
 
     # --- public -------------------------------------------------------------------------
 
@@ -439,6 +447,7 @@ class Runner:
                 return None
             self.hooks.event("request", {"unit": unit, "kind": verdict.kind,
                                          "http_status": verdict.http_status})
+            self._note_contact(verdict)
             if verdict.kind == "rate_limited":
                 self._on_429(verdict, sent_mono)
                 if attempts:
@@ -568,7 +577,10 @@ class Runner:
             latency_ms=round(latency, 1),
         )
         self._client_of[unit] = v.client_id
-        if v.kind == "abort":
+        if v.kind == "abort" and v.error_code in vocab.CONNECTION_CODES:
+            self.request_stop(Stop(v.error_code, ExitCode.ABORTED,
+                                   self.hooks.explain(v.error_code, v.message or "", None)))
+        elif v.kind == "abort":
             self.request_stop(Stop("aborted", ExitCode.ABORTED,
                                    f"run aborted: {v.error_code} ({v.message or 'no reason'})"))
         elif self._halt.record(v.error_code):  # any other final outcome breaks the streak
@@ -663,12 +675,29 @@ class Runner:
                                    "the API has been unreachable for "
                                    f"{self.options.outage_limit / 60:g} min; resume with --resume"))
             return False
-        delay = self._outage.probe_delay()
+        delay = self._contact.cap(self._outage.probe_delay(), self.clocks.mono())
+        # A first contact stops at its grace, not at the outage limit: say the limit that holds.
+        limit = (self.options.outage_limit if self._contact.answered
+                 else min(self._contact.grace, self.options.outage_limit))
         self.hooks.event("pause", {"reason": "outage", "seconds": delay,
                                    "outage_s": round(self._outage.duration(self.clocks.mono()), 1),
-                                   "limit_s": self.options.outage_limit})
+                                   "limit_s": limit})
         self.budget.pause_until(self.clocks.mono() + delay)
         return self.stop is None
+
+    def _note_contact(self, v: Verdict) -> None:
+        """Whether the base URL has answered (retry.FirstContact): its first answer is
+        remembered; a first contact that failed for the whole grace stops the run (exit 3)."""
+        now = self.clocks.mono()
+        if is_network_failure(v):
+            self._contact.failed(now)
+            if self._contact.expired(now) and self.stop is None:
+                waited = self._contact.waited(now)
+                self.request_stop(Stop("unreachable", ExitCode.ABORTED, self.hooks.explain(
+                    "unreachable", v.message or v.error_code or "no answer", waited)))
+        elif (v.http_status is not None and v.error_code not in vocab.CONNECTION_CODES
+              and self._contact.answer()):  # a proxy's 407 is not the service answering
+            self.hooks.answered()
 
     async def _honour_pause(self) -> bool:
         """A 429 may have paused the run after the budget granted this worker its ticket and

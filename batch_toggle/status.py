@@ -22,6 +22,7 @@ from .clock import parse_utc, utc_text
 from .errors import BatchToggleError, ExitCode, InputError
 from .ingest import is_in_memory_name, sha256_of
 from .store import RunRecord, StateStore, default_state_path
+from .vocab import CONNECTION_CODES
 from .watchdog import HEARTBEAT, STALL_AFTER
 
 # A run's state as status shows it.
@@ -70,6 +71,7 @@ class RunStatus:
     resume_command: str | None
     holder: dict[str, Any] | None
     resume_after: str | None = None  # stopped at a daily limit: a resume sends from then on
+    stopped: dict[str, Any] | None = None  # {code, message}: why it ended before its queue
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +154,7 @@ def _describe(store: StateStore, record: RunRecord, holder: dict[str, Any] | Non
                         if resumable or retry_only else None),
         holder=holder if state in (RUNNING, STALLED) else None,
         resume_after=_shown(record.sends_from(datetime.now(UTC))) if resumable else None,
+        stopped=record.stopped,
     )
 
 
@@ -207,6 +210,11 @@ def _why_not_resumable(store: StateStore, record: RunRecord, state: str,
     if state == STALLED:
         return ("its process is alive but stuck (its loop stopped answering): stop it with "
                 "SIGTERM (it exits at once, recorded as interrupted), then resume")
+    cause = record.stopped or {}
+    if state == FINISHED and cause.get("code") in CONNECTION_CODES:
+        return (f"its connection could not work as configured ({cause['code']}); fix that "
+                "(see `stopped` above, or `batch-toggle doctor`), then run again: rows "
+                "already confirmed are not re-sent")
     if state == FINISHED and record.exit_code == int(ExitCode.ABORTED):
         # Not resumable (SPEC section 9), but "finished" alone reads as done at 1% progress.
         return ("it was aborted (exit 3: the API refused the key, or --halt-after stopped "
@@ -317,6 +325,8 @@ def _run_lines(run: RunStatus) -> list[str]:
              f"  outcomes: {_counts_text(run.unit_counts, run.retryable_failed)} (units)"]
     if run.row_counts is not None:
         lines.append(f"  report:   {_counts_text(run.row_counts)} (rows)")
+    if run.stopped:
+        lines.append(f"  stopped:  {run.stopped.get('code')}: {run.stopped.get('message')}")
     lines.extend(_resume_lines(run))
     return lines
 

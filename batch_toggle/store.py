@@ -74,7 +74,8 @@ from .errors import ExitCode, StoreError, StoreLocked
 from .outcome import Outcome
 from .sendlog import LoggedSend, Reading, SendEntry
 
-SCHEMA_VERSION = 4  # 2: runs.units; 3: runs.resume_after; 4: ledger.conf_seq, sends' clocks
+SCHEMA_VERSION = 5  # 2: runs.units; 3: runs.resume_after; 4: ledger.conf_seq, sends' clocks;
+# 5: endpoints, runs.stopped
 # 'BTgl': marks the file as a batch-toggle state store (PRAGMA application_id).
 APPLICATION_ID = 0x4254676C
 
@@ -110,7 +111,8 @@ CREATE TABLE runs (
     resumes     INTEGER NOT NULL DEFAULT 0,
     resumed_at  TEXT,
     units       INTEGER,                  -- requests the plan needs (status: what is left)
-    resume_after TEXT                     -- a daily limit's reset: no resume sends before it
+    resume_after TEXT,                    -- a daily limit's reset: no resume sends before it
+    stopped     TEXT                      -- JSON {code, message}: why it ended before its queue
 );
 CREATE INDEX runs_by_inputs ON runs (command, input_names, plan_key);
 
@@ -129,6 +131,14 @@ CREATE TABLE outcomes (
     sent_at                 TEXT,
     latency_ms              REAL,
     PRIMARY KEY (run, row)
+) WITHOUT ROWID;
+
+-- Base URLs that have answered a run on this store (scheme://host:port): a first contact that
+-- never answers stops the run, one that answered before rides out an outage (FirstContact).
+CREATE TABLE endpoints (
+    endpoint          TEXT PRIMARY KEY,
+    first_answered_at TEXT NOT NULL,
+    last_answered_at  TEXT NOT NULL
 ) WITHOUT ROWID;
 
 -- Every request sent with this store (all runs): the limiter's memory across processes.
@@ -285,6 +295,7 @@ class RunRecord:
     units: int | None = None  # units (requests) the plan needs; None in a schema-1 record
     retryable_failed: int = 0  # outcomes `failed` with retryable true (what --retry-failed adds)
     resume_after: str | None = None  # ISO time: the daily limit it stopped at resets then
+    stopped: dict[str, Any] | None = None  # {code, message}: why it ended before its queue did
 
     def sends_from(self, now: datetime) -> str | None:
         """When a resume may send again, if that is still ahead: the reset of the daily limit
@@ -353,7 +364,12 @@ class StateStore:
         # A read-only view of an older file cannot be migrated: it reads the columns it
         # lacks as NULL.
         self._run_columns = ", ".join([_RUN_COLUMNS, *(c if c in names else "NULL"
-                                                       for c in ("units", "resume_after"))])
+                                                       for c in ("units", "resume_after",
+                                                                 "stopped"))])
+        with self._lock:
+            self._has_endpoints = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'endpoints'"
+            ).fetchone() is not None
         with self._sends_lock:
             send_names = {r[1] for r in self._sends_conn.execute("PRAGMA table_info(sends)")}
         self._send_columns = ", ".join(c if c in send_names else "NULL" for c in _SEND_FIELDS)
@@ -639,7 +655,7 @@ class StateStore:
         with self._lock, _transaction(self._conn):
             cur = self._conn.execute(
                 "UPDATE runs SET finished_at = NULL, exit_code = NULL, counts = NULL,"
-                " pid = ?, host = ?, resumes = resumes + 1, resumed_at = ?,"
+                " stopped = NULL, pid = ?, host = ?, resumes = resumes + 1, resumed_at = ?,"
                 " options = COALESCE(?, options), units = COALESCE(?, units) WHERE run_id = ?",
                 (os.getpid(), socket.gethostname(), resumed_at,
                  None if options is None else json.dumps(dict(options), sort_keys=True,
@@ -650,16 +666,20 @@ class StateStore:
 
     @_translated
     def finish_run(self, run_id: str, *, exit_code: int, finished_at: str,
-                   counts: Mapping[str, Any], resume_after: str | None = None) -> None:
+                   counts: Mapping[str, Any], resume_after: str | None = None,
+                   stopped: Mapping[str, Any] | None = None) -> None:
         """Record how a run ended. A run that ended 4 or 130 stays resumable; `resume_after`
-        (a daily limit's reset) is when a resume may send again."""
+        (a daily limit's reset) is when a resume may send again; `stopped` ({code, message})
+        why it ended before its queue did (status shows it)."""
         self._writable()
         with self._lock, _transaction(self._conn):
             cur = self._conn.execute(
-                "UPDATE runs SET exit_code = ?, finished_at = ?, counts = ?, resume_after = ?"
-                " WHERE run_id = ?",
+                "UPDATE runs SET exit_code = ?, finished_at = ?, counts = ?, resume_after = ?,"
+                " stopped = ? WHERE run_id = ?",
                 (int(exit_code), finished_at, json.dumps(dict(counts), sort_keys=True,
-                                                         default=str), resume_after, run_id))
+                                                         default=str), resume_after,
+                 None if stopped is None else json.dumps(dict(stopped), sort_keys=True),
+                 run_id))
             if cur.rowcount != 1:
                 raise StoreError(f"state store {self.path}: no run {run_id}")
 
@@ -680,7 +700,8 @@ class StateStore:
         counts = {status: n for status, n, _ in by_status}
         retryable = sum(r or 0 for status, _, r in by_status if status == "failed")
         (_, run_id, command, inputs, plan_key, options, total_rows, started_at, finished_at,
-         exit_code, finish_counts, pid, host, resumes, resumed_at, units, resume_after) = row
+         exit_code, finish_counts, pid, host, resumes, resumed_at, units, resume_after,
+         stopped) = row
         return RunRecord(
             run_id=run_id, command=command,
             inputs=tuple((str(n), str(h)) for n, h in json.loads(inputs)),
@@ -690,7 +711,8 @@ class StateStore:
             pid=pid, host=host, resumes=resumes, resumed_at=resumed_at,
             outcome_counts=counts,
             final_outcomes=sum(n for s, n in counts.items() if s != "not_attempted"),
-            units=units, retryable_failed=int(retryable), resume_after=resume_after)
+            units=units, retryable_failed=int(retryable), resume_after=resume_after,
+            stopped=None if stopped is None else json.loads(stopped))
 
     def _run_seq(self, run_id: str) -> int:
         seq = self._run_seqs.get(run_id)
@@ -837,6 +859,27 @@ class StateStore:
                 out.update(self._conn.execute(
                     f"{sql} AND job_id IN ({','.join('?' * len(part))})", part))
             return out
+
+    # --- endpoints --------------------------------------------------------------------------
+
+    @_translated
+    def has_answered(self, endpoint: str) -> bool:
+        """Has `endpoint` (scheme://host:port) answered a run on this store before?"""
+        if not self._has_endpoints:  # a read-only view of an older file
+            return False
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM endpoints WHERE endpoint = ?",
+                                      (endpoint,)).fetchone() is not None
+
+    @_translated
+    def record_answer(self, endpoint: str, at: str) -> None:
+        """`endpoint` answered at `at` (UTC ISO 8601): remembered for later runs."""
+        self._writable()
+        with self._lock, _transaction(self._conn):
+            self._conn.execute(
+                "INSERT INTO endpoints (endpoint, first_answered_at, last_answered_at)"
+                " VALUES (?, ?, ?) ON CONFLICT (endpoint) DO UPDATE SET"
+                " last_answered_at = excluded.last_answered_at", (endpoint, at, at))
 
     # --- the send log -----------------------------------------------------------------------
 
@@ -1074,6 +1117,14 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
             if conn.execute("PRAGMA user_version").fetchone()[0] < 4:
                 _migrate_to_4(conn)
                 conn.execute("PRAGMA user_version=4")
+    if version < 5:
+        with _transaction(conn):
+            if conn.execute("PRAGMA user_version").fetchone()[0] < 5:
+                conn.execute("ALTER TABLE runs ADD COLUMN stopped TEXT")
+                conn.execute("CREATE TABLE endpoints (endpoint TEXT PRIMARY KEY,"
+                             " first_answered_at TEXT NOT NULL, last_answered_at TEXT NOT NULL)"
+                             " WITHOUT ROWID")
+                conn.execute("PRAGMA user_version=5")
 
 
 def _migrate_to_4(conn: sqlite3.Connection) -> None:

@@ -42,6 +42,13 @@ PROBLEM_STATUSES: Final = frozenset({INVALID, CONFLICT, FAILED, MISMATCH})
 ATTENTION_STATUSES: Final = frozenset({INVALID, FAILED, CONFLICT, MISMATCH, NOT_ATTEMPTED})
 
 # --- error codes ----------------------------------------------------------------------------
+# A connection that cannot work as configured: the certificate does not verify (issuer, name),
+# TLS cannot be agreed, the host does not exist, the proxy refuses us, or a first contact never
+# got an answer. Retrying cures none of these; each stops the run (exit 3) until a person acts.
+CONNECTION_CODES: Final = (
+    "tls_untrusted", "tls_hostname_mismatch", "tls_error", "dns_failure",
+    "proxy_auth_required", "proxy_error", "unreachable",
+)
 ERROR_CODES: Final = (
     "missing_job_id", "missing_review_key", "missing_do_notify_sms", "missing_update_target",
     "invalid_job_id", "invalid_review_key", "invalid_do_notify_sms", "invalid_update_target",
@@ -49,6 +56,7 @@ ERROR_CODES: Final = (
     "job_not_found", "api_key_missing", "api_key_invalid", "permission_denied", "rate_limited",
     "server_error", "timeout", "network_error", "unexpected_response", "resubscribe_blocked",
     "aborted", "halted", "interrupted", "budget_exhausted", "daily_limit",
+    *CONNECTION_CODES,
 )
 
 # --- report columns -------------------------------------------------------------------------

@@ -4,8 +4,12 @@
     def test_y(make_sandbox_app): app = make_sandbox_app(hourly_limit=3, clock=fake)
     def test_z(sandbox_server): sandbox_server.base_url, .state(), .requests(), .set_faults(...)
     def test_w(make_sandbox_server): srv = make_sandbox_server(window=2.0, hourly_limit=5)
+    def test_v(any_sandbox_server): ...  # runs twice: over http, and over https (TLS)
+    def test_u(make_sandbox_server, tls_kit): make_sandbox_server(tls=tls_kit.expired)
 
-Every server listens on 127.0.0.1, port 0 (ephemeral), with a bounded readiness wait.
+Every server listens on 127.0.0.1, port 0 (ephemeral), with a bounded readiness wait. A TLS
+server's handle carries `ca_bundle`, the CA file a client must trust (tests/e2e passes it as
+--ca-bundle); `tls_kit` holds the test CA and its certificates (good, wrong host, expired).
 `make_sandbox_server` starts a fresh one per call, stopped when the test ends; `sandbox_server`
 is one server for the session, reset to the seed before each test. The seed is the shipped
 `sample_data/sandbox_seed.csv`.
@@ -14,7 +18,10 @@ is one server for the session, reset to the seed before each test. The seed is t
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ssl
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,7 @@ import pytest
 from starlette.applications import Starlette
 
 from batch_toggle.sandbox import DEFAULT_API_KEY, SandboxConfig, Seed, create_app, load_seed
+from batch_toggle.sandbox.tls import LOOPBACK_NAMES, TlsFiles
 from batch_toggle.sandbox.world import SeedJob, World
 from batch_toggle.stderr import STDERR
 
@@ -40,14 +48,24 @@ def _stderr_not_gone(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class SandboxHandle:
-    """A running sandbox as tests see it: its URL, its key, and its introspection routes."""
+    """A running sandbox as tests see it: its URL, its key, and its introspection routes.
+    `ca_bundle`: the CA file that verifies it (None for plain http)."""
 
-    def __init__(self, base_url: str, app: Starlette, config: SandboxConfig) -> None:
+    def __init__(self, base_url: str, app: Starlette, config: SandboxConfig,
+                 ca_bundle: Path | None = None) -> None:
         self.base_url = base_url
         self.app = app
         self.config = config
         self.api_key = config.api_keys[0] if config.api_keys else SANDBOX_KEY
-        self._http = httpx.Client(base_url=base_url, timeout=10.0)
+        self.ca_bundle = ca_bundle
+        self._http = httpx.Client(base_url=base_url, timeout=10.0, verify=self.verify)
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client needs to talk to this server (its test CA, for TLS)."""
+        if self.ca_bundle is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.ca_bundle))
 
     @property
     def world(self) -> World:
@@ -100,6 +118,55 @@ class SandboxHandle:
         self._http.close()
 
 
+@dataclass(frozen=True)
+class TlsKit:
+    """A test CA (its PEM file `ca`, and the same CA in an OpenSSL hashed directory `ca_dir`)
+    and server certificates from it: `good` for the loopback names, `wrong_host` for another
+    name, `expired` (valid in January 2020 only)."""
+
+    ca: Path
+    ca_dir: Path
+    good: TlsFiles
+    wrong_host: TlsFiles
+    expired: TlsFiles
+
+
+@pytest.fixture(scope="session")
+def tls_kit(tmp_path_factory: pytest.TempPathFactory) -> TlsKit:
+    import trustme
+
+    root = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA(organization_name="batch-toggle tests")
+    ca_path = root / "test-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+
+    def files(name: str, leaf: Any) -> TlsFiles:
+        cert, key = root / f"{name}-cert.pem", root / f"{name}-key.pem"
+        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(key))
+        return TlsFiles(ca_path, cert, key)
+
+    return TlsKit(
+        ca=ca_path, ca_dir=_hashed_dir(root / "ca-dir", ca_path),
+        good=files("good", ca.issue_cert(*LOOPBACK_NAMES)),
+        wrong_host=files("wrong-host", ca.issue_cert("logis.example")),
+        expired=files("expired", ca.issue_cert(
+            *LOOPBACK_NAMES, not_before=datetime.datetime(2020, 1, 1),
+            not_after=datetime.datetime(2020, 2, 1))))
+
+
+def _hashed_dir(directory: Path, ca: Path) -> Path:
+    """A directory of CAs as OpenSSL looks them up (`<subject hash>.0`), like /etc/ssl/certs:
+    what SSL_CERT_DIR points at. The hash comes from `openssl x509 -hash`."""
+    import subprocess
+
+    directory.mkdir()
+    digest = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", str(ca)],
+                            capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    (directory / f"{digest}.0").write_bytes(ca.read_bytes())
+    return directory
+
+
 @pytest.fixture(scope="session")
 def sandbox_seed() -> Seed:
     """The shipped seed, parsed once per session."""
@@ -141,16 +208,20 @@ def sandbox_app(make_sandbox_app: Callable[..., Starlette]) -> Starlette:
 def make_sandbox_server(
     make_sandbox_app: Callable[..., Starlette],
 ) -> Iterator[Callable[..., SandboxHandle]]:
-    """Factory: make_sandbox_server(clock=None, **config_overrides) -> SandboxHandle on a real
-    uvicorn at 127.0.0.1 (ephemeral port); stopped at the end of the test."""
+    """Factory: make_sandbox_server(clock=None, tls=None, **config_overrides) -> SandboxHandle
+    on a real uvicorn at 127.0.0.1 (ephemeral port), over HTTPS with `tls` (TlsFiles); stopped
+    at the end of the test."""
     from batch_toggle.sandbox import serve_in_thread
 
     with contextlib.ExitStack() as stack:
 
-        def make(clock: Callable[[], float] | None = None, **overrides: Any) -> SandboxHandle:
+        def make(clock: Callable[[], float] | None = None, tls: TlsFiles | None = None,
+                 **overrides: Any) -> SandboxHandle:
             app = make_sandbox_app(clock=clock, **overrides)
-            base_url = stack.enter_context(serve_in_thread(app=app, ready_timeout=10.0))
-            handle = SandboxHandle(base_url, app, app.state.config)
+            base_url = stack.enter_context(serve_in_thread(app=app, ready_timeout=10.0,
+                                                           tls=tls))
+            handle = SandboxHandle(base_url, app, app.state.config,
+                                   tls.ca if tls is not None else None)
             stack.callback(handle.close)
             return handle
 
@@ -165,6 +236,34 @@ def _shared_sandbox_thread(sandbox_seed: Seed) -> Iterator[Any]:
     served.start(ready_timeout=10.0)
     yield served
     served.stop()
+
+
+@pytest.fixture(scope="session")
+def _shared_tls_sandbox_thread(sandbox_seed: Seed, tls_kit: TlsKit) -> Iterator[Any]:
+    from batch_toggle.sandbox import SandboxThread
+
+    served = SandboxThread(create_app(SandboxConfig(seed=SEED_PATH), seed=sandbox_seed),
+                           tls=tls_kit.good)
+    served.start(ready_timeout=10.0)
+    yield served
+    served.stop()
+
+
+@pytest.fixture(params=["http", "https"])
+def any_sandbox_server(request: pytest.FixtureRequest) -> Iterator[SandboxHandle]:
+    """`sandbox_server` over plain http, then the same over TLS (a test CA the client is given
+    with --ca-bundle): the main flows must work on the real path too, not only on loopback
+    http."""
+    if request.param == "http":
+        served = request.getfixturevalue("_shared_sandbox_thread")
+        ca = None
+    else:
+        served = request.getfixturevalue("_shared_tls_sandbox_thread")
+        ca = request.getfixturevalue("tls_kit").ca
+    served.app.state.world.reset()
+    handle = SandboxHandle(served.base_url, served.app, served.app.state.config, ca)
+    yield handle
+    handle.close()
 
 
 @pytest.fixture

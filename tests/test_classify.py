@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 
+import httpcore
 import httpx
 import pytest
 
+from batch_toggle import vocab
 from batch_toggle.classify import (
     MAX_BODY,
     MAX_MESSAGE,
     Verdict,
+    classify_error,
     classify_exception,
     classify_response,
     classify_track,
@@ -287,10 +291,82 @@ def test_classify_exception(exc: BaseException, kind: str, code: str) -> None:
     assert v.retryable is (kind == "retry") and v.status == "failed"
 
 
-def test_a_tls_verification_failure_says_so() -> None:
-    cause = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] self-signed")
-    v = classify_exception(httpx.ConnectError(str(cause), request=REQUEST))
-    assert v.error_code == "network_error" and v.message.startswith("TLS failure")
+def wrapped(cause: BaseException, outer: type[httpx.TransportError] = httpx.ConnectError
+            ) -> httpx.TransportError:
+    """What httpx raises: its own error, caused by httpcore's, caused by the ssl/socket one."""
+    middle = httpcore.ConnectError(str(cause))
+    middle.__cause__ = cause
+    error = outer(str(cause), request=REQUEST)
+    error.__cause__ = middle
+    return error
+
+
+def verify_error(code: int, message: str) -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, f"certificate verify failed: {message}")
+    error.verify_code, error.verify_message = code, message
+    return error
+
+
+def ssl_error(reason: str, cls: type[ssl.SSLError] = ssl.SSLError) -> ssl.SSLError:
+    error = cls(1, f"[SSL: {reason}] {reason.lower()}")
+    error.reason = reason
+    return error
+
+
+@pytest.mark.parametrize(("cause", "code"), [
+    pytest.param(verify_error(20, "unable to get local issuer certificate"), "tls_untrusted",
+                 id="unknown-ca"),
+    pytest.param(verify_error(19, "self-signed certificate in certificate chain"),
+                 "tls_untrusted", id="self-signed"),
+    pytest.param(verify_error(10, "certificate has expired"), "tls_untrusted", id="expired"),
+    pytest.param(verify_error(62, "Hostname mismatch"), "tls_hostname_mismatch", id="name"),
+    pytest.param(verify_error(64, "IP address mismatch"), "tls_hostname_mismatch", id="ip"),
+    pytest.param(ssl_error("WRONG_VERSION_NUMBER"), "tls_error", id="not-tls"),
+    pytest.param(ssl_error("TLSV1_ALERT_PROTOCOL_VERSION"), "tls_error", id="protocol"),
+    pytest.param(socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+                 "dns_failure", id="nxdomain"),
+])
+def test_a_connection_that_cannot_work_stops_the_run_with_its_code(cause: BaseException,
+                                                                   code: str) -> None:
+    v = classify_exception(wrapped(cause))
+    assert (v.kind, v.status, v.error_code, v.retryable, v.http_status) == (
+        "abort", "failed", code, True, None)
+    assert v.is_final and code in vocab.CONNECTION_CODES
+
+
+@pytest.mark.parametrize("cause", [
+    pytest.param(ssl_error("UNEXPECTED_EOF_WHILE_READING", ssl.SSLEOFError), id="tls-eof"),
+    pytest.param(ssl_error("SOME_ALERT"), id="unknown-tls-reason"),
+    pytest.param(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"),
+                 id="resolver-silent"),
+    pytest.param(ConnectionRefusedError(111, "refused"), id="refused"),
+    pytest.param(ConnectionResetError(104, "reset"), id="reset"),
+])
+def test_an_ambiguous_failure_stays_a_transient_network_error(cause: BaseException) -> None:
+    v = classify_exception(wrapped(cause))
+    assert (v.kind, v.error_code, v.retryable) == ("retry", "network_error", True)
+
+
+@pytest.mark.parametrize(("text", "kind", "code"), [
+    ("407 Proxy Authentication Required", "abort", "proxy_auth_required"),
+    ("401 Unauthorized", "abort", "proxy_auth_required"),
+    ("403 Forbidden", "abort", "proxy_error"),
+    ("405 Method Not Allowed", "abort", "proxy_error"),
+    ("502 Bad Gateway", "retry", "network_error"),
+    ("500 Unable to connect", "retry", "network_error"),
+    ("garbled", "retry", "network_error"),
+])
+def test_a_proxys_answer_to_connect(text: str, kind: str, code: str) -> None:
+    cause = httpcore.ProxyError(text)
+    error = httpx.ProxyError(text, request=REQUEST)
+    error.__cause__ = cause
+    v = classify_exception(error)
+    assert (v.kind, v.error_code) == (kind, code)
+
+
+def test_a_forwarding_proxys_407_response_stops_the_run() -> None:
+    v = classify_error(407, {}, b"<html>auth</html>")
+    assert (v.kind, v.error_code, v.http_status) == ("abort", "proxy_auth_required", 407)
 
 
 def test_programming_errors_are_not_hidden_as_row_outcomes() -> None:

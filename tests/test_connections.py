@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from batch_toggle.config import SendOptions
-from batch_toggle.connections import WorkerConnections, proxy_configured
+from batch_toggle.connections import WorkerConnections, route_for
 from batch_toggle.jobs import JobConfig
 from batch_toggle.live import make_client
 
@@ -162,24 +162,49 @@ def test_a_run_gives_each_worker_one_kept_alive_connection(no_proxy_env: Any) ->
     assert len({p for ports in ports_by_worker.values() for p in ports}) == workers
 
 
-def test_a_proxy_named_in_the_environment_is_used(no_proxy_env: pytest.MonkeyPatch) -> None:
-    """httpx honours HTTP(S)_PROXY only when it builds the transport: a run behind an egress
-    proxy must still go through it."""
+def test_a_proxy_named_in_the_environment_is_used_one_connection_per_worker(
+        no_proxy_env: pytest.MonkeyPatch) -> None:
+    """A run behind an egress proxy goes through it, and keeps one connection to it per
+    worker (for https each would be one CONNECT tunnel), never httpx's shared pool."""
+    workers, each = 3, 5
 
     async def main() -> list[tuple[int, str]]:
         async with RecordingServer() as proxy:
             no_proxy_env.setenv("HTTP_PROXY", proxy.url)
-            assert proxy_configured()
-            async with client_for("http://logis.test", 4) as client:
-                response = await client.put(
-                    "http://logis.test/api/apikeys/toggle_sms_notifications", json={})
-                assert response.status_code == 200
+            async with client_for("http://logis.test", workers) as client:
+
+                async def worker(name: str) -> None:
+                    for _ in range(each):
+                        response = await client.put(f"http://logis.test/api/{name}", json={})
+                        assert response.status_code == 200
+                        await asyncio.sleep(0)
+
+                await asyncio.gather(*(worker(f"w{i}") for i in range(workers)))
         return proxy.seen
 
     seen = asyncio.run(main())
-    assert [line for _port, line in seen] == [
-        "PUT http://logis.test/api/apikeys/toggle_sms_notifications HTTP/1.1"]
+    assert len(seen) == workers * each
+    assert all(line.startswith("PUT http://logis.test/api/w") for _port, line in seen)
+    ports_by_worker: dict[str, set[int]] = {}
+    for port, line in seen:
+        ports_by_worker.setdefault(line.split()[1], set()).add(port)
+    assert all(len(ports) == 1 for ports in ports_by_worker.values()), ports_by_worker
+    assert len({p for ports in ports_by_worker.values() for p in ports}) == workers
 
 
-def test_without_proxy_variables_no_proxy_is_assumed(no_proxy_env: Any) -> None:
-    assert not proxy_configured()
+def test_no_proxy_sends_the_base_url_direct(no_proxy_env: pytest.MonkeyPatch) -> None:
+    async def main() -> list[tuple[int, str]]:
+        async with RecordingServer() as server:
+            no_proxy_env.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+            no_proxy_env.setenv("NO_PROXY", "localhost,127.0.0.1")
+            async with client_for(server.url, 2) as client:
+                response = await client.put(f"{server.url}/api/x", json={})
+                assert response.status_code == 200
+        return server.seen
+
+    assert [line for _port, line in asyncio.run(main())] == ["PUT /api/x HTTP/1.1"]
+
+
+def test_without_proxy_variables_the_route_is_direct(no_proxy_env: Any) -> None:
+    route = route_for(SendOptions(base_url="https://app.logisapp.ca"))
+    assert route.proxy.url is None and route.trust.source == "system"

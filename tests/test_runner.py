@@ -14,6 +14,7 @@ import os
 import random
 import re
 import signal
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -79,7 +80,9 @@ class Req:
     status: int | None = None  # None: the connection failed
 
 
-Answer = Any  # "ok" | "mismatch" | int | (int, text) | (int, text, headers) | exception class
+# "ok" | "mismatch" | int | (int, text) | (int, text, headers) | exception class | a function
+# of the request that returns the exception to raise (for one with a chain of causes)
+Answer = Any
 
 
 @dataclass
@@ -132,6 +135,8 @@ class FakeLogis:
     def _respond(answer: Answer, req: Req, request: httpx.Request) -> httpx.Response:
         if isinstance(answer, type) and issubclass(answer, httpx.TransportError):
             raise answer(f"simulated {answer.__name__}", request=request)
+        if callable(answer):
+            raise answer(request)
         if answer in ("ok", "mismatch"):
             state = req.desired if answer == "ok" else not req.desired
             if req.target == "job":
@@ -244,10 +249,13 @@ class Result:
 def run_units(units: Units, logis: FakeLogis, *, store: StateStore | None = None,
               run_id: str = "run-test", during: Callable[[Runner], object] | None = None,
               todo: Iterable[int] | None = None, signals: bool = False,
-              origin: float = 0.0, **options: Any) -> Result:
+              origin: float = 0.0, answered_before: bool = False,
+              hooks: RunHooks | None = None, **options: Any) -> Result:
     """Send `units` through a Runner against `logis`; options are SendOptions fields (defaults
     here: no --max-rps pacing, concurrency 4). `during(runner)` runs once the run has begun.
-    `origin`: where the monotonic clock starts (the wall clock starts at EPOCH whatever it is)."""
+    `origin`: where the monotonic clock starts (the wall clock starts at EPOCH whatever it is).
+    `answered_before`: the base URL answered an earlier run (retry.FirstContact); `hooks`:
+    its `explain` and `answered` are used (events are always recorded here)."""
     opts: dict[str, Any] = {"base_url": BASE_URL, "max_rps": 0, "concurrency": 4}
     opts.update(options)
     send_options = SendOptions(**opts)
@@ -257,17 +265,20 @@ def run_units(units: Units, logis: FakeLogis, *, store: StateStore | None = None
         budget = Budget.from_options(send_options, clock=vclock, sleep=asyncio.sleep)
         committed: list[Finished] = []
         committer = Committer(store, run_id, on_committed=committed.append)
-        hooks = RunHooks(event=lambda kind, data: hook_events.append(
+        run_hooks = RunHooks(event=lambda kind, data: hook_events.append(
             (kind, dict(data), vclock(), len(logis.requests))))
+        if hooks is not None:
+            run_hooks.explain, run_hooks.answered = hooks.explain, hooks.answered
         clocks = _Clocks(mono=vclock, wall=lambda: EPOCH + (vclock() - origin),
                          sleep=asyncio.sleep,
                          rng=random.Random(0))
         transport = httpx.MockTransport(logis)
         async with httpx.AsyncClient(transport=transport, follow_redirects=False) as client:
             runner = Runner(units, client=client, api_key=API_KEY, options=send_options,
-                            budget=budget, committer=committer, hooks=hooks, clocks=clocks,
+                            budget=budget, committer=committer, hooks=run_hooks,
+                            clocks=clocks,
                             review_key_hash=store.review_key_hash if store else None,
-                            run_id=run_id)
+                            run_id=run_id, answered_before=answered_before)
             committer.start()
             if during is not None:
                 during(runner)
@@ -743,7 +754,7 @@ def test_the_job_update_is_never_sent_before_its_client_update_was_answered() ->
 
 def test_an_outage_pauses_the_run_instead_of_failing_rows() -> None:
     logis = FakeLogis(by_seq={i: httpx.ConnectError for i in range(14)})
-    res = run_units(jobs(6), logis, concurrency=2, max_attempts=3)
+    res = run_units(jobs(6), logis, concurrency=2, max_attempts=3, answered_before=True)
 
     assert res.stop is None
     assert len(res.outcomes) == 6
@@ -759,7 +770,7 @@ def test_an_outage_pauses_the_run_instead_of_failing_rows() -> None:
 
 def test_a_long_outage_stops_the_run_with_network_error() -> None:
     logis = FakeLogis(by_seq={i: httpx.ConnectError for i in range(10_000)})
-    res = run_units(jobs(8), logis, concurrency=2, outage_limit=120.0)
+    res = run_units(jobs(8), logis, concurrency=2, outage_limit=120.0, answered_before=True)
 
     assert res.stop is not None
     assert (res.stop.code, res.stop.exit_code) == ("network_error", ExitCode.STOPPED)
@@ -771,9 +782,79 @@ def test_a_long_outage_stops_the_run_with_network_error() -> None:
                for o in report.values())
 
 
+def untrusted_certificate(request: httpx.Request) -> httpx.ConnectError:
+    """What httpx raises for a certificate from an unknown CA: the ssl error is the cause."""
+    cause = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    cause.verify_code, cause.verify_message = 20, "unable to get local issuer certificate"
+    error = httpx.ConnectError(str(cause), request=request)
+    error.__cause__ = cause
+    return error
+
+
+def test_a_certificate_that_does_not_verify_stops_the_run_at_once_with_its_cause() -> None:
+    logis = FakeLogis(by_seq={i: untrusted_certificate for i in range(10_000)}, latency=0.05)
+    explained: list[tuple[str, str, float | None]] = []
+
+    def explain(code: str, message: str, waited: float | None) -> str:
+        explained.append((code, message, waited))
+        return f"explained {code}"
+
+    res = run_units(jobs(20), logis, concurrency=4, hooks=RunHooks(explain=explain))
+
+    assert res.stop is not None
+    assert (res.stop.code, res.stop.exit_code, res.stop.message) == (
+        "tls_untrusted", ExitCode.ABORTED, "explained tls_untrusted")
+    assert explained[0][:2] == ("tls_untrusted", "certificate verify failed: unable to get "
+                                                 "local issuer certificate")
+    assert len(logis.requests) <= 4  # the requests in flight when it stopped, no retry
+    assert res.elapsed < 1.0  # at once: no backoff, no outage pause
+    report = res.report()
+    failed = [o for o in report.values() if o.status == vocab.FAILED]
+    assert failed and all(o.error_code == "tls_untrusted" for o in failed)
+    unsent = [o for o in report.values() if o.status == vocab.NOT_ATTEMPTED]
+    assert len(failed) + len(unsent) == 20
+    assert all((o.error_code, o.error_message) == ("tls_untrusted", "explained tls_untrusted")
+               for o in unsent)
+
+
+def test_a_first_contact_that_never_answers_stops_after_the_grace() -> None:
+    logis = FakeLogis(by_seq={i: httpx.ConnectError for i in range(10_000)})
+    waits: list[float | None] = []
+
+    def explain(code: str, message: str, waited: float | None) -> str:
+        waits.append(waited)
+        return f"{code}: {message}"
+
+    res = run_units(jobs(8), logis, concurrency=2, first_contact_grace=60.0,
+                    hooks=RunHooks(explain=explain))
+
+    assert res.stop is not None
+    assert (res.stop.code, res.stop.exit_code) == ("unreachable", ExitCode.ABORTED)
+    assert "ConnectError" in res.stop.message
+    assert 60.0 <= res.elapsed < 61.0  # the last probe is cut to end the grace, not after it
+    assert waits and waits[0] is not None and waits[0] >= 60.0
+    assert len(logis.requests) < 20  # the outage's probes, not a request per row per retry
+    assert {(o.status, o.error_code) for o in res.report().values()} == {
+        (vocab.NOT_ATTEMPTED, "unreachable")}
+
+
+def test_a_base_url_that_answered_in_this_run_rides_out_an_outage() -> None:
+    failures = {i: httpx.ConnectError for i in range(1, 10_000)}
+    logis = FakeLogis(by_seq=failures)
+    answered: list[int] = []
+    res = run_units(jobs(8), logis, concurrency=1, outage_limit=120.0,
+                    first_contact_grace=60.0,
+                    hooks=RunHooks(answered=lambda: answered.append(len(logis.requests))))
+
+    assert answered == [1]  # told once, on the first answer
+    assert res.stop is not None
+    assert (res.stop.code, res.stop.exit_code) == ("network_error", ExitCode.STOPPED)
+    assert res.elapsed >= 120.0  # the outage limit, not the first contact's grace
+
+
 def test_read_timeouts_count_as_an_outage_too() -> None:
     logis = FakeLogis(by_seq={i: httpx.ReadTimeout for i in range(8)})
-    res = run_units(jobs(2), logis, concurrency=1, max_attempts=5)
+    res = run_units(jobs(2), logis, concurrency=1, max_attempts=5, answered_before=True)
     assert all(o.status == vocab.UPDATED for o in res.outcomes.values())
     assert len(res.outcomes) == 2
 

@@ -262,9 +262,10 @@ def test_a_schema_1_store_reads_without_unit_counts_and_migrates_when_written(
     run = one(state)  # read-only: no migration, the count is unknown
     assert (run.units, run.units_done, run.resume_sends, run.resumable) == (None, 2, None, True)
     assert "would send the units without a final outcome" in render_status(store_status(state))
-    with StateStore.open(state) as store:  # migrates 1 -> 2 -> 3 -> 4
+    with StateStore.open(state) as store:  # migrates 1 -> 2 -> 3 -> 4 -> 5
         record = store.get_run("r1")
         assert record is not None and (record.units, record.resume_after) == (None, None)
+        assert record.stopped is None and not store.has_answered("https://logis.test:443")
     conn = sqlite3.connect(state)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()

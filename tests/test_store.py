@@ -175,8 +175,10 @@ def test_store_from_a_newer_version_is_refused(store_path: Path) -> None:
 
 
 def downgrade_to_schema_3(path: Path) -> None:
-    """Make a schema-4 file what batch-toggle wrote before schema 4."""
+    """Make a file of this schema what batch-toggle wrote before schema 4."""
     conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE runs DROP COLUMN stopped")  # schema 5's
+    conn.execute("DROP TABLE endpoints")  # schema 5's
     conn.execute("ALTER TABLE ledger DROP COLUMN conf_seq")
     # Schema 3's send log, as it was created (DROP COLUMN trips on the comments of schema 4's).
     conn.executescript("""
@@ -221,7 +223,7 @@ def test_a_schema_3_store_is_read_as_is_and_migrated_in_place_when_opened_to_wri
         store.record_sends([SendEntry("t", 1100.0, None, "boot-1", 105.0)])
         assert store.send_log()[-1] == LoggedSend(1100.0, None, "boot-1", 105.0, None)
     conn = sqlite3.connect(store_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     conn.close()
 
 

@@ -83,11 +83,20 @@ def test_an_abort_is_a_stop_event_naming_its_code() -> None:
 
 def test_an_outage_pause_says_how_long_it_has_lasted_and_when_the_run_gives_up() -> None:
     logis = FakeLogis(by_seq={i: httpx.ConnectError for i in range(8)})
-    res = run_units(jobs(4), logis, concurrency=2, max_attempts=3, outage_limit=600.0)
+    res = run_units(jobs(4), logis, concurrency=2, max_attempts=3, outage_limit=600.0,
+                    answered_before=True)
     pauses = [d for d in events_of(res, "pause") if d["reason"] == "outage"]
     assert pauses
     assert all(p["limit_s"] == 600.0 and p["outage_s"] >= 0 for p in pauses)
     assert pauses[-1]["outage_s"] > pauses[0]["outage_s"]
+
+
+def test_a_first_contacts_outage_pause_gives_up_at_its_grace() -> None:
+    logis = FakeLogis(by_seq={i: httpx.ConnectError for i in range(8)})
+    res = run_units(jobs(4), logis, concurrency=2, max_attempts=3, outage_limit=600.0,
+                    first_contact_grace=60.0)
+    pauses = [d for d in events_of(res, "pause") if d["reason"] == "outage"]
+    assert pauses and all(p["limit_s"] == 60.0 for p in pauses)
 
 
 def test_runner_events_never_carry_a_review_key_or_the_api_key() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from batch_toggle import __version__
-from batch_toggle.config import DEFAULT_BASE_URL, ON_CONFLICT_CHOICES
+from batch_toggle.config import DEFAULT_BASE_URL, ON_CONFLICT_CHOICES, TRUST_CHOICES
 from batch_toggle.config_file import (
     CONFIG_ENV,
     ENV_PREFIX,
@@ -138,19 +138,48 @@ def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Options of the commands that talk to Logis (run, audit)."""
+def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """How a command reaches Logis: the URL, the key, the CAs it trusts, the proxy (run, audit,
+    doctor)."""
     decorators = [
         click.option("--base-url", envvar="LOGIS_BASE_URL", default=DEFAULT_BASE_URL,
                      show_default=True, help="Logis base URL (env LOGIS_BASE_URL)."),
         click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path),
                      help="Read the API key from this file (else env LOGIS_API_KEY; never argv, "
                           "a config file or a BATCH_TOGGLE_ variable)."),
+        click.option("--trust", type=click.Choice(TRUST_CHOICES), default="system",
+                     show_default=True,
+                     help="Which CAs verify Logis' certificate: the operating system's trust "
+                          "store (where IT installs a company CA) or certifi's bundle. "
+                          "SSL_CERT_FILE/SSL_CERT_DIR, when set, are trusted too (with "
+                          "certifi: instead). Verification is never switched off."),
+        click.option("--ca-bundle", type=click.Path(path_type=Path), metavar="PATH",
+                     help="Trust only the CAs in this PEM file (or hashed directory), e.g. your "
+                          "organisation's CA behind a TLS-inspecting proxy."),
+        click.option("--proxy", metavar="URL",
+                     help="HTTP proxy to reach Logis through (default: HTTPS_PROXY/HTTP_PROXY; "
+                          "NO_PROXY applies to both). No credentials here: put them in "
+                          "HTTPS_PROXY or --proxy-auth-file."),
+        click.option("--proxy-auth-file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Read the proxy's credentials from this file (one line "
+                          "USER:PASSWORD)."),
+        click.option("--timeout", type=_ranged("timeout", float), default=30.0,
+                     show_default=True, metavar="SECONDS", help="Per-request timeout."),
+        click.option("--insecure", is_flag=True,
+                     help="Allow a plain http:// base URL that is not loopback."),
+    ]
+    for decorator in reversed(decorators):
+        fn = decorator(fn)
+    return fn
+
+
+def send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options of the commands that talk to Logis (run, audit)."""
+    decorators = [
+        connection_options,
         click.option("--concurrency", type=_ranged("concurrency", int), default=4,
                      show_default=True,
                      help="Requests in flight at once."),
-        click.option("--timeout", type=_ranged("timeout", float), default=30.0,
-                     show_default=True, metavar="SECONDS", help="Per-request timeout."),
         click.option("--max-attempts", type=_ranged("max_attempts", int), default=5,
                      show_default=True,
                      help="Attempts per row on 5xx, timeouts and network errors."),
@@ -170,8 +199,6 @@ def send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                                        "permanent error (exit 3)."),
         click.option("--daily-limit", type=_ranged("daily_limit", int), metavar="N",
                      help="Also never exceed N requests in any 24 h."),
-        click.option("--insecure", is_flag=True,
-                     help="Allow a plain http:// base URL that is not loopback."),
         click.option("--sandbox", is_flag=True,
                      help="Run against the in-process Logis simulator, seeded with the world "
                           "shipped in the package (no network, no key needed; for your own, "
@@ -188,8 +215,28 @@ def send_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def build_config(command: str, opts: dict[str, Any], **extra: Any) -> JobConfig:
     """One frozen JobConfig from parsed options (no I/O here): job_options builds it, as for
     the library; click's names for two options differ from the library's."""
+    check_proxy_option(opts.get("proxy"))
     options = {**opts, "map": opts.get("maps"), "state": opts.get("state_path")}
     return job_config(command, opts["inputs"], options, name=_source_name, **extra)
+
+
+def check_proxy_option(proxy: str | None) -> None:
+    """Proxy credentials never come from argv (they would show in `ps` and shell history) nor
+    from a config file (it gets copied): only from the environment or --proxy-auth-file. The
+    message never repeats them."""
+    from batch_toggle.proxies import has_credentials, redact
+
+    if not proxy or not has_credentials(proxy):
+        return
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source("proxy") if ctx is not None else None
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        return
+    where = ("a config file" if source is click.core.ParameterSource.DEFAULT_MAP
+             else "the command line")
+    raise UsageError(f"--proxy {redact(proxy)!r}: proxy credentials are never taken from "
+                     f"{where}; put them in HTTPS_PROXY (http://USER:PASSWORD@host:port) or "
+                     "in --proxy-auth-file")
 
 
 def _source_name(option: str) -> str:
@@ -288,12 +335,17 @@ audit with --sandbox first: no key, no network):
   batch-toggle audit sample_data/optouts_2026_11.csv
 
 \b
+Before the first real run (behind a company proxy or CA too): check the path, no budget spent
+  batch-toggle doctor
+
+\b
 Repeated options in a file, flags still win:
   batch-toggle --config sample_data/batch-toggle.toml run sample_data/optouts_2026_11.csv
 
 \b
 Exit codes: 0 ok; 1 some rows need attention; 2 usage or input error, nothing sent;
-3 aborted by the API or halted; 4 stopped early, resumable; 130 interrupted, resumable.
+3 aborted by the API, by a connection that cannot work (TLS, DNS, proxy) or halted;
+4 stopped early, resumable; 130 interrupted, resumable.
 
 \b
 Guides (docs/ in the repository):
@@ -321,6 +373,7 @@ class LazyGroup(click.Group):
 
     lazy: dict[str, str] = {
         "audit": "batch_toggle.cli.audit_cmd:audit_command",
+        "doctor": "batch_toggle.cli.doctor_cmd:doctor_command",
         "sandbox": "batch_toggle.cli.sandbox_cmd:sandbox_command",
         "status": "batch_toggle.cli.status_cmd:status_command",
     }

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +20,10 @@ from batch_toggle.sandbox.config import (
     RETRY_AFTER_STYLES,
     parse_latency,
 )
+
+if TYPE_CHECKING:
+    from batch_toggle.sandbox import SandboxConfig
+    from batch_toggle.sandbox.tls import TlsFiles
 
 
 def _latency(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
@@ -58,6 +66,13 @@ spend the real key's recorded budget):
               help="Port to listen on (0: any free port).")
 @click.option("--public", is_flag=True,
               help="Allow listening on a non-loopback address (the sandbox has no real auth).")
+@click.option("--tls", is_flag=True,
+              help="Serve HTTPS with a throwaway CA made now; prints the CA file to trust "
+                   "(--ca-bundle FILE or SSL_CERT_FILE=FILE). Rehearses the real path: Logis "
+                   "is HTTPS.")
+@click.option("--tls-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="With --tls: write the CA, certificate and key here and keep them (default: "
+                   "a temporary directory removed on exit).")
 @click.option("--seed", "seed", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Seed CSV or Parquet (job_id, review_key, client_id, do_notify_sms, "
                    "client_do_notify_sms). Default: the seed shipped in the package (a copy of "
@@ -97,8 +112,9 @@ spend the real key's recorded budget):
               default=DEFAULT_REQUEST_LOG, show_default=True, metavar="N",
               help="How many of the latest requests /_sandbox/requests keeps (its counters "
                    "cover them all).")
-def sandbox_command(host: str, port: int, public: bool, seed: Path | None,
-                    api_keys: tuple[str, ...], latency_ms: object, **options: object) -> None:
+def sandbox_command(host: str, port: int, public: bool, tls: bool, tls_dir: Path | None,
+                    seed: Path | None, api_keys: tuple[str, ...], latency_ms: object,
+                    **options: object) -> None:
     """Serve a local simulator of the Logis API to rehearse a run against.
 
     It answers PUT /api/apikeys/toggle_sms_notifications and GET /api/apikeys/track like Logis
@@ -111,7 +127,7 @@ def sandbox_command(host: str, port: int, public: bool, seed: Path | None,
             f"--host {host} is not a loopback address: the sandbox accepts any client; "
             "add --public to listen on it anyway."
         )
-    from batch_toggle.sandbox import SandboxConfig, SandboxServerError, SeedError, run_server
+    from batch_toggle.sandbox import SandboxConfig
     from batch_toggle.sandbox.config import default_seed_path
 
     seed_path = seed or default_seed_path()
@@ -123,17 +139,47 @@ def sandbox_command(host: str, port: int, public: bool, seed: Path | None,
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     key = config.api_keys[0] if config.api_keys else None
+    if tls_dir is not None:
+        tls = True
+    with _tls_files(tls, tls_dir, host) as files:
 
-    def announce(base_url: str) -> None:
-        click.echo(f"Logis sandbox listening on {base_url} (seed {seed_path})", err=True)
-        if key:
-            click.echo(f"  LOGIS_BASE_URL={base_url} LOGIS_API_KEY={key}", err=True)
-        click.echo(f"  state: {base_url}/_sandbox/state  requests: {base_url}/_sandbox/requests",
-                   err=True)
-        click.echo("Ctrl-C to stop.", err=True)
+        def announce(base_url: str) -> None:
+            click.echo(f"Logis sandbox listening on {base_url} (seed {seed_path})", err=True)
+            if key:
+                click.echo(f"  LOGIS_BASE_URL={base_url} LOGIS_API_KEY={key}", err=True)
+            if files is not None:
+                click.echo(f"  TLS: trust the throwaway CA {files.ca} (--ca-bundle {files.ca} "
+                           f"or SSL_CERT_FILE={files.ca})", err=True)
+            click.echo(f"  state: {base_url}/_sandbox/state  requests: "
+                       f"{base_url}/_sandbox/requests", err=True)
+            click.echo("Ctrl-C to stop.", err=True)
+
+        _serve(config, host, port, announce, files)
+
+
+@contextlib.contextmanager
+def _tls_files(tls: bool, directory: Path | None, host: str) -> Iterator[TlsFiles | None]:
+    """The throwaway CA and certificate (--tls) for the loopback names and `host`: in
+    `directory` (kept), or in a private temporary directory removed when the sandbox stops."""
+    if not tls:
+        yield None
+        return
+    from batch_toggle.sandbox.tls import LOOPBACK_NAMES, throwaway_tls
+
+    names = tuple(dict.fromkeys([*LOOPBACK_NAMES, host.strip("[]")]))
+    if directory is not None:
+        yield throwaway_tls(directory, names)
+        return
+    with tempfile.TemporaryDirectory(prefix="batch-toggle-sandbox-tls-") as tmp:
+        yield throwaway_tls(Path(tmp), names)
+
+
+def _serve(config: SandboxConfig, host: str, port: int, announce: Callable[[str], None],
+           files: TlsFiles | None) -> None:
+    from batch_toggle.sandbox import SandboxServerError, SeedError, run_server
 
     try:
-        run_server(config, host, port, on_ready=announce)
+        run_server(config, host, port, on_ready=announce, tls=files)
     except KeyboardInterrupt:
         click.echo("Sandbox stopped.", err=True)
     except SeedError as exc:

@@ -200,6 +200,8 @@ class Sandbox:
             "method": request.method,
             "path": request.url.path,
             "key_hint": key_hint(key),
+            # Who connected (the client's address): through a forward proxy, the proxy's.
+            "peer": request.client.host if request.client is not None else None,
             "job_id": None, "update_target": None, "do_notify_sms": None,
             "status": None, "error": None, "fault": None, "counted": False,
         }

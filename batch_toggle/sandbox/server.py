@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 
 from .app import create_app
 from .config import SandboxConfig
+from .tls import TlsFiles
 from .world import Clock
 
 
@@ -20,7 +21,8 @@ class SandboxServerError(RuntimeError):
     """The sandbox server did not start (port taken, bad host) or did not stop in time."""
 
 
-def _uvicorn_config(app: Starlette, host: str, port: int, **overrides: Any) -> uvicorn.Config:
+def _uvicorn_config(app: Starlette, host: str, port: int, tls: TlsFiles | None = None,
+                    **overrides: Any) -> uvicorn.Config:
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -31,6 +33,8 @@ def _uvicorn_config(app: Starlette, host: str, port: int, **overrides: Any) -> u
         # A stalled "timeout" reply must not hold a shutdown hostage.
         "timeout_graceful_shutdown": 2,
     }
+    if tls is not None:
+        options.update(ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key))
     options.update(overrides)
     return uvicorn.Config(app, **options)
 
@@ -39,7 +43,8 @@ def base_url_of(server: uvicorn.Server, host: str) -> str:
     """The URL a started uvicorn server answers on (the real port when port 0 was asked)."""
     port = server.servers[0].sockets[0].getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    scheme = "https" if server.config.is_ssl else "http"
+    return f"{scheme}://{shown}:{port}"
 
 
 def run_server(
@@ -49,15 +54,18 @@ def run_server(
     *,
     on_ready: Callable[[str], None] | None = None,
     log_level: str = "warning",
+    tls: TlsFiles | None = None,
 ) -> None:
-    """Serve the sandbox until SIGINT/SIGTERM. `on_ready(base_url)` is called once listening.
+    """Serve the sandbox until SIGINT/SIGTERM (over HTTPS with `tls`). `on_ready(base_url)` is
+    called once listening.
 
     Raises SandboxServerError when the server cannot start (e.g. the port is taken). After a
     graceful shutdown uvicorn re-raises the signal it caught, so Ctrl-C ends this call with
     KeyboardInterrupt (the CLI turns that into a quiet exit).
     """
     app = create_app(config)
-    server = _ReadyServer(_uvicorn_config(app, host, port, log_level=log_level), on_ready, host)
+    server = _ReadyServer(_uvicorn_config(app, host, port, tls, log_level=log_level), on_ready,
+                          host)
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits the process when it cannot bind
@@ -102,10 +110,12 @@ class SandboxThread:
     call request_stop() on each, then stop() on each.
     """
 
-    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0,
+                 tls: TlsFiles | None = None) -> None:
         self.app, self.host, self.port = app, host, port
         # log_config=None: leave the process's logging alone (uvicorn's errors still propagate).
-        self.server = _ReadyServer(_uvicorn_config(app, host, port, log_config=None), None, host)
+        self.server = _ReadyServer(_uvicorn_config(app, host, port, tls, log_config=None), None,
+                                   host)
         self.thread = threading.Thread(target=self._run, name=f"sandbox-{host}:{port}",
                                        daemon=True)
         self.base_url: str | None = None
@@ -159,15 +169,17 @@ def serve_in_thread(
     clock: Clock | None = None,
     ready_timeout: float = 10.0,
     stop_timeout: float = 10.0,
+    tls: TlsFiles | None = None,
 ) -> Iterator[str]:
     """Run the sandbox under uvicorn in a background thread; yield its base URL.
 
     Port 0 picks a free ephemeral port. Waits at most `ready_timeout` seconds for the server
     to listen (SandboxServerError otherwise), and on exit stops it, waiting at most
-    `stop_timeout` seconds. Pass `app` to serve an app you built (and inspect its world).
+    `stop_timeout` seconds. Pass `app` to serve an app you built (and inspect its world), and
+    `tls` to serve it over HTTPS (the base URL is then https://).
     """
     app = app if app is not None else create_app(config or SandboxConfig(), clock=clock)
-    served = SandboxThread(app, host, port)
+    served = SandboxThread(app, host, port, tls)
     try:
         yield served.start(ready_timeout)
     finally:

@@ -77,15 +77,27 @@ def unknown_rows(n: int, state: str = "false") -> list[list[str]]:
 def cli_command(handle: Any, tmp_path: Path, inputs: Sequence[Path | str],
                 *extra: str, base_url: str | None = None) -> list[str]:
     return [sys.executable, "-m", "batch_toggle", "run", *map(str, inputs),
-            "--base-url", base_url or handle.base_url,
+            "--base-url", base_url or handle.base_url, *tls_args(handle),
             "--state", str(tmp_path / "state.sqlite"),
             "--report", str(tmp_path / "report.csv"), *extra]
 
 
+def tls_args(handle: Any) -> list[str]:
+    """`--ca-bundle` for a sandbox served over TLS (its test CA), nothing for plain http."""
+    ca = getattr(handle, "ca_bundle", None)
+    return ["--ca-bundle", str(ca)] if ca is not None else []
+
+
+# The machine's own network settings: a test decides these itself (a proxy on the machine, or
+# a CA file named in SSL_CERT_FILE, must not change what a test sees).
+NETWORK_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+               "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
 def cli_env(key: str | None) -> dict[str, str]:
-    """The parent's environment without any Logis setting, plus the key when given."""
+    """The parent's environment without any Logis or network setting, plus the key when given."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("LOGIS_") and k != "SSLKEYLOGFILE"}
+           if not k.startswith("LOGIS_") and k != "SSLKEYLOGFILE" and k not in NETWORK_ENV}
     env["PYTHONUNBUFFERED"] = "1"
     if key is not None:
         env["LOGIS_API_KEY"] = key

@@ -21,7 +21,17 @@ import pytest
 
 from batch_toggle.store import StateStore
 
-from . import CLI_TIMEOUT, FAST, SAMPLE, CliRun, cli_env, collect, unknown_rows, write_input
+from . import (
+    CLI_TIMEOUT,
+    FAST,
+    SAMPLE,
+    CliRun,
+    cli_env,
+    collect,
+    tls_args,
+    unknown_rows,
+    write_input,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +43,7 @@ def cli(handle: Any, tmp_path: Path, command: str, inputs: list[Path], *extra: s
             "--state", str(tmp_path / "state.sqlite"), "--report", str(tmp_path / "report.csv"),
             *extra]
     if command != "validate":
-        args += ["--base-url", handle.base_url, *FAST]
+        args += ["--base-url", handle.base_url, *tls_args(handle), *FAST]
     started = time.monotonic()
     proc = subprocess.run(args, env=cli_env(handle.api_key if key else None), cwd=tmp_path,
                           capture_output=True, text=True, timeout=CLI_TIMEOUT,
@@ -51,7 +61,7 @@ def _state(handle: Any) -> tuple[dict[str, bool], dict[str, bool]]:
 def _flip(handle: Any, job: Any, target: str, state: bool) -> None:
     """Change the live state behind the audit's back, as another system would."""
     response = httpx.put(f"{handle.base_url}/api/apikeys/toggle_sms_notifications",
-                         headers={"LOGIS-API-KEY": handle.api_key},
+                         headers={"LOGIS-API-KEY": handle.api_key}, verify=handle.verify,
                          json={"job_id": job.job_id, "review_key": job.review_key,
                                "do_notify_sms": str(state).lower(), "update_target": target})
     response.raise_for_status()
@@ -79,7 +89,8 @@ def _mixed_rows(handle: Any) -> tuple[list[list[str]], set[str]]:
 
 
 def test_one_get_per_distinct_job_no_put_and_statuses_match_the_server(
-        sandbox_server: Any, tmp_path: Path) -> None:
+        any_sandbox_server: Any, tmp_path: Path) -> None:
+    sandbox_server = any_sandbox_server
     rows, jobs = _mixed_rows(sandbox_server)
     flipped = next(j for j in sandbox_server.jobs if j.job_id == rows[0][0])
     _flip(sandbox_server, flipped, "job", not flipped.do_notify_sms)  # row 1 now would change

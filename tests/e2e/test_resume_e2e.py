@@ -27,6 +27,8 @@ import pytest
 
 from batch_toggle.store import StateStore
 
+from . import NETWORK_ENV, tls_args
+
 CLI_TIMEOUT = 60.0
 FAST = ("--max-rps", "1000")
 
@@ -43,7 +45,8 @@ class Result:
 
 
 def _env(key: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGIS_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LOGIS_") and k not in NETWORK_ENV}
     if key is not None:
         env["LOGIS_API_KEY"] = key
     return env
@@ -52,7 +55,7 @@ def _env(key: str | None) -> dict[str, str]:
 def _cmd(srv: Any, tmp: Path, inputs: Sequence[Path], *extra: str,
          report: str = "report.csv", state: str = "state.sqlite") -> list[str]:
     return [sys.executable, "-m", "batch_toggle", "run", *map(str, inputs),
-            "--base-url", srv.base_url, "--state", str(tmp / state),
+            "--base-url", srv.base_url, *tls_args(srv), "--state", str(tmp / state),
             "--report", str(tmp / report), "--no-progress", *extra]
 
 
@@ -157,9 +160,9 @@ def iso(ts: str) -> float:
 # --- kill -9, then resume ---------------------------------------------------------------------
 
 
-def test_sigkill_mid_run_then_resume_finishes_every_row_once(sandbox_server: Any,
+def test_sigkill_mid_run_then_resume_finishes_every_row_once(any_sandbox_server: Any,
                                                             tmp_path: Path) -> None:
-    srv = sandbox_server
+    srv = any_sandbox_server
     # Two keys on one account, one per process: the request log then says which process sent
     # what, however late the killed one's last requests reach the server.
     first_key, resume_key = f"e2e-{uuid.uuid4().hex}-aaaa", f"e2e-{uuid.uuid4().hex}-bbbb"

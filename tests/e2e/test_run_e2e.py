@@ -47,8 +47,9 @@ def _server_state(handle: Any) -> tuple[dict[str, bool], dict[str, bool]]:
 
 
 def test_sample_file_statuses_requests_server_state_and_client_before_job(
-    sandbox_server: Any, tmp_path: Path
+    any_sandbox_server: Any, tmp_path: Path
 ) -> None:
+    sandbox_server = any_sandbox_server
     latency = 0.02
     sandbox_server.set_faults(latency_ms=latency * 1000)
     expected = json.loads(SAMPLE_EXPECTED.read_text(encoding="utf-8"))
@@ -163,8 +164,9 @@ def test_rate_equal_to_the_servers_budget_sees_no_429_and_never_exceeds_the_wind
 
 
 def test_a_server_budget_below_rate_is_honoured_through_retry_after(
-    sandbox_server: Any, tmp_path: Path
+    any_sandbox_server: Any, tmp_path: Path
 ) -> None:
+    sandbox_server = any_sandbox_server
     sandbox_server.set_limits(hourly_limit=8, window=1.0)
     units = 24
     src = write_input(tmp_path / "in.csv", job_rows(sandbox_server.jobs[:units]))

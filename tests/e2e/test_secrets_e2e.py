@@ -4,6 +4,9 @@ keys, then scan every byte the tool wrote or printed (SPEC section 10).
   * The API key never appears: not on stdout or stderr, not in any report format, summary,
     HTML report, rejects, events, state store (database, -wal, -shm, .lock) or any stray file.
   * A full review key appears only in the --rejects file (which exists to be fixed and re-run).
+  * A proxy's password appears nowhere, not even in --rejects: runs and doctor go through a
+    real proxy (tinyproxy) with credentials in HTTP_PROXY and in --proxy-auth-file, and once
+    with a wrong password (the 407 path's messages).
 
 "Appears" covers the forms a key takes on its way through the tool: as given, lower case,
 upper case, and without hyphens (a review key is sent as lowercase 8-4-4-4-12 whatever form
@@ -33,6 +36,8 @@ import pytest
 
 from batch_toggle.cli.secrets import ENV_KEY, read_api_key
 
+from .forward_proxy import PROXY_PEER, Tinyproxy, tinyproxy_path
+
 pytestmark = pytest.mark.e2e
 
 CLI_TIMEOUT = 60.0
@@ -49,6 +54,7 @@ class World:
     inputs: Path
     outputs: list[tuple[str, bytes]] = field(default_factory=list)  # (what, stdout/stderr)
     rejects: list[Path] = field(default_factory=list)
+    proxy_secrets: list[str] = field(default_factory=list)  # never anywhere, rejects included
 
 
 def make_seed(path: Path, n: int) -> list[dict[str, str]]:
@@ -158,6 +164,8 @@ def scan(w: World) -> None:
     everywhere = [v for p in written if p not in rejects for v in decoded_views(p)]
     everywhere += w.outputs
     assert not find([w.api_key], everywhere), "the API key leaked"
+    all_views = everywhere + [v for p in w.rejects for v in decoded_views(p)]
+    assert not find(w.proxy_secrets, all_views), "a proxy password leaked"
     for path in w.rejects:
         assert not find([w.api_key], decoded_views(path)), "the API key is in a rejects file"
     assert not find(w.review_keys, everywhere), "a full review key outside --rejects"
@@ -251,10 +259,49 @@ def test_no_command_writes_or_prints_a_secret(world: Any) -> None:
         str(w.tmp / "inactive" / "state.sqlite"), "--report", str(out / "inactive.csv"),
         "-v", what="inactive key")
 
+    through_a_proxy(srv, w, inputs, out)
+
     assert not (w.tmp / "sslkeys.log").exists(), "SSLKEYLOGFILE was honoured"
     store_files = {p.name for p in (w.tmp / "live-csv").iterdir()}
     assert {"state.sqlite", "state.sqlite.lock"} <= store_files
     scan(w)
+
+
+def through_a_proxy(srv: Any, w: World, inputs: str, out: Path) -> None:
+    """Live runs and doctor through tinyproxy asking for credentials: given in HTTP_PROXY, in
+    --proxy-auth-file, and wrong (its refusal is an error path where a URL is easily echoed)."""
+    if tinyproxy_path() is None:
+        print("tinyproxy not installed (make system-deps): proxy credentials not scanned")
+        return
+    user, password = "proxyuser", f"PROXYPASS-{secrets.token_hex(8)}"
+    w.proxy_secrets.append(password)
+    proxy = Tinyproxy(w.tmp.parent / "proxy", auth=(user, password))
+    auth_file = w.tmp.parent / "proxy-auth.txt"
+    auth_file.write_text(f"{user}:{password}\n", encoding="utf-8")
+    try:
+        srv.reset()
+        srv.set_key(w.api_key)
+        common = ["--base-url", srv.base_url, "--max-rps", "500", "-vv"]
+        in_env = {"HTTP_PROXY": proxy.url_with(user, password)}
+        for what, extra, env in [
+                ("proxy env", [], in_env),
+                ("proxy file", ["--proxy", proxy.url, "--proxy-auth-file", str(auth_file)], {})]:
+            name = what.replace(" ", "-")
+            p = cli(w, "run", inputs, *common, *extra, "--state",
+                    str(w.tmp / name / "state.sqlite"), "--report", str(out / f"{name}.csv"),
+                    "--events", str(out / f"{name}.events.jsonl"), what=what, extra_env=env)
+            assert p.returncode == 1, p.stderr
+        assert {r["peer"] for r in srv.requests()} == {PROXY_PEER}
+        p = cli(w, "doctor", "--base-url", srv.base_url, "--json", "--state",
+                str(w.tmp / "proxy-env" / "state.sqlite"), what="doctor", extra_env=in_env)
+        assert p.returncode == 0, p.stdout
+        # Refused credentials: doctor opens the tunnel itself, and the refusal names the proxy.
+        p = cli(w, "doctor", "--base-url", srv.base_url, "--state",
+                str(w.tmp / "proxy-env" / "state.sqlite"), what="doctor refused",
+                extra_env={"HTTP_PROXY": proxy.url_with(user, password + "x")})
+        assert p.returncode == 3 and b"refused the credentials" in p.stdout, p.stdout
+    finally:
+        proxy.stop()
 
 
 def report_statuses(path: Path) -> list[str]:
