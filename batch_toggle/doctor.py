@@ -28,7 +28,9 @@ from .classify import classify_error, classify_exception, connection_failure, pr
 from .config import SendOptions
 from .connections import Route, route_for, worker_connections
 from .errors import StoreError, UsageError
+from .limiter import SlidingWindow
 from .operations import TRACK_PATH
+from .sendlog import Reading
 from .store import StateStore, default_state_path
 from .vocab import CONNECTION_CODES
 
@@ -271,8 +273,8 @@ def _store_check(path: Path | None, send: SendOptions) -> Check:
             if not store.exists:
                 return _new_store(store_path)
             holder = store.lock_holder()
-            now = time.time()
-            used = len(store.recent_sends(now - send.rate.period))
+            hold = SlidingWindow(send.rate.limit, send.rate.period).hold
+            used = len(store.recent_sends(Reading.now(), hold, send.timeout))
     except StoreError as exc:
         return Check("state store", False, str(exc),
                      "give another --state, or move the file away if it is not a state store")

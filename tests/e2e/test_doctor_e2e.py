@@ -127,7 +127,7 @@ def test_a_certificate_that_does_not_verify_fails_tls_with_its_detail_and_fix(
 
     assert_fails_at(proc, "TLS", *words)
     assert lines(proc)["TCP"].startswith("✓ ")
-    assert srv.world.requests == []
+    assert len(srv.world.requests) == 0
 
 
 def test_https_to_an_http_port_fails_tls(sandbox_server: Any, tmp_path: Path) -> None:

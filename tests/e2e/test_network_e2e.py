@@ -118,7 +118,7 @@ def test_a_certificate_that_does_not_verify_stops_at_once_with_its_cause(
     assert_stopped_everywhere(run, tmp_path, code, *words)
     # No request got past the handshake (the world itself: its certificate is broken for any
     # client, the handle's too).
-    assert srv.world.requests == []
+    assert len(srv.world.requests) == 0
 
 
 @pytest.mark.parametrize(("how", "source"), [
