@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -127,6 +128,35 @@ def test_serves_prints_url_and_key_and_stops_on_ctrl_c(tmp_path):
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=10) == 0
             assert "Sandbox stopped." in lines.rest(timeout=5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_tls_serves_https_with_a_throwaway_ca_it_removes_on_ctrl_c(tmp_path):
+    code = "from batch_toggle.cli.sandbox_cmd import sandbox_command; sandbox_command()"
+    with subprocess.Popen(
+        [sys.executable, "-c", code, "--port", "0", "--seed", str(SEED), "--tls"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    ) as proc:
+        try:
+            lines = Lines(proc.stderr)
+            first = lines.next(timeout=15)
+            url = re.search(r"listening on (https://127\.0\.0\.1:\d+)", first)
+            assert url, first
+            lines.next(timeout=5)  # the key line
+            tls_line = lines.next(timeout=5)
+            ca = re.search(r"trust the throwaway CA (\S+\.pem)", tls_line)
+            assert ca and f"--ca-bundle {ca.group(1)}" in tls_line, tls_line
+            health = f"{url.group(1)}/_sandbox/health"
+            assert httpx.get(health, verify=ssl.create_default_context(cafile=ca.group(1)),
+                             timeout=5).json()["ok"] is True
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                httpx.get(health, timeout=5)  # the machine's own store does not know it
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=10) == 0
+            assert not Path(ca.group(1)).exists()  # thrown away with its directory
         finally:
             if proc.poll() is None:
                 proc.kill()
