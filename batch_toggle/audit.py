@@ -221,7 +221,8 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
                                              units=reads.units, operation=track,
                                              interrupts=interrupts, advice=_no_resume,
                                              watchdog=watchdog))
-        outcomes = unit_outcomes(prepared.plan.units, reads, track, runner.committer.outcomes,
+        outcomes = unit_outcomes(prepared.plan.units, reads, track,
+                                 {**runner.unfinished_outcomes(), **runner.committer.outcomes},
                                  todo)
         if store is not None and runner.committer.error is None:
             _record_units(store, prepared, outcomes, reads, track, hooks)

@@ -10,7 +10,8 @@ Each line has `ts` (UTC), `event` (the kind) and the kind's fields:
   retry           a row will be sent again: unit, row, job_id, update_target, error_code,
                   http_status, attempt, max_attempts, seconds (the backoff)
   pause           every worker pauses: reason ("429": seconds, source; "outage": seconds,
-                  outage_s, limit_s)
+                  outage_s, limit_s, last: the latest failure, "no answer (timeout)" or
+                  "gateway 503")
   wait            sending waits for the budget window: reason ("budget" or "daily"), seconds
   stop            the run was told to stop: code, exit_code, message (an audit's says "audit
                   again", never --resume), resume_after
@@ -18,7 +19,8 @@ Each line has `ts` (UTC), `event` (the kind) and the kind's fields:
   row             one request's final outcome, once committed, on the row it was sent for
                   (invalid, duplicate, superseded and unchanged rows get none): unit, row,
                   source (file:row), job_id, update_target, status, error_code, http_status,
-                  attempts, retryable, latency_ms
+                  attempts (every request sent for the unit: retries, re-sends after a
+                  429, outage probes), retryable, latency_ms
   finish          run_id, exit_code, verdict, counts
 
 The same events drive -v/-vv on stderr (cli/verbose.py). The file is created 0600 and flushed

@@ -181,8 +181,8 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
         if store_error is not None:  # said before the report, which may fail for the same reason
             hooks.notice(f"warning: the state store stopped accepting outcomes: {store_error}")
         try:
-            result = _report(config, hooks, prepared, {**previous, **runner.committer.outcomes},
-                             runner, counters, interrupts)
+            outcomes = {**previous, **runner.unfinished_outcomes(), **runner.committer.outcomes}
+            result = _report(config, hooks, prepared, outcomes, runner, counters, interrupts)
         except ReportError as exc:
             raise _report_failed(exc, store, store_error) from exc
         # A signal from here on is too late to change anything: the report is written.
@@ -627,7 +627,8 @@ def _send_summary(runner: Runner, counters: Counters, config: JobConfig) -> dict
     extra: dict[str, Any] = {
         "requests_sent": counters.requests,
         "responses_429": counters.responses_429,
-        "retries": counters.retries,
+        "retries": counters.retries,  # every request beyond a unit's first
+        "requests_by_reason": runner.requests_by_reason,
         "budget_used": {"requests": counters.requests, "rate": str(config.send.rate)},
         "timeline": runner.timeline.to_dict(),
     }

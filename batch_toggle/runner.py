@@ -13,7 +13,7 @@ import contextlib
 import random
 import signal
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -125,6 +125,10 @@ class Interrupts:
             self.received = sig
         if self._forward is not None:
             self._forward(sig)
+
+
+# Why a request went (Runner.requests_by_reason).
+REASON_FIRST, REASON_RETRY, REASON_429, REASON_PROBE = "first", "retry", "after_429", "probe"
 
 
 @dataclass
@@ -288,6 +292,11 @@ class Runner:
         self._deadline: asyncio.Task[None] | None = None
         self._client_of: dict[int, str | None] = {}
         self._attempts: dict[int, int] = {}  # failed attempts of units re-queued after a 429
+        # Every request sent for a unit (the report's `attempts`), and why the next one goes.
+        self._sent_for: dict[int, int] = {}
+        self._next_reason: dict[int, str] = {}
+        self._reasons: Counter[str] = Counter()
+        self._last_failure = ""  # the latest network failure, in words (outage events)
         self._streak = RateLimitStreak(options.rate.period)
         self._last_429 = -float("inf")
         self._first_sent_wall: float | None = None  # this run's first request (wall clock)
@@ -356,6 +365,21 @@ class Runner:
         if self.stop is None:
             return Outcome(vocab.NOT_ATTEMPTED, "interrupted", "the run ended before this row")
         return Outcome(vocab.NOT_ATTEMPTED, self.stop.code, self.stop.message)
+
+    def unfinished_outcomes(self) -> dict[int, Outcome]:
+        """Units sent at least once that have no final outcome (the run stopped while they
+        waited for a retry, or after a 429 sent them back to the queue): `unsent_outcome`
+        with the requests they cost, so that every request sent is on some row's `attempts`."""
+        done = self.committer.outcomes
+        unsent = self.unsent_outcome()
+        return {unit: replace(unsent, attempts=n) for unit, n in self._sent_for.items()
+                if unit not in done}
+
+    @property
+    def requests_by_reason(self) -> dict[str, int]:
+        """Requests sent, by why each went: a unit's first, a retry after a transient
+        failure, a re-send after a 429, or a probe during an outage."""
+        return dict(self._reasons)
 
     @contextlib.contextmanager
     def signals(self, interrupts: Interrupts | None = None) -> Any:
@@ -439,7 +463,11 @@ class Runner:
                 await self._release(unit, requeue and self.stop is None)
 
     async def _send_unit(self, unit: int) -> Outcome | str | None:
-        """Try one unit until it has a final outcome ("requeue" after a 429; None if stopped)."""
+        """Try one unit until it has a final outcome ("requeue" after a 429; None if stopped).
+
+        `attempts` counts the unit's failed attempts, what --max-attempts limits; 429s and
+        outage probes are not among them. The report's `attempts` is every request sent for
+        the unit (`_sent_for`), whatever it was for."""
         attempts = self._attempts.pop(unit, 0)
         while True:
             verdict, sent_at, latency, sent_mono = await self._exchange(unit)
@@ -449,6 +477,7 @@ class Runner:
                                          "http_status": verdict.http_status})
             self._note_contact(verdict)
             if verdict.kind == "rate_limited":
+                self._next_reason[unit] = REASON_429
                 self._on_429(verdict, sent_mono)
                 if attempts:
                     self._attempts[unit] = attempts  # a 429 neither uses up nor resets them
@@ -459,16 +488,19 @@ class Runner:
                 self._streak.reset()
                 self.budget.recover()
             self._outage.record(is_network_failure(verdict), self.clocks.mono())
+            if is_network_failure(verdict):
+                self._last_failure = _failure_words(verdict)
             if verdict.kind != "retry":
                 return self._final(unit, verdict, attempts + 1, sent_at, latency)
             if self._outage.in_outage:
+                self._next_reason[unit] = REASON_PROBE
                 if not await self._ride_out_outage():
                     return None
                 continue  # an outage does not use up the row's attempts
             attempts += 1
             if not self._policy.should_retry(verdict, attempts):
                 return self._final(unit, verdict, attempts, sent_at, latency)
-            self.counters.retries += 1
+            self._next_reason[unit] = REASON_RETRY
             delay = self._policy.delay(attempts, self.clocks.rng)
             self._retry_event(unit, verdict, attempts, delay)
             if not await self._wait(delay):
@@ -527,8 +559,19 @@ class Runner:
         finally:
             self.committer.send_done(send_id, wall, self.clocks.wall())
         self.counters.requests += 1
+        self._count_request(unit)
         self.timeline.request(t0)
         return verdict, sent_at, (self.clocks.mono() - t0) * 1000.0, t0
+
+    def _count_request(self, unit: int) -> None:
+        """One more request for `unit`: its `attempts`, and the run's count by reason (every
+        request beyond a unit's first is a retry, whatever it was for)."""
+        sent = self._sent_for.get(unit, 0)
+        self._sent_for[unit] = sent + 1
+        reason = self._next_reason.pop(unit, REASON_RETRY) if sent else REASON_FIRST
+        self._reasons[reason] += 1
+        if sent:
+            self.counters.retries += 1
 
     async def _put(self, unit: int) -> Verdict:
         request = self.operation.request(unit)
@@ -570,9 +613,12 @@ class Runner:
 
     def _final(self, unit: int, v: Verdict, attempts: int, sent_at: str,
                latency: float) -> Outcome:
+        """The unit's outcome. `attempts` (its failed attempts) decided it; the outcome's
+        `attempts` is every request sent for the unit."""
         outcome = Outcome(
             status=v.status or vocab.FAILED, error_code=v.error_code, error_message=v.message,
-            retryable=v.retryable, http_status=v.http_status, attempts=attempts,
+            retryable=v.retryable, http_status=v.http_status,
+            attempts=self._sent_for.get(unit, attempts),
             entity_id=v.entity_id, confirmed_do_notify_sms=v.confirmed, sent_at=sent_at,
             latency_ms=round(latency, 1),
         )
@@ -681,7 +727,7 @@ class Runner:
                  else min(self._contact.grace, self.options.outage_limit))
         self.hooks.event("pause", {"reason": "outage", "seconds": delay,
                                    "outage_s": round(self._outage.duration(self.clocks.mono()), 1),
-                                   "limit_s": limit})
+                                   "limit_s": limit, "last": self._last_failure})
         self.budget.pause_until(self.clocks.mono() + delay)
         return self.stop is None
 
@@ -775,6 +821,14 @@ class Runner:
                                    "resume with --resume"))
 
         return asyncio.create_task(expire())
+
+
+def _failure_words(v: Verdict) -> str:
+    """A failure on the way to the service, as -v says it: "no answer (timeout)" or
+    "gateway 503"."""
+    if v.http_status is not None:
+        return f"gateway {v.http_status}"
+    return f"no answer ({v.error_code})"
 
 
 async def _read_capped(response: httpx.Response) -> bytes:

@@ -33,6 +33,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -62,6 +63,9 @@ class SoakConfig:
     timeout_rate: float = 0.01
     server_limit: int = 200  # requests per key in any `server_window` seconds...
     server_window: float = 2.0  # ...below what 16 workers at ~100 ms send: 429s all along
+    # An outage: once a third of the rows' requests have arrived, the server drops every
+    # connection for this long (the run pauses and probes, then goes on).
+    outage_s: float = 3.0
     duplicate_share: float = 0.01
     invalid_share: float = 0.01
     unknown_share: float = 0.005
@@ -200,6 +204,28 @@ def run_measured(cmd: list[str], env: dict[str, str], tmp: Path,
             usage.ru_maxrss)
 
 
+def _outage(served: Any, base_url: str, config: SoakConfig) -> None:
+    """Drop every connection for `outage_s` once a third of the rows' requests have arrived,
+    then serve as before. Bounded: gives up if the run never gets that far."""
+    import httpx
+
+    if config.outage_s <= 0:
+        return
+    log = served.app.state.world.requests
+    deadline = time.monotonic() + config.cli_timeout_s
+    while len(log) + log.dropped < config.rows // 3:
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
+    with httpx.Client(base_url=base_url, timeout=10.0) as http:
+        down = {"reset_rate": 1.0, "error_rate": 0.0, "timeout_rate": 0.0}
+        http.post("/_sandbox/faults", json=down).raise_for_status()
+        time.sleep(config.outage_s)
+        http.post("/_sandbox/faults", json={
+            "reset_rate": config.reset_rate, "error_rate": config.error_rate,
+            "timeout_rate": config.timeout_rate}).raise_for_status()
+
+
 def run_soak(tmp: Path, config: SoakConfig) -> SoakResult:
     """Build the files, serve the sandbox, run the CLI to its end, collect everything."""
     import httpx
@@ -211,8 +237,12 @@ def run_soak(tmp: Path, config: SoakConfig) -> SoakResult:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("LOGIS_") and k != "SSLKEYLOGFILE"}
         env["LOGIS_API_KEY"] = API_KEY
+        outage = threading.Thread(target=_outage, args=(served, base_url, config),
+                                  daemon=True)
+        outage.start()
         code, stderr, seconds, rss = run_measured(cli_command(config, files, base_url, tmp), env,
                                                   tmp, config.cli_timeout_s)
+        outage.join(timeout=config.outage_s + 30.0)
         with httpx.Client(base_url=base_url, timeout=60.0) as http:
             log = http.get("/_sandbox/requests").json()["requests"]
             state = http.get("/_sandbox/state").json()
@@ -304,6 +334,24 @@ def check(r: SoakResult) -> None:
     client_count = r.summary.get("requests_sent")
     if client_count != len(puts):
         p.append(f"the client counted {client_count} requests, the server received {len(puts)}")
+    # Accounting, unit by unit: a unit's row says every request the server got for it
+    # (retries, re-sends after 429s, outage probes); the run's retries are the rest.
+    attempts: dict[tuple[str, str], int] = {}
+    for row, rep in zip(rows, r.report, strict=False):
+        if row.kind in ("valid", "unknown") and rep["status"] != "duplicate":
+            attempts.setdefault((row.job_id, row.target), int(rep["attempts"] or 0))
+    miscounted = [(u, attempts.get(u), len(e)) for u, e in by_unit.items()
+                  if attempts.get(u) != len(e)]
+    if miscounted:
+        p.append(f"{len(miscounted)} units whose attempts differ from the requests the server "
+                 f"got for them, e.g. (unit, attempts, requests) {miscounted[:3]}")
+    if sum(attempts.values()) != len(puts):
+        p.append(f"the rows' attempts add up to {sum(attempts.values())}, the server received "
+                 f"{len(puts)}")
+    if r.summary.get("retries") != len(puts) - len(by_unit):
+        p.append(f"retries {r.summary.get('retries')} != requests beyond each unit's first "
+                 f"{len(puts) - len(by_unit)}")
+    by_reason = r.summary.get("requests_by_reason") or {}
     applied_twice = sum(1 for entries in by_unit.values()
                         for e in entries[:-1] if e["fault"] == "timeout")
     r.figures = {
@@ -312,6 +360,7 @@ def check(r: SoakResult) -> None:
         "timeouts_applied_then_resent": applied_twice,
         "responses_429": n429, "client_requests_sent": client_count,
         "client_429s": r.summary.get("responses_429"), "retries": r.summary.get("retries"),
+        "requests_by_reason": by_reason,
         "statuses": dict(Counter(rep["status"] for rep in r.report)),
         "exit_code": r.exit_code, "duration_s": round(r.seconds, 1),
         "rows_per_s": round(len(rows) / r.seconds, 1) if r.seconds else None,

@@ -433,12 +433,14 @@ def test_429_requeues_the_unit_pauses_every_worker_and_honours_retry_after() -> 
     assert res.stop is None
     limited = logis.requests[2]
     assert limited.status == 429
-    # Every unit updated, the limited one too, with one counted attempt: a 429 is no attempt.
+    # Every unit updated, the limited one too; its `attempts` counts both its requests (the
+    # 429 and the re-send), and the run's retries count the re-send.
     assert all(o.status == vocab.UPDATED for o in res.outcomes.values()) and len(res.outcomes) == 8
-    assert res.outcome(limited.job_id).attempts == 1
+    assert res.outcome(limited.job_id).attempts == 2
     assert len(res.requests_for(limited.job_id)) == 2
-    assert len(logis.requests) == 9
-    assert res.runner.counters.responses_429 == 1 and res.runner.counters.retries == 0
+    assert len(logis.requests) == 9 == sum(o.attempts for o in res.outcomes.values())
+    assert res.runner.counters.responses_429 == 1 and res.runner.counters.retries == 1
+    assert res.runner.requests_by_reason == {"first": 8, "after_429": 1}
     # The pause: nobody sends between the 429's arrival and Retry-After later.
     (seen_at, _), = res.seen(429)
     after = [r.t for r in logis.requests if r.t > limited.t]
@@ -453,22 +455,24 @@ def test_a_429_between_failures_neither_resets_nor_uses_up_the_rows_attempts() -
     logis = FakeLogis(script={job_name(0): [500, 500, 429, 500, 500, "ok"]})
     res = run_units(jobs(1), logis, concurrency=1, max_attempts=3)
     o = res.outcome(job_name(0))
-    # 500, 500, 429 (not an attempt), 500: the third failed attempt ends it.
-    assert (o.status, o.error_code, o.attempts) == (vocab.FAILED, "server_error", 3)
+    # 500, 500, 429 (not a failed attempt), 500: the third failed attempt ends it; the row's
+    # `attempts` is every request sent for it, the 429 included.
+    assert (o.status, o.error_code, o.attempts) == (vocab.FAILED, "server_error", 4)
     assert [r.status for r in logis.requests] == [500, 500, 429, 500]
 
 
 def test_attempts_reported_for_a_success_count_earlier_failures_across_a_429() -> None:
     logis = FakeLogis(script={job_name(0): [503, 429, "ok"]})
     res = run_units(jobs(1), logis, concurrency=1, max_attempts=5)
-    assert res.outcome(job_name(0)).attempts == 2
+    assert res.outcome(job_name(0)).attempts == 3  # 503, 429, 200: three requests
+    assert res.runner.requests_by_reason == {"first": 1, "retry": 1, "after_429": 1}
 
 
 def test_repeated_429s_without_retry_after_back_off_doubling() -> None:
     logis = FakeLogis(script={job_name(0): [429, 429, 429]})
     res = run_units(jobs(1), logis, concurrency=1)
     assert res.outcome(job_name(0)).status == vocab.UPDATED
-    assert res.outcome(job_name(0)).attempts == 1
+    assert res.outcome(job_name(0)).attempts == 4  # three 429s, then the 200
     gaps = np.diff(logis.arrivals())
     assert len(gaps) == 3
     assert gaps == pytest.approx([1.0, 2.0, 4.0], abs=0.05)
@@ -759,7 +763,10 @@ def test_an_outage_pauses_the_run_instead_of_failing_rows() -> None:
     assert res.stop is None
     assert len(res.outcomes) == 6
     assert all(o.status == vocab.UPDATED for o in res.outcomes.values())
-    assert all(o.attempts <= 3 for o in res.outcomes.values())
+    # Every request is on its row, probes included; none of them used up a row's attempts
+    # (--max-attempts 3, yet every row ends updated).
+    assert sum(o.attempts for o in res.outcomes.values()) == len(logis.requests)
+    assert res.runner.requests_by_reason["probe"] > 0
     # Once the outage is declared (5 network failures in a row for concurrency 2), requests
     # are spaced by the probe delay (1 s, doubling) instead of hammering.
     failures = [r.t for r in logis.requests[:14]]
@@ -953,3 +960,15 @@ def test_the_handlers_the_process_had_come_back_after_the_run() -> None:
         assert seen == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, old_term)
+
+
+def test_a_unit_sent_then_left_unsent_by_a_stop_still_counts_its_requests() -> None:
+    """A 429 naming the daily limit ends the run: the limited unit stays not_attempted, yet
+    its request is on its row, so the rows' attempts add up to what the server received."""
+    logis = FakeLogis(by_seq={3: (429, DAILY_LIMITED)})
+    res = run_units(jobs(6), logis, concurrency=1)
+    assert res.stop is not None and res.stop.code == "daily_limit"
+    report = {**res.report(), **res.runner.unfinished_outcomes()}
+    limited = res.unit(logis.requests[3].job_id)
+    assert (report[limited].status, report[limited].attempts) == (vocab.NOT_ATTEMPTED, 1)
+    assert sum(o.attempts or 0 for o in report.values()) == len(logis.requests)

@@ -143,18 +143,18 @@ GAVE_UP = {**ROW, "status": "failed", "error_code": "timeout", "http_status": No
      "resume: run R1: 2,500 units already have an outcome, 100 to send"),
     ("resume_new_run", {"reason": "no unfinished run with these inputs and plan options"},
      "resume: no unfinished run with these inputs and plan options; a new run starts"),
-    ("retry", RETRY, "retry: job 0d1e (job): server_error (HTTP 503), attempt 2/5 failed; "
+    ("retry", RETRY, "retry: job 0d1e (job): server_error (gateway 503), attempt 2/5 failed; "
                      "next try in 1.3 s"),
     ("retry", {**RETRY, "error_code": "network_error", "http_status": None},
-     "retry: job 0d1e (job): network_error (no HTTP answer), attempt 2/5 failed; "
+     "retry: job 0d1e (job): network_error (no answer), attempt 2/5 failed; "
      "next try in 1.3 s"),
     ("pause", {"reason": "429", "seconds": 7.0, "source": "retry_after"},
      "429: every worker pauses 7.0 s (as Retry-After asks); the row goes back to the queue"),
     ("pause", {"reason": "429", "seconds": 4.0, "source": "backoff"},
      "429: every worker pauses 4.0 s (backoff); the row goes back to the queue"),
     ("pause", {"reason": "outage", "seconds": 4.0, "outage_s": 35.2, "limit_s": 900.0},
-     "outage: every recent request failed on the network (for 35.2 s); the run pauses, next "
-     "probe in 4.0 s; it stops after 15 min 0 s of outage"),
+     "outage: every recent request got no answer or a gateway error (for 35.2 s); the run "
+     "pauses, next probe in 4.0 s; it stops after 15 min 0 s of outage"),
     ("wait", {"reason": "budget", "seconds": 3365.0},
      "budget: the --rate window is full; the next request goes in 56 min 5 s"),
     ("wait", {"reason": "daily", "seconds": 18000.0},
@@ -182,10 +182,10 @@ def test_rows_are_lines_at_vv_and_only_exhausted_retries_at_v() -> None:
     assert render("row", ROW, 2) == (
         "row optouts.csv:8: job 0d1e (client): updated (HTTP 200, 2 attempts, 42 ms)")
     assert render("row", GAVE_UP, 1) == (
-        "gave up: row optouts.csv:8: job 0d1e (client): timeout (no HTTP answer) after "
+        "gave up: row optouts.csv:8: job 0d1e (client): timeout (no answer) after "
         "5 attempts; failed, retryable (--resume --retry-failed sends it again)")
     assert render("row", GAVE_UP, 2) == (
-        "row optouts.csv:8: job 0d1e (client): failed timeout (no HTTP answer, 5 attempts, "
+        "row optouts.csv:8: job 0d1e (client): failed timeout (no answer, 5 attempts, "
         "42 ms, retryable)")
     permanent = {**GAVE_UP, "error_code": "job_not_found", "http_status": 404,
                  "retryable": False}
@@ -195,7 +195,7 @@ def test_rows_are_lines_at_vv_and_only_exhausted_retries_at_v() -> None:
         "42 ms)")
     unsent = {**ROW, "http_status": None, "attempts": 0, "latency_ms": None}
     assert render("row", unsent, 2) == (
-        "row optouts.csv:8: job 0d1e (client): updated (no HTTP answer, 0 attempts)")
+        "row optouts.csv:8: job 0d1e (client): updated (no answer, 0 attempts)")
 
 
 def test_an_audits_lines_name_an_audit_and_advise_auditing_again() -> None:
@@ -205,7 +205,7 @@ def test_an_audits_lines_name_an_audit_and_advise_auditing_again() -> None:
     assert render("plan", plan, 1, "audit") == (
         "start: audit R1: 7 rows, 3 reads: about 0 s at 2500/h")
     assert render("row", GAVE_UP, 1, "audit") == (
-        "gave up: row optouts.csv:8: job 0d1e (client): timeout (no HTTP answer) after "
+        "gave up: row optouts.csv:8: job 0d1e (client): timeout (no answer) after "
         "5 attempts; failed, retryable (auditing again reads it again)")
     assert render("finish", {"run_id": "R1", "exit_code": 4, "verdict": "stopped early",
                              "counts": {}}, 1, "audit") == "finish: audit R1: exit 4, stopped early"
@@ -249,7 +249,7 @@ def test_lines_are_timestamped_in_utc() -> None:
     log = VerboseLog(1, lines.append, now=lambda: datetime(2026, 11, 3, 14, 3, 12, tzinfo=UTC))
     log("retry", RETRY)
     log("request", {"unit": 1})
-    assert lines == ["2026-11-03T14:03:12.000Z retry: job 0d1e (job): server_error (HTTP 503), "
+    assert lines == ["2026-11-03T14:03:12.000Z retry: job 0d1e (job): server_error (gateway 503), "
                      "attempt 2/5 failed; next try in 1.3 s"]
 
 

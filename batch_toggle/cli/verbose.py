@@ -45,8 +45,18 @@ def _seconds(value: Any) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else format_duration(seconds)
 
 
+# Answers a gateway gives when the service behind it is down or slow: said as such, since
+# the run treats them like a network failure (an outage), and "HTTP 503" alone reads as Logis.
+GATEWAY_STATUSES = frozenset({502, 503, 504})
+
+
 def _http(status: Any) -> str:
-    return f"HTTP {status}" if status is not None else "no HTTP answer"
+    """What came back, in words: "no answer", "gateway 503", "429", "HTTP 404"."""
+    if status is None:
+        return "no answer"
+    if status in GATEWAY_STATUSES:
+        return f"gateway {status}"
+    return "429" if status == 429 else f"HTTP {status}"
 
 
 def _unit(data: dict[str, Any]) -> str:
@@ -86,8 +96,9 @@ def _retry(d: dict[str, Any]) -> str:
 
 def _pause(d: dict[str, Any]) -> str:
     if d.get("reason") == "outage":
-        return (f"outage: every recent request failed on the network (for "
-                f"{_seconds(d.get('outage_s'))}); the run pauses, next probe in "
+        last = f", the last: {d['last']}" if d.get("last") else ""
+        return (f"outage: every recent request got no answer or a gateway error (for "
+                f"{_seconds(d.get('outage_s'))}{last}); the run pauses, next probe in "
                 f"{_seconds(d.get('seconds'))}; it stops after "
                 f"{_seconds(d.get('limit_s'))} of outage")
     why = "as Retry-After asks" if d.get("source") == "retry_after" else "backoff"

@@ -231,7 +231,7 @@ def test_a_stopped_audit_advises_auditing_again_never_resume_a_run_still_resume(
     (gave_up,) = [x for x in lines if x.startswith("gave up: ")]
     (stop,) = [x for x in lines if x.startswith("stop (exit 4): ")]
     (finish,) = [x for x in lines if x.startswith("finish: ")]
-    assert f"job {failing} (job): server_error (HTTP 503) after 3 attempts" in gave_up
+    assert f"job {failing} (job): server_error (gateway 503) after 3 attempts" in gave_up
     (stop_event,) = [e for e in _events(events) if e["event"] == "stop"]
     (plan_event,) = [e for e in _events(events) if e["event"] == "plan"]
     assert plan_event["command"] == command

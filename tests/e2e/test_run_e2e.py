@@ -175,7 +175,9 @@ def test_a_server_budget_below_rate_is_honoured_through_retry_after(
 
     assert run.code == 0, run.stderr
     assert run.statuses() == ["updated"] * units
-    assert {r["attempts"] for r in run.rows} == {"1"}  # a 429 is not a failed attempt
+    # Every request is on its row: a row sent again after a 429 shows both.
+    assert sum(int(r["attempts"]) for r in run.rows) == run.summary["requests_sent"]
+    assert all(r["error_code"] == "" for r in run.rows)  # a 429 is not a failed attempt
     received = puts(sandbox_server)
     limited = [r["t"] for r in received if r["status"] == 429]
     assert limited and run.summary["responses_429"] == len(limited)
@@ -491,3 +493,26 @@ def test_a_clients_confirmed_opt_out_is_sticky_through_its_other_jobs(
     assert f"this client's opt-out (through job {a.job_id})" in row["error_message"]
     again = run_cli(sandbox_server, tmp_path, [back_on], *FAST, "--allow-resubscribe")
     assert again.code == 0 and again.statuses() == ["updated"]
+
+
+def test_every_request_is_on_its_rows_attempts_even_with_one_attempt_allowed(
+        sandbox_server: Any, tmp_path: Path) -> None:
+    """--max-attempts 1 against gateway 503s: the 503s pass for an outage, whose probes do not
+    use up a row's attempts, so a row can be sent five times. Each row's `attempts` says so,
+    unit by unit as the server counted, and the summary's retries are every request beyond a
+    unit's first (it said 1 attempt everywhere and 0 retries)."""
+    jobs = sandbox_server.jobs[:10]
+    # Four rows fail at once (one attempt each); the fifth gateway error in a row is an
+    # outage, whose probes re-send the fifth row until the gateway answers.
+    scripted = {job.job_id: ["503"] for job in jobs[:4]}
+    scripted[jobs[4].job_id] = ["503"] * 3
+    sandbox_server.set_faults(scripted=scripted)
+    src = write_input(tmp_path / "in.csv", job_rows(jobs))
+    run = run_cli(sandbox_server, tmp_path, [src], *FAST, "--max-attempts", "1",
+                  "--concurrency", "1")
+    received = Counter(r["job_id"] for r in puts(sandbox_server))
+    assert sum(received.values()) > len(jobs)
+    assert {r["job_id"]: int(r["attempts"]) for r in run.rows} == dict(received)
+    assert run.summary is not None
+    assert run.summary["requests_sent"] == sum(received.values())
+    assert run.summary["retries"] == sum(received.values()) - len(jobs)

@@ -7,7 +7,10 @@ and a server budget the client outruns (429s all along). `make soak` runs the sa
   * server state equals the file for every valid unit, and nothing else changed;
   * requests = needed units + retries of injected faults + resends after 429s, exactly, unit
     by unit (a timed-out request was applied by the server and is still re-sent: the client
-    cannot know, and the PUT is idempotent).
+    cannot know, and the PUT is idempotent);
+  * an outage mid-run (every connection dropped for 3 s): the run pauses and probes;
+  * each unit's `attempts` equals the requests the server received for it, and `retries` is
+    every request beyond a unit's first.
 """
 
 from __future__ import annotations
@@ -45,5 +48,7 @@ def test_reduced_soak_keeps_every_promise(tmp_path: Path) -> None:
     assert {"5xx_json", "5xx_html", "reset", "timeout"} <= set(kinds), kinds
     assert figures["timeouts_applied_then_resent"] == kinds["timeout"] > 0
     assert figures["responses_429"] > 0
+    reasons = figures["requests_by_reason"]  # an outage paused the run, and it probed
+    assert reasons["probe"] > 0 and reasons["after_429"] > 0 and reasons["retry"] > 0
     assert figures["rows"] == ROWS and figures["exit_code"] == 1
     assert figures["statuses"]["updated"] >= 0.95 * ROWS

@@ -62,11 +62,15 @@ def test_retries_pauses_and_rows_at_each_verbosity(sandbox_server: Any, tmp_path
     assert lines[0].startswith(f"start: run {run_id}: 8 rows, 8 requests")
     assert lines[-1].startswith(f"finish: run {run_id}: exit 1, attention")
     retries = with_prefix(lines, "retry: ")
-    assert len(retries) == run.summary["retries"] == 2 + 1 + 2
-    assert with_prefix(retries, f"retry: job {a} (job): server_error (HTTP 503), attempt 1/3 "
+    assert len(retries) == 2 + 1 + 2
+    # The run's retries are every request beyond a unit's first: these, and c's re-send after
+    # its 429.
+    assert run.summary["retries"] == len(retries) + 1
+    assert run.summary["requests_by_reason"] == {"first": 8, "retry": 5, "after_429": 1}
+    assert with_prefix(retries, f"retry: job {a} (job): server_error (gateway 503), attempt 1/3 "
                                 "failed; next try in ")
-    assert with_prefix(retries, f"retry: job {a} (job): server_error (HTTP 503), attempt 2/3 ")
-    assert with_prefix(retries, f"retry: job {b} (job): network_error (no HTTP answer), "
+    assert with_prefix(retries, f"retry: job {a} (job): server_error (gateway 503), attempt 2/3 ")
+    assert with_prefix(retries, f"retry: job {b} (job): network_error (no answer), "
                                 "attempt 1/3 failed")
     assert len([r for r in retries if f"job {d} " in r]) == 2  # the third attempt is final
     assert with_prefix(lines, "429: every worker pauses 1.0 s (as Retry-After asks)")
@@ -74,7 +78,7 @@ def test_retries_pauses_and_rows_at_each_verbosity(sandbox_server: Any, tmp_path
     if level == 1:
         assert rows == []
         (gave_up,) = with_prefix(lines, "gave up: ")
-        assert gave_up == (f"gave up: row {src}:4: job {d} (job): server_error (HTTP 503) "
+        assert gave_up == (f"gave up: row {src}:4: job {d} (job): server_error (gateway 503) "
                            "after 3 attempts; failed, retryable (--resume --retry-failed sends "
                            "it again)")
         return
@@ -84,8 +88,9 @@ def test_retries_pauses_and_rows_at_each_verbosity(sandbox_server: Any, tmp_path
         assert line.startswith(f"row {src}:{i}: job {job.job_id} (job): ")
         assert re.search(r"\d+ ms(, retryable)?\)$", line), line
     assert with_prefix(rows, f"row {src}:1: job {a} (job): updated (HTTP 200, 3 attempts, ")
-    assert with_prefix(rows, f"row {src}:3: job {c} (job): updated (HTTP 200, 1 attempt, ")
-    (failed,) = with_prefix(rows, f"row {src}:4: job {d} (job): failed server_error (HTTP 503, "
+    # c: its 429, then the re-send: two requests on its row.
+    assert with_prefix(rows, f"row {src}:3: job {c} (job): updated (HTTP 200, 2 attempts, ")
+    (failed,) = with_prefix(rows, f"row {src}:4: job {d} (job): failed server_error (gateway 503, "
                                   "3 attempts, ")
     assert failed.endswith(" ms, retryable)")
 
@@ -130,8 +135,8 @@ def test_an_outage_is_told_as_it_happens(sandbox_server: Any, tmp_path: Path) ->
     run = run_cli(sandbox_server, tmp_path, [src], *FAST, "--concurrency", "2", "-v")
 
     assert run.code == 0, run.stderr
-    outage = with_prefix(verbose_lines(run.stderr), "outage: every recent request failed on "
-                                                    "the network (for ")
+    outage = with_prefix(verbose_lines(run.stderr), "outage: every recent request got no "
+                                                    "answer or a gateway error (for ")
     assert outage, run.stderr
     # A fresh store and a server that never answered yet: a first contact, which stops after
     # its one-minute grace rather than the 15-minute outage limit (retry.FirstContact).
