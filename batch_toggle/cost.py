@@ -8,30 +8,33 @@ runs may still hold slots, that `--max-rps` paces each burst, that `--concurrenc
 wait for their reply, and the daily window. The README's 31,204 requests at 2500/h came out
 47 minutes short.
 
-Every rule is a *gate*: at most `limit` requests hold one of its slots, and a slot frees
-`delay` after its request goes. With a constant reply latency L:
+Every window-like rule is a *gate*: at most `limit` requests hold one of its slots, and a slot
+frees `delay` after its request goes. With a constant reply latency L:
 
     hourly window   limit N, delay L + PERIOD + margin
     daily window    limit D, delay L + a day + its margin
     workers         limit C (--concurrency), delay L
-    pacing          limit 1, delay 1 / --max-rps (0 without it)
 
-Slots taken before now (an earlier run's sends, requests in flight, a 429 pause or the pacing
-of the last send) are the gate's `held` free times, as if they were earlier requests. Request
-i (0-based) then goes at the earliest time every gate has a free slot:
+Slots taken before now (an earlier run's sends, requests in flight) are the gate's `held` free
+times, as if they were earlier requests. `--max-rps` is the `Pace`: a request goes no sooner
+than one interval after the last one's place on the schedule. Request i (0-based) then goes
+at the earliest time every rule allows:
 
-    t_i = max over gates of free[held + i - limit]     (no term while held + i < limit)
-    free[held + j] = t_j + delay
+    t_i = max(t_{i-1}, start, due_i, max over gates of free[held + i - limit])
+    free[held + j] = t_j + delay                       (no term while held + i < limit)
 
 which is the hint t_i = max(t_{i-1} + 1/max_rps, t_{i-N} + L + hold, t_{i-D} + L + hold_day,
-t_{i-C} + L), FIFO, with held slots acting as earlier requests. It is exact for the limiter's
-FIFO queue when every reply takes L.
+t_{i-C} + L), FIFO, with held slots acting as earlier requests; the pace counts from where a
+send was due, not when it went, when it went less than an interval late, as the limiter does
+(limiter.Budget._paced_from). It is the limiter's schedule when every reply takes L
+(tests/test_cost.py checks it against the real one on a virtual clock).
 
 Speed: the schedule becomes periodic (a round of N requests repeats one hold later; a day of
 D repeats a day later; a paced stretch repeats every request). Once the last `memory` times
-(the longest gate) all repeat the times p earlier shifted by the same s, every later round
-does too (each gate's term shifts by s), so the rest is extrapolated whole: O(transient + two
-rounds) steps, not O(requests). Pure: no clock, no I/O; times are seconds from "now".
+(the longest gate) and pace places all repeat those p earlier shifted by the same s, every
+later round does too (each rule's term shifts by s), so the rest is extrapolated whole:
+O(transient + two rounds) steps, not O(requests). Pure: no clock, no I/O; times are seconds
+from "now".
 """
 
 from __future__ import annotations
@@ -76,21 +79,42 @@ class Gate:
             raise ValueError(f"a gate needs limit >= 1 and delay >= 0, not {self}")
 
 
-def last_send(requests: int, gates: Sequence[Gate]) -> float:
-    """Seconds from now until the last of `requests` can go (0 for none, never negative)."""
+@dataclass(frozen=True)
+class Pace:
+    """`--max-rps`: a request goes `interval` after the last one's place on the schedule. Its
+    place is where it was due, when it went less than max(interval, slack) late (a sleep wakes
+    a little late: counting from the send would lose the pace), else when it went. `due`: when
+    the first is due (the last send's place plus the interval; None: no send yet)."""
+
+    interval: float = 0.0
+    slack: float = 0.0
+    due: float | None = None
+
+    def place(self, due: float | None, sent: float) -> float:
+        """The place on the schedule of a request `due` then and sent at `sent`."""
+        if due is None or self.interval <= 0:
+            return sent
+        return due if 0 <= sent - due < max(self.interval, self.slack) else sent
+
+
+def last_send(requests: int, gates: Sequence[Gate], pace: Pace = Pace(),
+              start: float = 0.0) -> float:
+    """Seconds from now until the last of `requests` can go (0 for none): no request before
+    `start` (a 429 pause), each through `pace` and every gate."""
     if requests <= 0:
         return 0.0
     last = requests - 1
     # A gate binds only once held + i reaches its limit; one that never does is left out.
     binding = [g for g in gates if len(g.held) + last >= g.limit]
-    if not binding:
-        return 0.0
-    memory = max(g.limit for g in binding)
+    memory = max((g.limit for g in binding), default=1)
     periods = {p: [math.nan, 0] for p in {1, *(g.limit for g in binding)}}  # [shift, run]
     terms = [(len(g.held) - g.limit, g.held, len(g.held), g.delay) for g in binding]
     times: list[float] = []
+    places: list[float] = []  # each request's place on the --max-rps schedule
+    due = pace.due
     for i in range(requests):
-        at = 0.0
+        # FIFO: never before the request ahead (a sleep can only end later), nor the start.
+        at = max(start, times[-1] if times else start, start if due is None else due)
         for offset, held, n_held, delay in terms:
             j = offset + i
             if j >= 0:
@@ -98,27 +122,31 @@ def last_send(requests: int, gates: Sequence[Gate]) -> float:
                 if free > at:
                     at = free
         times.append(at)
+        places.append(pace.place(due, at))
+        due = places[i] + pace.interval
         for p, run in periods.items():
             if i < p:
                 continue
             shift = at - times[i - p]
-            if abs(shift - run[0]) <= _SAME:
+            if abs(shift - run[0]) <= _SAME and abs(places[i] - places[i - p] - shift) <= _SAME:
                 run[1] += 1
             else:
                 run[0], run[1] = shift, 1
-            # The last `memory` times repeat those p earlier, shifted by run[0], and nothing
-            # that decides the next ones is a held slot: every later round repeats too.
+            # The last `memory` times and places repeat those p earlier, shifted by run[0],
+            # and nothing that decides the next ones is a held slot or the start: every
+            # later round repeats too.
             if run[1] >= memory and i + 1 - p - memory >= 0:
                 rounds = -(-(last - i) // p)
                 return times[last - rounds * p] + rounds * run[0]
     return times[-1]
 
 
-def finish_after(requests: int, gates: Sequence[Gate], latency: float) -> float:
-    """Seconds from now until the reply to the last of `requests` arrives."""
+def finish_after(requests: int, gates: Sequence[Gate], latency: float, pace: Pace = Pace(),
+                 start: float = 0.0) -> float:
+    """Seconds from now until the reply to the last of `requests` arrives (see `last_send`)."""
     if requests <= 0:
         return 0.0
-    return last_send(requests, gates) + latency
+    return last_send(requests, gates, pace, start) + latency
 
 
 @dataclass(frozen=True)
@@ -206,5 +234,5 @@ def latency_text(seconds: float) -> str:
 
 
 __all__ = ["ASSUMED", "EARLIER_REPLIES", "GIVEN", "LATENCY_HIGH", "LATENCY_LOW",
-           "LATENCY_TYPICAL", "MEASURED", "Estimate", "Gate", "cost_line", "cost_notes",
+           "LATENCY_TYPICAL", "MEASURED", "Estimate", "Gate", "Pace", "cost_line", "cost_notes",
            "cost_record", "finish_after", "last_send", "latency_prior", "latency_text"]

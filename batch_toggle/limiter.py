@@ -40,6 +40,7 @@ from .cost import (
     MEASURED,
     Estimate,
     Gate,
+    Pace,
     finish_after,
 )
 from .sendlog import LoggedSend, Reading, held_expiries
@@ -306,19 +307,21 @@ class Budget:
                                       timeout=timeout))
 
     def gates(self, latency: float) -> list[Gate]:
-        """This budget's rules as the cost model's gates, from its state now (held slots,
-        requests in flight, the pacing of the last send, a 429 pause), each reply taking
-        `latency` seconds."""
+        """This budget's windows and workers as the cost model's gates, from its state now
+        (slots held, requests in flight), each reply taking `latency` seconds."""
         now = self._clock()
-        start = max(now, self._paused_until)
-        if self._last_send is not None:
-            start = max(start, self._last_send + self._interval)
-        gates = [Gate(1, self._interval, (start - now,))]
-        gates += [Gate(w.limit, latency + w.hold, w.free_times(now, latency))
-                  for w in self.windows]
+        gates = [Gate(w.limit, latency + w.hold, w.free_times(now, latency))
+                 for w in self.windows]
         if self.concurrency:
             gates.append(Gate(self.concurrency, latency, (latency,) * self.hourly.in_flight))
         return gates
+
+    def pace(self) -> Pace:
+        """This budget's `--max-rps` spacing as the cost model's `Pace`, from its last send."""
+        due = None
+        if self._last_send is not None and self._interval > 0:
+            due = self._last_send + self._interval - self._clock()
+        return Pace(self._interval, PACE_SLACK, due)
 
     @property
     def latency(self) -> float | None:
@@ -346,14 +349,20 @@ class Budget:
         rate. `latency`: the reply latency to assume (default: the one measured, else 0)."""
         if latency is None:
             latency = self.latency or 0.0
-        return finish_after(remaining_requests, self.gates(latency), latency)
+        start = max(0.0, self._paused_until - self._clock())
+        return finish_after(remaining_requests, self.gates(latency), latency, self.pace(), start)
 
-    def progress_eta(self, remaining_requests: int) -> float:
-        """`eta_seconds` for a progress bar, which asks ten times a second: computed afresh at
-        most every ETA_REFRESH seconds; in between, the finish it found counts down."""
+    def progress_eta(self, remaining_units: int) -> float:
+        """Seconds until `remaining_units` (one request each, those in flight included) are
+        answered, for a progress bar, which asks ten times a second: computed afresh at most
+        every ETA_REFRESH seconds; in between, the finish it found counts down. A unit in
+        flight needs no slot any more, only its reply."""
         now = self._clock()
         if self._eta_cache is None or now - self._eta_cache[0] >= ETA_REFRESH:
-            self._eta_cache = (now, now + self.eta_seconds(remaining_requests))
+            in_flight = self.hourly.in_flight
+            unsent = max(0, remaining_units - in_flight)
+            replies = (self.latency or 0.0) if in_flight and remaining_units else 0.0
+            self._eta_cache = (now, now + max(self.eta_seconds(unsent), replies))
         return max(0.0, self._eta_cache[1] - now)
 
     def estimate(self, requests: int, latency: float | None = None) -> Estimate:

@@ -20,7 +20,7 @@ from test_limiter import run as run_virtual
 from test_time_loops import GUARD, must_finish_within, origins
 
 from batch_toggle.config import Rate, SendOptions
-from batch_toggle.cost import Gate, finish_after, last_send
+from batch_toggle.cost import Gate, Pace, finish_after, last_send
 from batch_toggle.limiter import DAY, Budget, default_margin
 from batch_toggle.sendlog import LoggedSend, Reading
 
@@ -36,10 +36,18 @@ def test_a_fresh_window_sends_a_burst_then_one_hold_and_latency_per_round() -> N
 
 
 def test_pacing_spreads_each_round_and_the_next_round_follows_the_first() -> None:
-    gates = [Gate(1, 0.5, (0.0,)), Gate(4, 10.0)]  # --max-rps 2, N = 4, hold 10 s
+    gates, pace = [Gate(4, 10.0)], Pace(0.5)  # --max-rps 2, N = 4, hold 10 s
     # Round one at 0, 0.5, 1, 1.5; round two one hold after each: 10, 10.5, 11, 11.5.
-    assert [last_send(n, gates) for n in range(1, 9)] == [0.0, 0.5, 1.0, 1.5,
-                                                          10.0, 10.5, 11.0, 11.5]
+    assert [last_send(n, gates, pace) for n in range(1, 9)] == [0.0, 0.5, 1.0, 1.5,
+                                                                10.0, 10.5, 11.0, 11.5]
+
+
+def test_the_pace_counts_from_where_a_send_was_due_when_it_went_a_little_late() -> None:
+    """As the limiter does: a send held back by a window for less than an interval keeps its
+    place on the schedule, so the next one is not pushed back by that much."""
+    window = Gate(2, 0.55, (0.55,))  # one of two slots held until 0.55 s
+    assert last_send(3, [window], Pace(0.5)) == 1.0  # 0, 0.55 (due 0.5), then 0.5 + 0.5
+    assert last_send(3, [window], Pace(0.5, due=0.3), start=2.0) == 3.0  # a 429 pause first
 
 
 def test_held_slots_act_as_earlier_requests() -> None:
@@ -150,7 +158,9 @@ def test_the_estimate_is_finite_and_grows_with_the_requests_near_powers_of_two(
         eta = b.eta_seconds(requests, latency)
         more = b.eta_seconds(requests + 1, latency)
         window_more = b.eta_seconds(requests + limit, latency)
-    assert math.isfinite(eta) and 0.0 <= eta <= more <= window_more
+    # Monotone to the float's resolution (a jump by whole rounds and a step may round apart).
+    slack = 1e-12 * window_more
+    assert math.isfinite(window_more) and 0.0 <= eta <= more + slack <= window_more + 2 * slack
     if requests:
         assert eta >= latency
 
@@ -164,23 +174,27 @@ def test_extrapolated_rounds_equal_the_schedule_step_by_step(
         limit: int, period: float, max_rps: float, daily: int | None, concurrency: int,
         latency: float, held: list[float], requests: int) -> None:
     """The periodic jump (cost.last_send) gives the time stepping every request gives."""
-    gates = [Gate(1, 1 / max_rps if max_rps else 0.0, (0.0,)),
-             Gate(limit, latency + period + default_margin(period), tuple(sorted(held))),
+    gates = [Gate(limit, latency + period + default_margin(period), tuple(sorted(held))),
              Gate(concurrency, latency)]
     if daily:
         gates.append(Gate(daily, latency + DAY + default_margin(DAY), tuple(sorted(held))))
-    assert last_send(requests, gates) == pytest.approx(step_by_step(requests, gates), abs=1e-6)
+    pace = Pace(1 / max_rps if max_rps else 0.0, 0.005)
+    assert last_send(requests, gates, pace) == pytest.approx(
+        step_by_step(requests, gates, pace), rel=1e-12, abs=1e-6)
 
 
-def step_by_step(requests: int, gates: list[Gate]) -> float:
+def step_by_step(requests: int, gates: list[Gate], pace: Pace) -> float:
+    """The schedule of cost.py's docstring, every request stepped."""
     times: list[float] = []
+    due = pace.due
     for i in range(requests):
-        at = 0.0
+        at = max(times[-1] if times else 0.0, 0.0 if due is None else due)
         for g in gates:
             j = len(g.held) + i - g.limit
             if j >= 0:
                 at = max(at, g.held[j] if j < len(g.held) else times[j - len(g.held)] + g.delay)
         times.append(at)
+        due = pace.place(due, at) + pace.interval
     return times[-1]
 
 
@@ -192,3 +206,27 @@ def test_a_billion_requests_are_extrapolated_by_whole_rounds_not_stepped() -> No
         eta = b.eta_seconds(10**9, 0.2)
     rounds, rest = divmod(10**9 - 1, 2500)
     assert eta == pytest.approx(rounds * (0.2 + 3672.0) + rest / 10 + 0.2, rel=1e-9)
+
+
+# --- the progress bar's ETA -----------------------------------------------------------------------
+
+
+def test_the_progress_eta_counts_down_between_refreshes_and_skips_units_in_flight() -> None:
+    """A progress bar asks ten times a second: the finish is computed once a second and counts
+    down in between. A unit whose request is in flight needs only its reply: the last ones,
+    sent into a window they filled, are not an hour away."""
+    now = [100.0]
+
+    def full_window() -> Budget:
+        b = Budget(Rate(2, 3600.0), max_rps=0, clock=lambda: now[0])
+        b.hourly.acquire(now[0])
+        b.hourly.acquire(now[0])  # the window is full, both requests in flight
+        return b
+
+    assert full_window().progress_eta(2) == 0.0  # no reply timed yet: they are due now
+    b = full_window()
+    assert b.progress_eta(3) == pytest.approx(3672.0)  # the third waits a hold for a slot
+    now[0] += 0.5
+    assert b.progress_eta(3) == pytest.approx(3671.5)  # the same finish, 0.5 s nearer
+    now[0] += 0.6  # past ETA_REFRESH: computed again, the replies still awaited
+    assert b.progress_eta(3) == pytest.approx(3672.0)
