@@ -33,6 +33,7 @@ import numpy as np
 from . import vocab
 from .clock import utc_text
 from .config import SendOptions
+from .cost import cost_notes
 from .errors import StoreError
 from .jobs import (
     CLIENT_ONLY_NOTE,
@@ -46,6 +47,7 @@ from .jobs import (
     request_cost,
 )
 from .ledger import ledger_view
+from .limiter import Budget
 from .live import (
     _record_start,
     _send,
@@ -55,6 +57,7 @@ from .live import (
     lock_store,
     open_store,
     run_watchdog,
+    seeded_budget,
     stop_record,
 )
 from .operations import Track, track_verdict
@@ -211,7 +214,8 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
         _record_start(config, store, prepared, [], command="audit")
     reads = plan_reads(prepared.plan.units)
     todo = choose_sample(len(reads), options.sample, options.seed)
-    _announce(prepared, reads, todo, options, hooks)
+    budget = seeded_budget(config, store, hooks)
+    cost = _announce(prepared, reads, todo, options, hooks, budget)
     track = Track(reads.units.job_id, reads.units.update_target,
                   reads.units.do_notify_sms.tolist())
     # As for a run: from the start of the reads until the report is written, SIGINT/SIGTERM
@@ -220,13 +224,13 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
         runner, counters = asyncio.run(_send(config, hooks, store, prepared, todo, transport,
                                              units=reads.units, operation=track,
                                              interrupts=interrupts, advice=_no_resume,
-                                             watchdog=watchdog))
+                                             watchdog=watchdog, budget=budget))
         outcomes = unit_outcomes(prepared.plan.units, reads, track,
                                  {**runner.unfinished_outcomes(), **runner.committer.outcomes},
                                  todo)
         if store is not None and runner.committer.error is None:
             _record_units(store, prepared, outcomes, reads, track, hooks)
-        facts = audit_facts(prepared, reads, todo, outcomes, options)
+        facts = audit_facts(prepared, reads, todo, outcomes, options, cost, budget)
 
         def results() -> tuple[UnitResults, dict[str, Any]]:
             units = UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
@@ -251,23 +255,22 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
 
 
 def _announce(prepared: Prepared, reads: Reads, todo: Sequence[int], options: AuditOptions,
-              hooks: Hooks) -> None:
-    """The audit's cost before any read (SPEC section 4), and what an audit cannot check."""
-    send = prepared.config.send
-    cost = request_cost(len(todo), send)
+              hooks: Hooks, budget: Budget) -> dict[str, Any]:
+    """The audit's cost before any read (SPEC section 4), from the budget the reads will
+    meet, and what an audit cannot check. Returns the cost, which the summary states."""
+    cost = request_cost(len(todo), prepared.config.send, budget=budget)
     sample = (f" (a sample of {len(todo):,} of {len(reads):,} jobs, seed {options.seed})"
               if len(todo) < len(reads) else "")
-    burst = (f" (the first {send.rate.limit:,} in a burst)" if len(todo) > send.rate.limit
-             else "")
     hooks.notice(f"audit plan: {prepared.loaded.raw.num_rows:,} rows, "
                  f"{prepared.plan.requests_needed:,} units, {len(reads):,} distinct jobs -> "
                  f"{_reads(len(todo))}{sample}: about {cost['estimated_duration']} at "
-                 f"{cost['rate']}{burst}")
+                 f"{cost['rate']}{cost_notes(cost)}")
     if client_only(prepared):
         hooks.notice(f"note: {CLIENT_ONLY_NOTE}")
     hooks.event("plan", {"command": "audit", "run_id": prepared.run_id,
                          "rows": prepared.loaded.raw.num_rows,
                          "units": prepared.plan.requests_needed, "jobs": len(reads), **cost})
+    return cost
 
 
 # The runner words its stop messages for `run` ("resume with --resume", "fix it and run again
@@ -314,8 +317,10 @@ def _record_units(store: StateStore, prepared: Prepared, outcomes: Mapping[int, 
 
 
 def audit_facts(prepared: Prepared, reads: Reads, todo: Sequence[int],
-                outcomes: Mapping[int, Outcome], options: AuditOptions) -> dict[str, Any]:
-    """The summary's audit keys: the reads' cost (as `plan`), the counts, what a run needs,
+                outcomes: Mapping[int, Outcome], options: AuditOptions,
+                cost: Mapping[str, Any], budget: Budget) -> dict[str, Any]:
+    """The summary's audit keys: the reads' cost as announced (as `plan`), the counts, what a
+    run needs (from `budget` as the reads left it: their slots held, their latency measured),
     the sample's estimate, and the notes (the review key is not verified)."""
     send = prepared.config.send
     statuses = [o.status for o in outcomes.values()]
@@ -323,13 +328,13 @@ def audit_facts(prepared: Prepared, reads: Reads, todo: Sequence[int],
     n_units = prepared.plan.requests_needed
     sampled = len(todo) < len(reads)
     facts: dict[str, Any] = {
-        "plan": {**request_cost(len(todo), send), "requests": "track reads, one per distinct job"},
+        "plan": {**cost, "requests": "track reads, one per distinct job"},
         "audit": {
             "jobs": len(reads), "reads_planned": len(todo), "units": n_units,
             "units_in_sync": in_sync, "units_would_change": would_change,
             "review_key_verified": False,
         },
-        "run_needs": {**request_cost(would_change, send),
+        "run_needs": {**request_cost(would_change, send, budget=budget),
                       "what": "one toggle per would_change unit"
                               + (" of the sample" if sampled else "")},
         "sample": None,
@@ -338,13 +343,14 @@ def audit_facts(prepared: Prepared, reads: Reads, todo: Sequence[int],
     }
     if sampled:
         facts["sample"] = sample_estimate(in_sync, in_sync + would_change, n_units, len(todo),
-                                          options, send)
+                                          options, send, budget)
         facts["sample"]["units_sampled"] = int(np.isin(reads.of_unit, todo).sum())
     return facts
 
 
 def sample_estimate(in_sync: int, measured: int, population: int, jobs: int,
-                    options: AuditOptions, send: SendOptions) -> dict[str, Any]:
+                    options: AuditOptions, send: SendOptions,
+                    budget: Budget | None = None) -> dict[str, Any]:
     """The share of all units in sync, estimated from the sampled units, with its 95% interval;
     and the run that the estimate implies."""
     low, high = wilson_interval(in_sync, measured, population)
@@ -359,7 +365,7 @@ def sample_estimate(in_sync: int, measured: int, population: int, jobs: int,
     if share is not None:
         expected = round((1.0 - share) * population)
         est["estimated_run_needs"] = {
-            **request_cost(expected, send),
+            **request_cost(expected, send, budget=budget),
             "interval": [round((1.0 - high) * population), round((1.0 - low) * population)],
         }
     return est

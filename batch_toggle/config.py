@@ -35,16 +35,6 @@ class Rate:
                 return f"{self.limit}/{unit}"
         return f"{self.limit}/{self.period:g}s"
 
-    def duration_for(self, requests: int, max_rps: float | None = None) -> float:
-        """Seconds needed to send `requests` from a fresh budget.
-
-        The first `limit` go out in a burst (paced only by max_rps), the rest at limit/period:
-        31,204 requests at 2500/h take about 11 h 29 min.
-        """
-        steady = max(0, requests - self.limit) * self.period / self.limit
-        paced = requests / max_rps if max_rps else 0.0
-        return max(steady, paced)
-
 
 def parse_rate(text: str, what: str = "--rate") -> Rate:
     """Parse `N/PERIOD`, PERIOD being s, m, h, d, or a number of seconds like `10s` or `90`.

@@ -3,8 +3,11 @@
 Each line has `ts` (UTC), `event` (the kind) and the kind's fields:
 
   plan            run start: command (run, validate or audit), run_id, rows, requests_needed,
-                  estimated duration, rate (an audit's also: units, jobs)
-  resume          a resumed run: run_id, units_with_outcome, units_to_send
+                  estimated_duration_s and estimated_duration, rate, the estimate's
+                  estimated_duration_range_s/_range, latency_s, latency_source, burst,
+                  slots_held (see docs/report.md; an audit's also: units, jobs)
+  resume          a resumed run: run_id, units_with_outcome, units_to_send, and the estimate
+                  for those (the plan's keys but requests_needed)
   resume_new_run  --resume found no unfinished run to continue: reason
   request         one answer (or failure): unit, kind, http_status
   retry           a row will be sent again: unit, row, job_id, update_target, error_code,

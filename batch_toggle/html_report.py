@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from .clock import parse_utc
 from .config import format_duration
+from .cost import ASSUMED, LATENCY_HIGH, LATENCY_LOW, latency_text
 from .errors import ExitCode
 from .report import html_path, write_text
 from .results import attention_mask
@@ -343,12 +344,21 @@ def bar_chart(chart_id: str, caption: str, items: Sequence[tuple[str, int, str]]
             f"{''.join(bars)}</svg></figure>\n")
 
 
+def _estimate_text(plan: Mapping[str, Any]) -> str:
+    """`12 h 16 min at 2500/h`, and the range while no reply latency was known."""
+    text = f"{plan.get('estimated_duration', '')} at {plan.get('rate', '')}"
+    spread = plan.get("estimated_duration_range", "")
+    if plan.get("latency_source") == ASSUMED and " to " in spread:
+        text += (f" ({spread}, as replies take {latency_text(LATENCY_LOW)} to "
+                 f"{latency_text(LATENCY_HIGH)})")
+    return text
+
+
 def _sending(summary: Mapping[str, Any]) -> str:
     plan = summary.get("plan") or {}
     rows = [
         ("Requests the plan needed", _n(plan.get("requests_needed"))),
-        ("Estimated at the budget",
-         _e(f"{plan.get('estimated_duration', '')} at {plan.get('rate', '')}")),
+        ("Estimated at the budget", _e(_estimate_text(plan))),
         ("Requests sent", _n(summary.get("requests_sent", 0))),
         ("429 responses", _n(summary.get("responses_429", 0))),
         ("Retries", _n(summary.get("retries", 0))),

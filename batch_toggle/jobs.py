@@ -23,9 +23,11 @@ import pyarrow.compute as pc
 
 from . import __version__, vocab
 from .clock import utc_text
-from .config import LoadOptions, PlanOptions, SendOptions, format_duration
+from .config import LoadOptions, PlanOptions, SendOptions
+from .cost import cost_line, cost_record
 from .errors import ExitCode, worst_exit
 from .ingest import LoadedInput, load_inputs
+from .limiter import Budget
 from .normalize import normalize
 from .plan import Plan, TooManyInvalid, build_plan
 from .proxies import redact
@@ -108,6 +110,8 @@ class Prepared:
     # `started` on the monotonic clock: durations never come from the wall clock, which a
     # step (NTP, a VM resumed) can move back mid-run.
     started_mono: float = field(default_factory=time.monotonic)
+    # The plan's cost as announced (`announce_plan`): the summary states the same figures.
+    cost: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -206,26 +210,20 @@ def _refuse(prepared: Prepared, hooks: Hooks, why: str) -> JobResult:
 
 
 def plan_cost(prepared: Prepared) -> dict[str, Any]:
-    """What the plan will spend, stated before any request (SPEC section 4)."""
+    """What the plan will spend, stated before any request (SPEC section 4): as announced
+    (`announce_plan`), or else from a fresh budget."""
+    if prepared.cost is not None:
+        return dict(prepared.cost)
     return request_cost(prepared.plan.requests_needed, prepared.config.send)
 
 
-def request_cost(needed: int, send: SendOptions) -> dict[str, Any]:
-    """`needed` requests and how long they take at --rate from a fresh budget."""
-    seconds = send.rate.duration_for(needed, send.max_rps)
-    return {
-        "requests_needed": needed,
-        "estimated_duration_s": round(seconds, 1),
-        "estimated_duration": format_duration(seconds),
-        "rate": str(send.rate),
-    }
-
-
-def cost_line(cost: dict[str, Any], rate_limit: int) -> str:
-    needed = cost["requests_needed"]
-    noun = "request" if needed == 1 else "requests"
-    burst = f" (the first {rate_limit:,} in a burst)" if needed > rate_limit else ""
-    return (f"{needed:,} {noun}: about {cost['estimated_duration']} at {cost['rate']}{burst}")
+def request_cost(needed: int, send: SendOptions, *, budget: Budget | None = None) -> dict[str, Any]:
+    """`needed` requests and how long until the last reply, by the one cost model (cost.py)
+    over `budget` as it stands (slots held, pacing, workers, the latency it measured or
+    expects; default: a fresh budget of `send`, whose estimate is a range over latencies)."""
+    if budget is None:
+        budget = Budget.from_options(send)
+    return cost_record(budget.estimate(needed), send.rate)
 
 
 def client_only(prepared: Prepared) -> bool:
@@ -237,16 +235,18 @@ CLIENT_ONLY_NOTE = ("this file targets only `client`: each request changes the c
                     "for future jobs; jobs that exist keep their own setting")
 
 
-def announce_plan(prepared: Prepared, hooks: Hooks) -> dict[str, Any]:
-    cost = plan_cost(prepared)
+def announce_plan(prepared: Prepared, hooks: Hooks, *, budget: Budget | None = None) -> Prepared:
+    """State the plan's cost before any request (the plan line, the `plan` event), from
+    `budget` as it stands (see `request_cost`). Returns `prepared` carrying that cost, which
+    its summary then states."""
+    cost = request_cost(prepared.plan.requests_needed, prepared.config.send, budget=budget)
     rows = prepared.loaded.raw.num_rows
-    hooks.notice(f"plan: {rows:,} row{'' if rows == 1 else 's'} -> "
-                 f"{cost_line(cost, prepared.config.send.rate.limit)}")
+    hooks.notice(f"plan: {rows:,} row{'' if rows == 1 else 's'} -> {cost_line(cost)}")
     if client_only(prepared):
         hooks.notice(f"note: {CLIENT_ONLY_NOTE}")
     hooks.event("plan", {"command": prepared.config.command, "run_id": prepared.run_id,
                          "rows": prepared.loaded.raw.num_rows, **cost})
-    return cost
+    return replace(prepared, cost=cost)
 
 
 def exit_code_for(statuses: set[str], stop_exit: ExitCode | None = None) -> ExitCode:
@@ -422,7 +422,7 @@ def validate(config: JobConfig, hooks: Hooks = SILENT, *, ledger: Any = None,
              stdin: Any = None) -> JobResult:
     """Load, normalise, validate, dedupe and report what would happen; sends nothing."""
     prepared = prepare_or_refuse(config, hooks, ledger=ledger, stdin=stdin)
-    announce_plan(prepared, hooks)
+    prepared = announce_plan(prepared, hooks)
     units = UnitResults.uniform(prepared.plan.requests_needed, vocab.DRY_RUN)
     return finish(prepared, units, hooks, stop_exit=None, extra={})
 

@@ -25,10 +25,24 @@ import heapq
 import itertools
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from .config import Rate, SendOptions
+from .cost import (
+    ASSUMED,
+    EARLIER_REPLIES,
+    GIVEN,
+    LATENCY_HIGH,
+    LATENCY_LOW,
+    LATENCY_TYPICAL,
+    MEASURED,
+    Estimate,
+    Gate,
+    Pace,
+    finish_after,
+)
 from .sendlog import LoggedSend, Reading, held_expiries
 
 DAY = 86400.0
@@ -43,6 +57,11 @@ OnWait = Callable[[str, float, float], object]  # (why, until when, now): the bu
 # the --max-rps smoothing, or a 429 pause.
 WAIT_BUDGET, WAIT_DAILY, WAIT_RPS, WAIT_PAUSE = "budget", "daily", "rps", "pause"
 
+
+# The ETA's latency is the mean of the last this many replies.
+LATENCY_SAMPLES = 200
+# A progress bar's ETA is computed afresh at most this often (seconds); see progress_eta.
+ETA_REFRESH = 1.0
 
 # How late a paced send may be and still count as on schedule (see Budget._paced_from).
 PACE_SLACK = 0.005
@@ -86,6 +105,11 @@ class SlidingWindow:
         """Requests sent and not yet answered."""
         return len(self._in_flight)
 
+    @property
+    def in_flight_slots(self) -> Iterable[int]:
+        """The ids of the slots whose requests await their reply."""
+        return self._in_flight.keys()
+
     def held(self, now: float) -> int:
         """Slots held at `now` (in flight, or answered less than `hold` ago)."""
         self._prune(now)
@@ -124,17 +148,14 @@ class SlidingWindow:
             if math.isfinite(expiry):
                 heapq.heappush(self._expiries, expiry)
 
-    def send_time(self, now: float, index: int, latency: float = 0.0) -> float:
-        """When the `index`-th (0-based) of the next requests could be sent, from this window
-        alone, assuming each response takes `latency`: the budget's own ETA, not a recent rate."""
+    def free_times(self, now: float, latency: float) -> tuple[float, ...]:
+        """When each held slot frees, in seconds from `now`, ascending (the cost model's
+        `Gate.held`): a released or seeded slot at its expiry, one in flight `latency` from
+        now plus the hold (its reply is assumed to come then)."""
         self._prune(now)
-        # In-flight slots: assume their answers arrive `latency` from now.
-        ends = sorted(self._expiries + [now + latency + self.hold] * len(self._in_flight))
-        ends = ends[-self.limit :]
-        free = self.limit - len(ends)  # usable now; not materialised: limit may be huge
-        rounds, position = divmod(index, self.limit)
-        first = now if position < free else max(now, ends[position - free])
-        return first + rounds * (latency + self.hold)
+        ahead = [expiry - now for expiry in self._expiries]
+        ahead += [latency + self.hold] * len(self._in_flight)
+        return tuple(sorted(ahead))
 
     def _prune(self, now: float) -> None:
         while self._expiries and self._expiries[0] <= now:
@@ -168,6 +189,7 @@ class Budget:
         max_rps: float,
         daily_limit: int | None = None,
         margin: float | None = None,
+        concurrency: int | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         on_wait: OnWait | None = None,
@@ -186,6 +208,10 @@ class Budget:
         self._freed = asyncio.Event()
         self.waiting: str | None = None  # why the head of the queue waits, for progress
         self.sent = 0  # requests granted by this budget
+        self.concurrency = concurrency  # workers sending through it (None: unbounded)
+        self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self._expected_latency: float | None = None
+        self._eta_cache: tuple[float, float] | None = None  # (computed at, finish), clock
 
     @classmethod
     def from_options(
@@ -196,10 +222,11 @@ class Budget:
         sleep: Sleep = asyncio.sleep,
         on_wait: OnWait | None = None,
     ) -> Budget:
-        """The budget a run's `SendOptions` ask for (rate, max_rps, daily_limit)."""
+        """The budget a run's `SendOptions` ask for (rate, max_rps, daily_limit, and the
+        concurrency its ETA counts with)."""
         return cls(
             options.rate, max_rps=options.max_rps, daily_limit=options.daily_limit,
-            clock=clock, sleep=sleep, on_wait=on_wait,
+            concurrency=options.concurrency, clock=clock, sleep=sleep, on_wait=on_wait,
         )
 
     async def acquire(self) -> Ticket:
@@ -215,6 +242,8 @@ class Budget:
     def release(self, ticket: Ticket) -> None:
         """The response (or timeout/error) for `ticket` arrived now. Idempotent."""
         now = self._clock()
+        if ticket.slot in self.hourly.in_flight_slots:
+            self._latencies.append(max(0.0, now - ticket.sent_at))
         self.hourly.release(ticket.slot, now)
         if self.daily is not None and ticket.daily_slot is not None:
             self.daily.release(ticket.daily_slot, now)
@@ -277,23 +306,82 @@ class Budget:
             window.seed(held_expiries(sends, now=now, clock_now=self._clock(), hold=window.hold,
                                       timeout=timeout))
 
-    def eta_seconds(self, remaining_requests: int, latency: float = 0.0) -> float:
-        """Seconds until the last of `remaining_requests` more requests can be sent, from the
-        budget's own state (held slots, windows, spacing, pause), not from the recent rate."""
-        if remaining_requests <= 0:
-            return 0.0
+    def gates(self, latency: float) -> list[Gate]:
+        """This budget's windows and workers as the cost model's gates, from its state now
+        (slots held, requests in flight), each reply taking `latency` seconds."""
         now = self._clock()
-        last = remaining_requests - 1
-        start = max(now, self._paused_until)
-        times = [self.hourly.send_time(start, last, latency), start]
-        if self.daily is not None:
-            times.append(self.daily.send_time(start, last, latency))
-        if self._interval > 0:
-            first = start
-            if self._last_send is not None:
-                first = max(start, self._last_send + self._interval)
-            times.append(first + last * self._interval)
-        return max(times) - now
+        gates = [Gate(w.limit, latency + w.hold, w.free_times(now, latency))
+                 for w in self.windows]
+        if self.concurrency:
+            gates.append(Gate(self.concurrency, latency, (latency,) * self.hourly.in_flight))
+        return gates
+
+    def pace(self) -> Pace:
+        """This budget's `--max-rps` spacing as the cost model's `Pace`, from its last send."""
+        due = None
+        if self._last_send is not None and self._interval > 0:
+            due = self._last_send + self._interval - self._clock()
+        return Pace(self._interval, PACE_SLACK, due)
+
+    @property
+    def latency(self) -> float | None:
+        """The mean reply latency of the last requests this budget saw answered (seconds),
+        or the expected one (`expect_latency`) before any; None when neither is known."""
+        if self._latencies:
+            return sum(self._latencies) / len(self._latencies)
+        return self._expected_latency
+
+    @property
+    def latency_source(self) -> str:
+        """Where `latency` comes from: MEASURED, EARLIER_REPLIES (expected), or ASSUMED (none
+        known: an estimate is then a range)."""
+        if self._latencies:
+            return MEASURED
+        return EARLIER_REPLIES if self._expected_latency is not None else ASSUMED
+
+    def expect_latency(self, seconds: float | None) -> None:
+        """A latency to assume until replies are measured (a resume: its earlier replies')."""
+        self._expected_latency = seconds
+
+    def eta_seconds(self, remaining_requests: int, latency: float | None = None) -> float:
+        """Seconds until the reply to the last of `remaining_requests` more requests, from the
+        budget's own state (held slots, windows, spacing, workers, pause), not from the recent
+        rate. `latency`: the reply latency to assume (default: the one measured, else 0)."""
+        if latency is None:
+            latency = self.latency or 0.0
+        start = max(0.0, self._paused_until - self._clock())
+        return finish_after(remaining_requests, self.gates(latency), latency, self.pace(), start)
+
+    def progress_eta(self, remaining_units: int) -> float:
+        """Seconds until `remaining_units` (one request each, those in flight included) are
+        answered, for a progress bar, which asks ten times a second: computed afresh at most
+        every ETA_REFRESH seconds; in between, the finish it found counts down. A unit in
+        flight needs no slot any more, only its reply."""
+        now = self._clock()
+        if self._eta_cache is None or now - self._eta_cache[0] >= ETA_REFRESH:
+            in_flight = self.hourly.in_flight
+            unsent = max(0, remaining_units - in_flight)
+            replies = (self.latency or 0.0) if in_flight and remaining_units else 0.0
+            self._eta_cache = (now, now + max(self.eta_seconds(unsent), replies))
+        return max(0.0, self._eta_cache[1] - now)
+
+    def estimate(self, requests: int, latency: float | None = None) -> Estimate:
+        """What `requests` more cost from here, at `latency` when given, else at the one this
+        budget knows (`latency_source`), else as a range over the latencies a network may
+        have (LATENCY_LOW to LATENCY_HIGH, LATENCY_TYPICAL in the middle)."""
+        source = GIVEN if latency is not None else self.latency_source
+        latency = latency if latency is not None else self.latency
+        if latency is None:
+            low, mid, high = (self.eta_seconds(requests, lat)
+                              for lat in (LATENCY_LOW, LATENCY_TYPICAL, LATENCY_HIGH))
+            latency = LATENCY_TYPICAL
+        else:
+            low = mid = high = self.eta_seconds(requests, latency)
+        now = self._clock()
+        free = min(w.limit - w.held(now) for w in self.windows)
+        return Estimate(requests=requests, seconds=mid, low=low, high=high, latency=latency,
+                        latency_source=source, burst=max(0, min(requests, free)),
+                        held=self.hourly.held(now))
 
     def _ready_at(self, now: float) -> tuple[float, str]:
         """When the next request may go, and which constraint decides it."""

@@ -30,6 +30,7 @@ from .clock import utc_text
 from .committer import Committer, Finished
 from .config import format_duration
 from .connections import Route, route_for, worker_connections
+from .cost import latency_prior
 from .errors import ExitCode, InputError, StoreError, UsageError
 from .hosts import is_loopback
 from .jobs import (
@@ -41,6 +42,7 @@ from .jobs import (
     announce_plan,
     finish,
     prepare_or_refuse,
+    request_cost,
 )
 from .ledger import ledger_view
 from .limiter import SEND_LOG_KEEP, WAIT_BUDGET, WAIT_DAILY, Budget
@@ -164,11 +166,15 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
     if store is not None:
         lock_store(store, prepared, "run")
         _record_start(config, store, prepared, resumed)
-    announce_plan(prepared, hooks)
     previous = _previous_outcomes(store, prepared, bool(resumed))
     todo = _todo(prepared, previous, config.retry_failed)
+    # One budget from here on: the plan's cost, the resume's and the progress ETA are the
+    # cost model's view of it (slots earlier runs hold, and their replies' latency).
+    budget = seeded_budget(config, store, hooks)
+    budget.expect_latency(latency_prior(o.latency_ms for o in previous.values()))
+    prepared = announce_plan(prepared, hooks, budget=budget)
     if resumed:
-        _announce_resume(config, hooks, prepared.run_id, len(previous), len(todo))
+        _announce_resume(config, hooks, prepared.run_id, len(previous), len(todo), budget)
     # From the start of sending until the report is written, SIGINT/SIGTERM stop the run
     # (SPEC section 5: the report is written, exit 130) and never escape as the process's
     # KeyboardInterrupt: while it sends, through the runner; after, recorded here.
@@ -176,7 +182,7 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin
     with Interrupts() as interrupts, run_watchdog(store, prepared.run_id) as watchdog:
         runner, counters = asyncio.run(_send(config, hooks, store, prepared, todo, transport,
                                              interrupts=interrupts, stop_first=too_early,
-                                             watchdog=watchdog))
+                                             watchdog=watchdog, budget=budget))
         store_error = runner.committer.error
         if store_error is not None:  # said before the report, which may fail for the same reason
             hooks.notice(f"warning: the state store stopped accepting outcomes: {store_error}")
@@ -329,15 +335,16 @@ def _before_reset(record: RunRecord) -> Stop | None:
                 f"resume with --resume after {reset}", resume_after=reset)
 
 
-def _announce_resume(config: JobConfig, hooks: Hooks, run_id: str, had: int, todo: int) -> None:
+def _announce_resume(config: JobConfig, hooks: Hooks, run_id: str, had: int, todo: int,
+                     budget: Budget) -> None:
     """A resume states what is left, not only the whole plan: each cron slice's log then says
-    how far the job has come and how long the rest takes."""
-    rate = config.send.rate
-    seconds = rate.duration_for(todo, config.send.max_rps)
+    how far the job has come and how long the rest takes, from the budget as the earlier
+    slices left it (their slots still held) at the latency their replies took."""
+    cost = request_cost(todo, config.send, budget=budget)
     hooks.notice(f"resume: run {run_id}: {had:,} units already have an outcome; {todo:,} to "
-                 f"send: about {format_duration(seconds)} at {rate}")
+                 f"send: about {cost['estimated_duration']} at {cost['rate']}")
     hooks.event("resume", {"run_id": run_id, "units_with_outcome": had, "units_to_send": todo,
-                           "estimated_duration_s": round(seconds, 1)})
+                           **{k: v for k, v in cost.items() if k != "requests_needed"}})
 
 
 def lock_store(store: StateStore, prepared: Prepared, command: str) -> None:
@@ -477,14 +484,17 @@ async def _send(config: JobConfig, hooks: Hooks, store: StateStore | None, prepa
                 interrupts: Interrupts | None = None,
                 advice: Callable[[str], str] | None = None,
                 stop_first: Stop | None = None,
-                watchdog: Watchdog | None = None) -> tuple[Runner, Counters]:
+                watchdog: Watchdog | None = None,
+                budget: Budget | None = None) -> tuple[Runner, Counters]:
     """Drive a Runner over `todo`: the plan's units and toggles, or (audit) other `units` with
     another `operation`, through the same budget, client, committer, signals and progress.
     `interrupts`: the caller's, when it keeps catching signals after the sending part;
     `advice`: rewords the runner's stop messages (see Runner); `stop_first`: a stop decided
     before any request (the runner then sends nothing, and the report says why);
-    `watchdog`: watches the loop while it sends (see watchdog.py)."""
-    budget = seeded_budget(config, store, hooks)
+    `watchdog`: watches the loop while it sends (see watchdog.py); `budget`: the one whose
+    cost the caller announced (default: `seeded_budget`)."""
+    if budget is None:
+        budget = seeded_budget(config, store, hooks)
     sent = prepared.plan.units if units is None else units
     sources = row_ref_array(prepared.loaded, sent.row)  # file:row of each unit, once per run
 

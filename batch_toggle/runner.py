@@ -358,7 +358,7 @@ class Runner:
         return {"done": c.units_done, "total": c.units_total, "requests": c.requests,
                 "responses_429": c.responses_429, "failures": c.failures,
                 "retries": c.retries, "waiting": self.budget.waiting,
-                "eta_s": self.budget.eta_seconds(remaining)}
+                "eta_s": self.budget.progress_eta(remaining)}
 
     def unsent_outcome(self) -> Outcome:
         """What a unit that was never completed reports."""

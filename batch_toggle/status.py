@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .clock import parse_utc, utc_text
-from .errors import BatchToggleError, ExitCode, InputError
+from .config import SendOptions, parse_rate
+from .cost import cost_line
+from .errors import BatchToggleError, ExitCode, InputError, UsageError
 from .ingest import is_in_memory_name, sha256_of
 from .store import RunRecord, StateStore, default_state_path
 from .vocab import CONNECTION_CODES
@@ -72,6 +74,9 @@ class RunStatus:
     holder: dict[str, Any] | None
     resume_after: str | None = None  # stopped at a daily limit: a resume sends from then on
     stopped: dict[str, Any] | None = None  # {code, message}: why it ended before its queue
+    # How long `resume_sends` take if the resume starts now (jobs.cost_record's keys): the
+    # run's last throttling options, the slots the send log holds, its replies' latency.
+    resume_cost: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,7 +160,47 @@ def _describe(store: StateStore, record: RunRecord, holder: dict[str, Any] | Non
         holder=holder if state in (RUNNING, STALLED) else None,
         resume_after=_shown(record.sends_from(datetime.now(UTC))) if resumable else None,
         stopped=record.stopped,
+        resume_cost=_resume_cost(store, record, left) if resumable and left else None,
     )
+
+
+def _resume_cost(store: StateStore, record: RunRecord, sends: int) -> dict[str, Any]:
+    """What `sends` requests cost a resume starting now, by the cost model the run itself
+    uses (jobs.request_cost): the budget of the run's last throttling options, seeded with
+    the slots the store's send log still holds (read, never pruned: status writes nothing),
+    expecting the latency of the run's replies so far."""
+    from .cost import latency_prior
+    from .jobs import request_cost
+    from .limiter import Budget
+    from .sendlog import Reading
+
+    send = _send_options(record.options)
+    budget = Budget.from_options(send)
+    now = Reading.now()
+    budget.seed(store.recent_sends(now, budget.hold, send.timeout), now=now,
+                timeout=send.timeout)
+    budget.expect_latency(latency_prior(o.latency_ms
+                                        for o in store.load_outcomes(record.run_id).values()))
+    return request_cost(sends, send, budget=budget)
+
+
+def _send_options(options: dict[str, Any]) -> SendOptions:
+    """The throttling options a run recorded (its last start or resume); the defaults for
+    any it did not record (an older batch-toggle) or that no longer parse."""
+    defaults = SendOptions()
+    try:
+        rate = parse_rate(str(options["rate"])) if options.get("rate") else defaults.rate
+    except UsageError:
+        rate = defaults.rate
+
+    def number(key: str, default: Any) -> Any:
+        value = options.get(key)
+        return value if isinstance(value, int | float) and value > 0 else default
+
+    return replace(defaults, rate=rate, max_rps=number("max_rps", defaults.max_rps),
+                   concurrency=int(number("concurrency", defaults.concurrency)),
+                   timeout=number("timeout", defaults.timeout),
+                   daily_limit=number("daily_limit", None))
 
 
 def _shown(text: str | None) -> str | None:
@@ -376,7 +421,10 @@ def _resume_lines(run: RunStatus) -> list[str]:
             what += f" ({extra:,} with --retry-failed)"
         if run.resume_after:
             what += f", from {run.resume_after} (the daily limit resets; earlier, it sends none)"
-        return [f"  resume:   {what}", f"            {run.resume_command}"]
+        lines = [f"  resume:   {what}", f"            {run.resume_command}"]
+        if run.resume_cost:  # what it costs if it starts now, as its plan line would say
+            lines.append(f"  cost:     {cost_line(run.resume_cost)}")
+        return lines
     if run.resumable_with_retry_failed:
         return [f"  resume:   --retry-failed would re-send {run.retryable_failed:,} failed "
                 f"unit{'s' if run.retryable_failed != 1 else ''} (plain --resume starts a new "

@@ -41,6 +41,7 @@ BENCHMARKS: tuple[tuple[str, str, tuple[tuple[str, ...], ...], float], ...] = (
     ("sandbox_memory", "bench_sandbox_memory.py", (("--requests", "3000", "--log-limit", "3000"),),
      120.0),
     ("peers", "bench_peers.py", (), 420.0),
+    ("estimates", "bench_estimates.py", (), 300.0),
 )
 
 

@@ -484,6 +484,35 @@ def _load_line(res: dict[str, Any]) -> list[str]:
     return [f"Load average when it ran: {load:.2f}.", ""] if isinstance(load, float) else []
 
 
+def estimates_section(entry: dict[str, Any]) -> list[str]:
+    """Plan estimate vs measured: each scenario's promise, what came true, and what the
+    formula the cost model replaced would have promised."""
+    res = entry["result"]
+    tol = res["tolerance"]
+    met = "**met**" if res["all_within"] else "**NOT met**"
+    out = ["## Plan estimate vs measured", "",
+           "The real CLI against the sandbox in its own process, the hour shrunk to seconds "
+           "(`--rate N/Ss` and the sandbox's window alike). *Estimated*: the plan's (for a "
+           "resumed slice, the resume's) `estimated_duration_s`, with the range it gave while "
+           "no reply latency was known; *measured*: from that announcement to the server's "
+           "reply to the last PUT. *Old formula*: max((requests - N) x PERIOD / N, requests / "
+           f"--max-rps), which the cost model replaced. Target: within {100 * tol['share']:.0f}% "
+           f"or {tol['seconds']:g} s: {met}.", ""]
+    rows = []
+    for r in res["scenarios"]:
+        low, high = r.get("range_s") or (None, None)
+        given = (f" ({secs(low)} to {secs(high)})" if r.get("latency_source") == "assumed"
+                 and low is not None else f" (latency: {r.get('latency_source')})")
+        rows.append([f"{r['scenario']}: {r['what']}", n(r["requests"]), f"`{r['rate']}`",
+                     secs(r["estimated_s"]) + given, secs(r["measured_s"]),
+                     f"{100 * r['error_share']:+.1f}%" if r["error_share"] is not None else "–",
+                     f"{secs(r['old_formula_s'])} ({100 * r['old_error_share']:+.0f}%)"
+                     if r["old_error_share"] is not None else secs(r["old_formula_s"])])
+    out += [table(["scenario", "requests", "rate", "estimated", "measured", "error",
+                   "old formula (error)"], rows), ""]
+    return out + _load_line(res)
+
+
 def generic_section(title: str, entry: dict[str, Any]) -> list[str]:
     """A benchmark this page has no special layout for: its figures as a key/value table."""
     leaves = [(k, v) for k, v in flatten(entry["result"]) if k not in ("benchmark",)]
@@ -493,9 +522,9 @@ def generic_section(title: str, entry: dict[str, Any]) -> list[str]:
 
 TITLES = {"validate": "validate", "sender": "Sender ceiling", "store": "State store overhead",
           "sandbox": "Sandbox requests/s", "sandbox_memory": "Sandbox request log memory",
-          "peers": "Peer comparison"}
+          "peers": "Peer comparison", "estimates": "Plan estimate vs measured"}
 RENDER = {"peers": peers_section, "validate": validate_section, "sandbox": sandbox_section,
-          "sender": sender_section, "store": store_section}
+          "sender": sender_section, "store": store_section, "estimates": estimates_section}
 
 
 def render(record: dict[str, Any]) -> str:
@@ -520,7 +549,7 @@ def render(record: dict[str, Any]) -> str:
              _status(b), secs(b.get("seconds"))]
             for name, b in record["benchmarks"].items()]), "",
     ]
-    order = ("peers", "validate", "sender", "store", "sandbox")
+    order = ("peers", "validate", "sender", "store", "sandbox", "estimates")
     for name in order:
         entry = record["benchmarks"].get(name)
         if not entry or entry.get("status") not in ("ok", "partial") or not entry.get("result"):

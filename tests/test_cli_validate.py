@@ -389,13 +389,20 @@ def test_stderr_states_the_cost_before_anything_else(cwd: Path) -> None:
                                               [J2, K2, "no", "job", ""],
                                               [J3, K3, "no", "job", ""]])
     result = invoke(["validate", str(path), "--report", "a.csv"])
-    assert stderr_lines(result)[0] == "plan: 3 rows -> 3 requests: about 0 s at 2500/h"
+    assert stderr_lines(result)[0] == (
+        "plan: 3 rows -> 3 requests: about 0 s at 2500/h (0 s to 1 s as replies take 20 ms to "
+        "1 s)")
     slow = invoke(["validate", str(path), "--report", "b.csv", "--rate", "2/h"])
+    # Two at once, the third once the first's slot frees: the window's hour, its 2% margin,
+    # and the latency assumed before any reply (200 ms; 20 ms to 1 s moves it by seconds).
     assert stderr_lines(slow)[0] == (
-        "plan: 3 rows -> 3 requests: about 30 min 0 s at 2/h (the first 2 in a burst)")
+        "plan: 3 rows -> 3 requests: about 1 h 1 min at 2/h (the first 2 in a burst)")
     assert summary_of(cwd / "b.csv")["plan"] == {
-        "requests_needed": 3, "estimated_duration_s": 1800.0,
-        "estimated_duration": "30 min 0 s", "rate": "2/h"}
+        "requests_needed": 3, "estimated_duration_s": 3672.4,
+        "estimated_duration": "1 h 1 min", "rate": "2/h",
+        "estimated_duration_range_s": [3672.0, 3674.0],
+        "estimated_duration_range": "1 h 1 min", "latency_s": 0.2, "latency_source": "assumed",
+        "burst": 2, "slots_held": 0}
     assert "report" in slow.stderr and "b.csv" in slow.stderr  # the summary table follows
 
 

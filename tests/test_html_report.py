@@ -297,6 +297,18 @@ def test_no_row_needing_attention_says_so() -> None:
     assert "None: no row is invalid" in text
 
 
+def test_the_estimate_shows_its_range_while_no_reply_latency_was_known() -> None:
+    row = [{"source_file": "in.csv", "source_row": 1, "status": "updated"}]
+    plan = {"requests_needed": 31204, "estimated_duration": "12 h 16 min", "rate": "2500/h",
+            "estimated_duration_range": "12 h 16 min to 12 h 19 min"}
+    assumed = render_html(_summary(plan={**plan, "latency_source": "assumed"}), _report(row))
+    assert ("12 h 16 min at 2500/h (12 h 16 min to 12 h 19 min, as replies take 20 ms to 1 s)"
+            in assumed)
+    known = render_html(_summary(plan={**plan, "latency_source": "earlier replies"}),
+                        _report(row))
+    assert "12 h 16 min at 2500/h" in known and "as replies take" not in known
+
+
 def test_write_html_report_replaces_atomically_with_mode_0600(tmp_path: Path) -> None:
     path = tmp_path / "r.csv.html"
     path.write_text("old")

@@ -165,11 +165,11 @@ def test_more_seeded_slots_than_the_limit_wait_for_enough_expiries() -> None:
     assert w.available_at(0.0) == 3.0  # two must expire before fewer than 2 are held
 
 
-def test_send_time_of_a_fresh_window_is_a_burst_then_one_hold_per_round() -> None:
+def test_free_times_are_seconds_from_now_with_in_flight_slots_answered_after_latency() -> None:
     w = SlidingWindow(10, 100.0, margin=2.0)
-    assert w.send_time(0.0, 9) == 0.0
-    assert w.send_time(0.0, 10) == 102.0
-    assert w.send_time(0.0, 24, latency=1.0) == 2 * 103.0
+    w.seed([5.0, 3.0, 1.0])  # 1.0 has expired at now = 2.0
+    w.acquire(2.0)
+    assert w.free_times(2.0, latency=0.5) == (1.0, 3.0, 0.5 + 102.0)
 
 
 # --- seeds from the send log -----------------------------------------------------------------

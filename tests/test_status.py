@@ -21,6 +21,7 @@ from batch_toggle.cli import main
 from batch_toggle.clock import utc_text
 from batch_toggle.ingest import sha256_of
 from batch_toggle.outcome import Outcome
+from batch_toggle.sendlog import Reading, SendEntry
 from batch_toggle.status import STALLED_AFTER, render_status, store_status
 from batch_toggle.store import SCHEMA_VERSION, StateStore
 
@@ -207,6 +208,33 @@ def test_a_resume_updates_the_unit_count(state: Path, src: Path) -> None:
     assert record is not None and (record.units, record.resumes) == (8, 1)
 
 
+def test_what_a_resume_sends_comes_with_its_cost_from_the_held_slots_and_earlier_replies(
+        state: Path, src: Path) -> None:
+    """`status` asks the cost model the run uses: the run's own --rate, the slots its sends
+    still hold in the store's send log, and its replies' latency. Six of ten slots held
+    (answered just now) leave a burst of four; the rest wait a whole hold (PERIOD + 2%) for
+    the held slots to free. The formula it replaced said 24 min: (14 - 10) x 6 min."""
+    slow = Outcome("updated", http_status=200, attempts=1, latency_ms=500.0,
+                   sent_at="2026-11-01T00:00:01.000+00:00")
+    now = Reading.now()
+    with StateStore.open(state) as store:
+        record_run(store, "r1", src, units=20, outcomes=[slow] * 6, exit_code=4,
+                   options={"on_conflict": "last", "rate": "10/h", "max_rps": 0,
+                            "concurrency": 4, "timeout": 30.0})
+        store.record_sends([SendEntry(f"s{i}", now.wall - 0.5, now.wall, now.boot,
+                                      now.mono - 0.5, now.mono) for i in range(6)])
+    run = one(state, check_inputs=False)
+    cost = run.resume_cost
+    assert (cost["requests_needed"], cost["burst"], cost["slots_held"]) == (14, 4, 6)
+    assert (cost["latency_s"], cost["latency_source"]) == (0.5, "earlier replies")
+    # The last four go one hold after the burst's first four (plus their latency), and
+    # their replies take 0.5 s: 0.5 + 3,672 + 0.5 s from now.
+    assert cost["estimated_duration_s"] == pytest.approx(3673.0, abs=1.0)
+    assert ("cost:     14 requests: about 1 h 1 min at 10/h (the first 4 in a burst, 6 budget "
+            "slots still held by earlier requests)") in render_status(
+                store_status(state, check_inputs=False))
+
+
 # --- the schema-1 file -----------------------------------------------------------------------
 
 
@@ -314,6 +342,7 @@ lock: free
   outcomes: updated 120, failed 4 (3 retryable) (units)
   resume:   would send 76 units (79 with --retry-failed)
             batch-toggle run {src} --resume --state {state}
+  cost:     76 requests: about 8 s at 2500/h (8 s to 19 s as replies take 20 ms to 1 s)
 
 20261101T000000Z-aaaaaa  finished, exit 0
   inputs:   {src}
