@@ -20,17 +20,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from pg_server import PgDatabase, PgServer, PgUnavailable
+from pg_server import PgDatabase, PgServer, unavailable_reason
 
 
 @pytest.fixture(scope="session")
 def pg_server_session() -> Iterator[PgServer]:
     """The process's server (use `pg_server`, which also repairs it after each test)."""
-    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[postgres]'")
-    try:
-        server = PgServer.create()
-    except PgUnavailable as exc:
-        pytest.skip(str(exc))
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PgServer.create()
     try:
         yield server
     finally:

@@ -26,6 +26,7 @@ connection is made.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import os
 import pwd
@@ -99,6 +100,27 @@ def server_major(bindir: Path) -> int:
     if match is None:
         raise PgUnavailable(f"cannot read a version in {said!r}")
     return int(match.group(1))
+
+
+def check_machine(bindir: Path | None = None) -> tuple[Path, int, ServerUser]:
+    """The binaries' directory, their major version and the server's user; PgUnavailable
+    when this machine cannot run the server."""
+    bindir = bindir if bindir is not None else find_bindir()
+    major = server_major(bindir)
+    if major < OLDEST_MAJOR:
+        raise PgUnavailable(f"PostgreSQL {major} in {bindir} is older than {OLDEST_MAJOR}")
+    return bindir, major, server_user()
+
+
+def unavailable_reason() -> str | None:
+    """Why the tests cannot have a server here (what they skip with), or None."""
+    if importlib.util.find_spec("psycopg") is None:
+        return "psycopg is not installed: pip install -e '.[postgres]'"
+    try:
+        check_machine()
+    except PgUnavailable as exc:
+        return str(exc)
+    return None
 
 
 @dataclass(frozen=True)
@@ -222,11 +244,7 @@ class PgServer:
         """initdb, configure, start, and create ROLE; PgUnavailable when the machine cannot.
         `parent`: where its directory goes (parent_dir()); `settings`: postgresql.conf values
         over the defaults (e.g. {"fsync": "on"} for a benchmark that wants durable commits)."""
-        bindir = bindir if bindir is not None else find_bindir()
-        major = server_major(bindir)
-        if major < OLDEST_MAJOR:
-            raise PgUnavailable(f"PostgreSQL {major} in {bindir} is older than {OLDEST_MAJOR}")
-        user = server_user()
+        bindir, major, user = check_machine(bindir)
         root = Path(tempfile.mkdtemp(prefix="batch-toggle-pg-", dir=parent or parent_dir()))
         server = cls(bindir, user, root, major, settings or {})
         try:

@@ -3,6 +3,7 @@ store on PostgreSQL will use, the outages its tests will stage, and that nothing
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from e2e import wait_until
-from pg_server import HOST, ROLE, PgDatabase, PgServer
+from pg_server import HOST, ROLE, PgDatabase, PgServer, unavailable_reason
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e "
                                                 "'.[postgres]'")
@@ -200,28 +201,29 @@ def processes_in(root: Path) -> list[int]:
 def test_nothing_outlives_the_tests(tmp_path: Path, end: str) -> None:
     """A pytest run with the fixtures ends in failure, in Ctrl-C (SIGINT to its process group),
     or in SIGKILL: the server's processes and its directory are gone all the same."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
     (tmp_path / "test_inner.py").write_text(INNER_TESTS, encoding="utf-8")
     (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     probe = tmp_path / "probe.json"
     env = {**os.environ, "PYTHONPATH": str(TESTS), "PG_PROBE": str(probe),
            "PG_THEN": "return" if end == "a test fails" else "wait",
            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # hypothesis' plugin alone takes 1.5 s
-    inner = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pg_fixtures",
-         "-c", str(tmp_path / "pytest.ini"), str(tmp_path)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
-    try:
-        wait_until(lambda: probe.exists() or inner.poll() is not None, 120.0, "the inner run")
-        if end == "Ctrl-C":
-            os.killpg(inner.pid, signal.SIGINT)
-        elif end == "kill -9":
-            os.killpg(inner.pid, signal.SIGKILL)
-        output = inner.communicate(timeout=120.0)[0]
-    finally:
-        if inner.poll() is None:
-            os.killpg(inner.pid, signal.SIGKILL)
-            inner.wait()
+    with subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pg_fixtures",
+             "-c", str(tmp_path / "pytest.ini"), str(tmp_path)],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True) as inner:
+        try:
+            wait_until(lambda: probe.exists() or inner.poll() is not None, 120.0, "the inner run")
+            if probe.exists() and end != "a test fails":
+                os.killpg(inner.pid, signal.SIGINT if end == "Ctrl-C" else signal.SIGKILL)
+            output = inner.communicate(timeout=120.0)[0]
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(inner.pid, signal.SIGKILL)
+            raise
     assert probe.exists(), output
     server = json.loads(probe.read_text())
     root = Path(server["root"])
