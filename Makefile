@@ -31,8 +31,9 @@ browser:
 # System packages the tests use for real (never mocks): Debian's libfaketime, which starts the
 # clocks of a CLI run near a power of two (tests/e2e/test_faked_clock.py), and tinyproxy (its
 # binary only, no service), the forward proxy the proxy tests start on 127.0.0.1
-# (tests/e2e/forward_proxy.py). Installed when missing and we may (root, apt reachable);
-# otherwise those tests skip with a message.
+# (tests/e2e/forward_proxy.py), and PostgreSQL's server binaries (initdb, pg_ctl), from which
+# tests/pg_server.py starts a throwaway server per test process. Installed when missing and we may
+# (root, apt reachable); otherwise those tests skip with a message.
 system-deps:
 	@[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || [ -n "$$(ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null)" ] \
 	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
@@ -44,6 +45,11 @@ system-deps:
 	       && { apt-get install -y -qq tinyproxy-bin >/dev/null 2>&1 \
 	            || { apt-get update -qq && apt-get install -y -qq tinyproxy-bin; } >/dev/null 2>&1; }; } \
 	  || echo "note: tinyproxy unavailable; the proxy tests will skip"
+	@[ -n "$$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || command -v initdb >/dev/null 2>&1 \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	       && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null 2>&1 \
+	            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } >/dev/null 2>&1; }; } \
+	  || echo "note: PostgreSQL unavailable; the PostgreSQL tests will skip"
 
 test: $(STAMP) browser system-deps
 	$(BIN)/python -m pytest -q -n 4

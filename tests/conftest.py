@@ -6,13 +6,15 @@
     def test_w(make_sandbox_server): srv = make_sandbox_server(window=2.0, hourly_limit=5)
     def test_v(any_sandbox_server): ...  # runs twice: over http, and over https (TLS)
     def test_u(make_sandbox_server, tls_kit): make_sandbox_server(tls=tls_kit.expired)
+    def test_t(pg_database): pg_database.dsn, .password, .execute(...)  # a real PostgreSQL
 
 Every server listens on 127.0.0.1, port 0 (ephemeral), with a bounded readiness wait. A TLS
 server's handle carries `ca_bundle`, the CA file a client must trust (tests/e2e passes it as
 --ca-bundle); `tls_kit` holds the test CA and its certificates (good, wrong host, expired).
 `make_sandbox_server` starts a fresh one per call, stopped when the test ends; `sandbox_server`
 is one server for the session, reset to the seed before each test. The seed is the shipped
-`sample_data/sandbox_seed.csv`.
+`sample_data/sandbox_seed.csv`. The PostgreSQL fixtures (`pg_server`, `pg_database`: a throwaway
+server of the machine's own, a fresh database per test) live in tests/pg_fixtures.py.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pg_fixtures import pg_database, pg_server, pg_server_session  # noqa: F401 (fixtures)
 from starlette.applications import Starlette
 
 from batch_toggle.sandbox import DEFAULT_API_KEY, SandboxConfig, Seed, create_app, load_seed
