@@ -30,13 +30,15 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 # Rate is imported for real (config.py loads nothing heavy): `typing.get_type_hints(Options)`,
 # which editors, pydantic and typeguard call, resolves every name in the annotations.
-from .config import Rate
-from .errors import BatchToggleError, ExitCode, InputError, UsageError
+from batch_toggle.config import Rate
+from batch_toggle.errors import BatchToggleError, ExitCode, InputError, UsageError
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .jobs import Hooks, JobConfig, JobResult
+    from batch_toggle.config import JobConfig
+    from batch_toggle.events import Hooks
+    from batch_toggle.jobs.pipeline import JobResult
 
 PathLike = str | os.PathLike[str]
 # What validate(), run() and audit() read: a path, or several; or a table held in memory (a
@@ -145,7 +147,7 @@ class Result:
 
     @property
     def summary_path(self) -> Path:
-        from .report import summary_path
+        from batch_toggle.report.writers import summary_path
         return summary_path(self.report_path)
 
     @property
@@ -159,14 +161,14 @@ class Result:
         """Each row's outcome as a dict of the report's outcome columns (source_file,
         source_row, job_id, ..., status, error_code, ...), in input order. Handy for small
         files; for large ones work on `report` (a pyarrow Table) instead."""
-        from .vocab import OUTCOME_COLUMNS
+        from batch_toggle.vocab import OUTCOME_COLUMNS
         return self.report.select(list(OUTCOME_COLUMNS)).to_pylist()
 
     def attention(self) -> pa.Table:
         """The report rows that need attention (invalid, failed, conflict, mismatch,
         not_attempted); after a run that stopped early and resumes (exit 4 or 130), without
         the not_attempted rows merely waiting for the next slice (`waiting`)."""
-        from .results import attention_mask
+        from batch_toggle.report.table import attention_mask
         return self.report.filter(attention_mask(self.report, waiting=self.waiting > 0))
 
     @property
@@ -196,8 +198,8 @@ def validate(inputs: Inputs, **options: Unpack[Options]) -> Result:
 
     Reads the state store when one exists (never writes it), so it predicts `unchanged` and
     `resubscribe_blocked` exactly as run() would."""
-    from .jobs import validate as validate_job
-    from .ledger import read_ledger
+    from batch_toggle.jobs.pipeline import validate as validate_job
+    from batch_toggle.state.ledger import read_ledger
 
     config = _config("validate", inputs, options)
     with _hooks(options) as hooks:
@@ -207,9 +209,9 @@ def validate(inputs: Inputs, **options: Unpack[Options]) -> Result:
 def run(inputs: Inputs, **options: Unpack[Options]) -> Result:
     """Plan, send the toggles to Logis (or, with sandbox=True, to the in-process simulator),
     write the report. dry_run=True plans and reports only."""
-    from .jobs import validate as validate_job
-    from .ledger import read_ledger
-    from .live import run as run_job
+    from batch_toggle.jobs.pipeline import validate as validate_job
+    from batch_toggle.jobs.run import run as run_job
+    from batch_toggle.state.ledger import read_ledger
 
     config = _config("run", inputs, options)
     with _hooks(options) as hooks:
@@ -221,8 +223,8 @@ def run(inputs: Inputs, **options: Unpack[Options]) -> Result:
 def audit(inputs: Inputs, **options: Unpack[Options]) -> Result:
     """Read-only: one GET track per distinct job; rows `in_sync` or `would_change`. Never sends
     a toggle. sample=N reads only N distinct jobs (seeded by `seed`)."""
-    from .audit import AuditOptions
-    from .audit import audit as audit_job
+    from batch_toggle.jobs.audit import AuditOptions
+    from batch_toggle.jobs.audit import audit as audit_job
 
     config = _config("audit", inputs, options)
     kwargs: dict[str, Any] = {"sample": options.get("sample")}
@@ -237,7 +239,7 @@ def audit(inputs: Inputs, **options: Unpack[Options]) -> Result:
 
 def _config(command: str, inputs: Inputs, options: Mapping[str, Any]) -> JobConfig:
     """One frozen JobConfig from keyword options, built as the CLI builds it (job_options)."""
-    from .job_options import job_config
+    from batch_toggle.jobs.options import job_config
 
     unknown = sorted(set(options) - _KNOWN)
     if unknown:
@@ -267,7 +269,7 @@ def _config(command: str, inputs: Inputs, options: Mapping[str, Any]) -> JobConf
 
 def _inputs(inputs: Inputs) -> tuple[tuple[str, ...], dict[str, Any]]:
     """The input names, and the tables given in memory by the name that stands for each."""
-    from .ingest import in_memory_table
+    from batch_toggle.input.readers import in_memory_table
 
     whole = in_memory_table(inputs)
     if whole is not None:
@@ -298,7 +300,7 @@ def _inputs(inputs: Inputs) -> tuple[tuple[str, ...], dict[str, Any]]:
 def _api_key(o: Mapping[str, Any], required: bool) -> str | None:
     """api_key=, else api_key_file=, else env LOGIS_API_KEY. A library must not change its
     host's environment, so unlike the CLI it reads the variable without removing it."""
-    from .job_options import read_key_file
+    from batch_toggle.jobs.options import read_key_file
 
     key = o.get("api_key")
     if not key and o.get("api_key_file"):
@@ -318,13 +320,13 @@ class _hooks:
         self._events: Any = None
 
     def __enter__(self) -> Hooks:
-        from .jobs import Hooks
+        from batch_toggle.events import Hooks
 
         o = self._options
         logger = logging.getLogger("batch_toggle")
         notice = o.get("notice") or logger.info
         on_event = o.get("on_event")
-        from .events import EventLog, fan_out
+        from batch_toggle.events import EventLog, fan_out
 
         if o.get("events") is not None:
             # Its failure warning goes where the library's messages go (never to the host's
@@ -344,7 +346,7 @@ class _hooks:
 class _Package(types.ModuleType):
     """Importing the submodule `batch_toggle.audit` (the CLI does) would make Python set the
     package attribute `audit` to that module, hiding the function above. Keep the function;
-    the module stays reachable as usual (`from batch_toggle.audit import ...`)."""
+    the module stays reachable as usual (`from batch_toggle.jobs.audit import ...`)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _PUBLIC_FUNCTIONS and isinstance(value, types.ModuleType):

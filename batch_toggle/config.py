@@ -7,10 +7,15 @@ click: the CLI builds them, tests and notebooks build them directly.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from .errors import UsageError
+from batch_toggle.errors import UsageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 OnConflict = Literal["last", "first", "opt-out-wins", "reject"]
 ON_CONFLICT_CHOICES: tuple[str, ...] = ("last", "first", "opt-out-wins", "reject")
@@ -124,3 +129,40 @@ class SendOptions:
     # --proxy: the proxy URL (the CLI refuses credentials in it; a library caller may pass
     # them, so it is never shown as is: proxies.redact)
     proxy: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything one job needs; built by the CLI or by a caller of the library."""
+
+    inputs: tuple[str, ...]
+    command: str = "validate"  # validate | run | audit
+    load: LoadOptions = field(default_factory=LoadOptions)
+    plan: PlanOptions = field(default_factory=PlanOptions)
+    send: SendOptions = field(default_factory=SendOptions)
+    dry_run: bool = False
+    report_path: Path | None = None
+    rejects_path: Path | None = None
+    state_path: Path | None = None
+    use_state: bool = True  # False: no state store at all (tests, one-off rehearsals)
+    resume: bool = False
+    retry_failed: bool = False
+    sandbox: bool = False
+    html: bool = True  # also write <report>.html, the page people read and print
+    api_key: str | None = field(default=None, repr=False)  # never printed, logged or stored
+    # Inputs given in memory (the library: a DataFrame, a pyarrow Table, a list of dicts), by
+    # the name that stands for each in `inputs` ("<DataFrame>"); see ingest.in_memory_table.
+    tables: Mapping[str, pa.Table] = field(default_factory=dict, repr=False, compare=False)
+    # (user, password) for the proxy, from --proxy-auth-file; never printed, logged or stored
+    proxy_auth: tuple[str, str] | None = field(default=None, repr=False)
+
+
+DEFAULT_SEED = 20261101  # audit --seed's default: the same file and N give the same sample
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """What only an audit has: the sample size (None: every job) and the sample's RNG seed."""
+
+    sample: int | None = None
+    seed: int = DEFAULT_SEED

@@ -43,12 +43,13 @@ import contextlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .clock import utc_text
-from .errors import UsageError
-from .stderr import say
+from batch_toggle.clock import utc_text
+from batch_toggle.errors import UsageError
+from batch_toggle.stderr import say
 
 
 def _stderr(message: str) -> None:
@@ -119,3 +120,16 @@ def fan_out(*sinks: Callable[[str, dict[str, Any]], None] | None,
             sink(kind, data)
 
     return event
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """How the core talks to whoever runs it. Defaults are silent."""
+
+    notice: Callable[[str], None] = lambda _msg: None  # one line for a person (stderr)
+    event: Callable[[str, dict[str, Any]], None] = lambda _kind, _data: None  # --events
+    progress: Callable[[dict[str, Any]], None] = lambda _snapshot: None  # progress bar
+    color: bool = False  # ANSI colour in the stderr summary (the CLI decides: TTY, NO_COLOR)
+
+
+SILENT = Hooks()

@@ -6,7 +6,7 @@ way out (an error's one line, "batch-toggle: interrupted"). stderr can be gone b
 (`batch-toggle run ... --progress 2>&1 | head -3`, a closed terminal, `2>&-`), and a raise
 there would hang a run, print a traceback into nowhere, or change the exit code.
 
-Stdlib only (sys, os, io), no click: batch_toggle.entry writes through it before the CLI has
+Stdlib only (sys, os, io), no click: batch_toggle.cli.entry writes through it before the CLI has
 been imported, and the library's EventLog without any CLI at all.
 
 There is ONE writer, `STDERR`, for the whole process: the progress bar, the notices above it

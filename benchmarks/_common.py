@@ -33,9 +33,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from batch_toggle.config import SendOptions  # noqa: E402
-from batch_toggle.jobs import JobConfig  # noqa: E402
-from batch_toggle.live import make_client  # noqa: E402
-from batch_toggle.plan import Units  # noqa: E402
+from batch_toggle.jobs.pipeline import JobConfig  # noqa: E402
+from batch_toggle.jobs.run import make_client  # noqa: E402
+from batch_toggle.plan.units import Units  # noqa: E402
 
 OUT = REPO / "benchmarks" / "out"
 TOGGLE = "/api/apikeys/toggle_sms_notifications"

@@ -33,9 +33,9 @@ from typing import Any
 
 from _common import KEY, OUT, control, start_server, write_seed
 
-from batch_toggle.limiter import DAY, default_margin
-from batch_toggle.sendlog import Reading, SendEntry
-from batch_toggle.store import StateStore
+from batch_toggle.send.limiter import DAY, default_margin
+from batch_toggle.state.sendlog import Reading, SendEntry
+from batch_toggle.state.sqlite import StateStore
 
 TOLERANCE_SHARE, TOLERANCE_S = 0.05, 2.0
 

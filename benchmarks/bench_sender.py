@@ -69,13 +69,13 @@ from _common import (
     write_seed,
 )
 
-from batch_toggle.committer import Committer
 from batch_toggle.config import Rate, SendOptions
-from batch_toggle.limiter import Budget
-from batch_toggle.plan import Units
-from batch_toggle.runner import Runner
+from batch_toggle.plan.units import Units
 from batch_toggle.sandbox import load_seed
-from batch_toggle.store import StateStore
+from batch_toggle.send.limiter import Budget
+from batch_toggle.send.runner import Runner
+from batch_toggle.state.committer import Committer
+from batch_toggle.state.sqlite import StateStore
 
 CEILING_TARGET = 0.8
 COALESCE = 0.05  # seconds, for the runner_store_coalesced variant

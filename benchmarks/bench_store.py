@@ -92,14 +92,14 @@ from _common import (
     write_seed,
 )
 
-from batch_toggle.committer import Committer
 from batch_toggle.config import Rate, SendOptions
-from batch_toggle.limiter import Budget
 from batch_toggle.outcome import Outcome
-from batch_toggle.plan import Units
-from batch_toggle.runner import Runner
+from batch_toggle.plan.units import Units
 from batch_toggle.sandbox import load_seed
-from batch_toggle.store import LedgerUpdate, StateStore
+from batch_toggle.send.limiter import Budget
+from batch_toggle.send.runner import Runner
+from batch_toggle.state.committer import Committer
+from batch_toggle.state.sqlite import LedgerUpdate, StateStore
 
 SEED_RNG = 5  # write_seed's RNG seed: the same generated jobs every run
 PACED_RPS = 1000.0

@@ -23,7 +23,11 @@ import pytest
 from starlette.applications import Starlette
 
 from batch_toggle import vocab
-from batch_toggle.audit import (
+from batch_toggle.cli.verbose import VerboseLog
+from batch_toggle.config import Rate, SendOptions
+from batch_toggle.errors import ExitCode, StoreLocked, UsageError
+from batch_toggle.events import fan_out
+from batch_toggle.jobs.audit import (
     NOT_SAMPLED,
     REVIEW_KEY_NOTE,
     AuditOptions,
@@ -33,18 +37,14 @@ from batch_toggle.audit import (
     plan_reads,
     wilson_interval,
 )
-from batch_toggle.classify import TrackResult, Verdict
-from batch_toggle.cli.verbose import VerboseLog
-from batch_toggle.config import Rate, SendOptions
-from batch_toggle.errors import ExitCode, StoreLocked, UsageError
-from batch_toggle.events import fan_out
-from batch_toggle.jobs import Hooks, JobConfig, request_cost, validate
-from batch_toggle.ledger import read_ledger
-from batch_toggle.operations import track_verdict
-from batch_toggle.plan import Units
+from batch_toggle.jobs.pipeline import Hooks, JobConfig, request_cost, validate
+from batch_toggle.plan.units import Units
 from batch_toggle.sandbox import SandboxConfig, create_app
 from batch_toggle.sandbox.world import build_seed
-from batch_toggle.store import StateStore
+from batch_toggle.send.classify import TrackResult, Verdict
+from batch_toggle.send.operations import track_verdict
+from batch_toggle.state.ledger import read_ledger
+from batch_toggle.state.sqlite import StateStore
 
 KEY = "sk-audit-test-3c9d"
 C1, C2 = "c1000000-0000-4000-8000-000000000001", "c2000000-0000-4000-8000-000000000002"
@@ -300,8 +300,8 @@ def test_no_resume_rewords_each_way_the_runner_advises_a_resume(
 
 def test_no_stop_message_of_the_runner_keeps_its_resume_advice_in_an_audit() -> None:
     """A stop message worded a new way in runner.py must not slip past the audit's rewording."""
-    source = (Path(__file__).resolve().parents[1] / "batch_toggle" / "runner.py").read_text(
-        encoding="utf-8")
+    runner = Path(__file__).resolve().parents[1] / "batch_toggle" / "send" / "runner.py"
+    source = runner.read_text(encoding="utf-8")
     advice = re.findall(r'"([^"\n]*--resume[^"\n]*)"', source)
     assert advice  # the runner does advise --resume (else this test checks nothing)
     for text in advice:

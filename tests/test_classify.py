@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from batch_toggle import vocab
-from batch_toggle.classify import (
+from batch_toggle.send.classify import (
     MAX_BODY,
     MAX_MESSAGE,
     Verdict,

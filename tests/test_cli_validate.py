@@ -27,9 +27,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from batch_toggle import __version__
-from batch_toggle.cli import main
+from batch_toggle.cli.app import main
 from batch_toggle.outcome import Outcome
-from batch_toggle.store import LedgerUpdate, StateStore
+from batch_toggle.state.sqlite import LedgerUpdate, StateStore
 from batch_toggle.vocab import OUTCOME_COLUMNS, REVIEW_KEY_MASK_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from helpers_time import run_virtual
 
-from batch_toggle.committer import Committer, Finished
 from batch_toggle.outcome import Outcome
-from batch_toggle.store import StateStore
+from batch_toggle.state.committer import Committer, Finished
+from batch_toggle.state.sqlite import StateStore
 
 RUN_ID = "run-callback"
 RUN_ARGS = dict(command="run", inputs=[("in.csv", "ab" * 32)], plan_key="plan-1",
@@ -57,12 +57,12 @@ def test_a_raising_callback_leaves_every_durable_waiter_released(
         await committer.close()  # returns: the writer task did not die of the callback
         assert committer.error is None  # the store did not fail: nothing for the runner to stop
 
-    with caplog.at_level(logging.DEBUG, logger="batch_toggle.committer"):
+    with caplog.at_level(logging.DEBUG, logger="batch_toggle.state.committer"):
         run_virtual(main, real_wait=5.0)
 
     assert seen == list(range(UNITS))  # called for every row, not only until it first raised
     assert sorted(store.load_outcomes(RUN_ID)) == list(range(UNITS))
-    failures = [r for r in caplog.records if r.name == "batch_toggle.committer"
+    failures = [r for r in caplog.records if r.name == "batch_toggle.state.committer"
                 and r.levelno >= logging.WARNING]
     assert len(failures) == 1  # said once, not once per row of a long run
     # One line naming the error: no traceback, which the CLI (no logging set up) would print

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from helpers_time import run_virtual, vclock
 
-from batch_toggle.committer import MIN_ROUND, SEND_LOG_DELAY, Committer, Finished
 from batch_toggle.outcome import Outcome
-from batch_toggle.sendlog import LoggedSend
-from batch_toggle.store import StateStore
+from batch_toggle.state.committer import MIN_ROUND, SEND_LOG_DELAY, Committer, Finished
+from batch_toggle.state.sendlog import LoggedSend
+from batch_toggle.state.sqlite import StateStore
 
 RUN_ID = "run-rounds"
 RUN_ARGS = dict(command="run", inputs=[("in.csv", "cd" * 32)], plan_key="plan-1",

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from batch_toggle.cli import main, option_specs
-from batch_toggle.config_file import OptionSpec, check_environment, default_map
+from batch_toggle.cli.app import main, option_specs
+from batch_toggle.cli.config_file import OptionSpec, check_environment, default_map
 from batch_toggle.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from batch_toggle.config import SendOptions
-from batch_toggle.connections import WorkerConnections, route_for
-from batch_toggle.jobs import JobConfig
-from batch_toggle.live import make_client
+from batch_toggle.jobs.pipeline import JobConfig
+from batch_toggle.jobs.run import make_client
+from batch_toggle.send.client import WorkerConnections, route_for
 
 
 class Recording(httpx.MockTransport):

@@ -1,4 +1,4 @@
-"""The cost model (batch_toggle/cost.py): the schedule it predicts is the one the real limiter
+"""The cost model (batch_toggle/send/cost.py): the schedule it predicts is the one the real limiter
 keeps, it is monotone and finite, it is fast for 100,000+ requests, and it holds from clock
 origins near powers of two (as tests/test_time_loops.py's loops do).
 
@@ -20,9 +20,9 @@ from test_limiter import run as run_virtual
 from test_time_loops import GUARD, must_finish_within, origins
 
 from batch_toggle.config import Rate, SendOptions
-from batch_toggle.cost import Gate, Pace, finish_after, last_send
-from batch_toggle.limiter import DAY, Budget, default_margin
-from batch_toggle.sendlog import LoggedSend, Reading
+from batch_toggle.send.cost import Gate, Pace, finish_after, last_send
+from batch_toggle.send.limiter import DAY, Budget, default_margin
+from batch_toggle.state.sendlog import LoggedSend, Reading
 
 # --- the schedule, by hand --------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from batch_toggle.cli import main, use_color
+from batch_toggle.cli.app import main, use_color
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = str(REPO / "sample_data" / "optouts_2026_11.csv")

@@ -31,10 +31,10 @@ from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batch_toggle.cli import main
+from batch_toggle.cli.app import main
 from batch_toggle.config import LoadOptions
 from batch_toggle.errors import InputError, UsageError
-from batch_toggle.ingest import load_inputs
+from batch_toggle.input.readers import load_inputs
 
 JOB = "cd613e30-d8f1-4adf-91b7-584a2265b1f5"
 KEY = "1e2feb89-414c-443c-9027-c4d1c386bbc4"

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from batch_toggle.cli import main
-from batch_toggle.html_report import (
+from batch_toggle.cli.app import main
+from batch_toggle.report.html import (
     attention_rows,
     html_path,
     mask_key,
@@ -29,7 +29,7 @@ from batch_toggle.html_report import (
     short_mask,
     write_html_report,
 )
-from batch_toggle.runner import Timeline
+from batch_toggle.send.runner import Timeline
 from batch_toggle.vocab import OUTCOME_COLUMNS, REVIEW_KEY_MASK_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]

@@ -43,12 +43,12 @@ def test_the_command_line_never_loads_pandas_even_when_it_is_installed(tmp_path:
     DataFrames the command line never has (0.3 s a start)."""
     pytest.importorskip("pandas")
     argv = ["validate", str(SAMPLE), "--report", str(tmp_path / "r.csv"), "--quiet"]
-    assert "pandas" not in loaded(argv, "from batch_toggle.entry import main; main()", tmp_path)
+    assert "pandas" not in loaded(argv, "from batch_toggle.cli.entry import main; main()", tmp_path)
 
 
 def test_validate_never_loads_httpx(tmp_path: Path) -> None:
     argv = ["validate", str(SAMPLE), "--report", str(tmp_path / "r.csv"), "--quiet"]
-    assert "httpx" not in loaded(argv, "from batch_toggle.entry import main; main()", tmp_path)
+    assert "httpx" not in loaded(argv, "from batch_toggle.cli.entry import main; main()", tmp_path)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["validate", "--help"], ["run", "--help"],
@@ -58,5 +58,5 @@ def test_validate_never_loads_httpx(tmp_path: Path) -> None:
 def test_help_loads_neither_pyarrow_nor_httpx(argv: list[str], tmp_path: Path) -> None:
     """--help is what a person types first: it answers at once, without the data and network
     libraries (0.46 s and 126 MB when it loaded pyarrow)."""
-    body = "from batch_toggle.entry import main; main()"
+    body = "from batch_toggle.cli.entry import main; main()"
     assert loaded(argv, body, tmp_path) == []

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from batch_toggle.config import LoadOptions
 from batch_toggle.errors import InputError, UsageError
-from batch_toggle.ingest import (
+from batch_toggle.input.readers import (
     ALIASES,
     EXTRA_COLUMN,
     STDIN_NAME,

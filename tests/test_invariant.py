@@ -25,9 +25,16 @@ from hypothesis import strategies as st
 from batch_toggle import vocab
 from batch_toggle.config import PlanOptions
 from batch_toggle.errors import InputError
-from batch_toggle.jobs import JobConfig, prepare, validate
-from batch_toggle.plan import DUPLICATE, SEND, SUPERSEDED, LedgerView, TooManyInvalid, build_plan
-from batch_toggle.results import UnitResults, assemble
+from batch_toggle.jobs.pipeline import JobConfig, prepare, validate
+from batch_toggle.plan.units import (
+    DUPLICATE,
+    SEND,
+    SUPERSEDED,
+    LedgerView,
+    TooManyInvalid,
+    build_plan,
+)
+from batch_toggle.report.table import UnitResults, assemble
 
 JOBS = ("0dd6809a-68b1-4b4d-bec4-07c7fdf3ae55", "861e9dcc-6253-4318-8549-06ac78d36f41",
         "da1d515f-451f-4c71-a79a-74b2da87b611")

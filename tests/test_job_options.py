@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 import batch_toggle
-from batch_toggle.cli import build_config, main
+from batch_toggle.cli.app import build_config, main
 from batch_toggle.config import LoadOptions, PlanOptions, Rate, SendOptions
 from batch_toggle.errors import UsageError
-from batch_toggle.job_options import cli_name, column_map, job_config, read_key_file
+from batch_toggle.jobs.options import cli_name, column_map, job_config, read_key_file
 
 
 def cli_config(args: list[str]) -> Any:
@@ -143,7 +143,7 @@ def test_the_sheet_is_part_of_the_plan_key_only_when_named() -> None:
     of another sheet. Without --sheet the key is what it always was (older runs resume)."""
     import json
 
-    from batch_toggle.live import plan_key
+    from batch_toggle.jobs.run import plan_key
 
     plain = job_config("run", ["x.xlsx"], {})
     november = job_config("run", ["x.xlsx"], {"sheet": "November"})

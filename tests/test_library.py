@@ -169,13 +169,13 @@ def test_an_events_file_that_fails_is_said_through_notice_not_on_the_hosts_stder
 
 def _has_audit() -> bool:
     try:
-        importlib.import_module("batch_toggle.audit")
+        importlib.import_module("batch_toggle.jobs.audit")
     except ImportError:
         return False
     return True
 
 
-@pytest.mark.skipif(not _has_audit(), reason="batch_toggle/audit.py is not there yet")
+@pytest.mark.skipif(not _has_audit(), reason="batch_toggle/jobs/audit.py is not there yet")
 def test_audit_reads_and_reports_in_sync_or_would_change(tmp_path: Path) -> None:
     result = batch_toggle.audit(SAMPLE, sandbox=True, max_rps=1000, report=tmp_path / "a.csv",
                                 state=tmp_path / "s.sqlite")
@@ -188,7 +188,7 @@ def test_audit_reads_and_reports_in_sync_or_would_change(tmp_path: Path) -> None
     assert result.html_path is not None and result.html_path.exists()
 
 
-@pytest.mark.skipif(not _has_audit(), reason="batch_toggle/audit.py is not there yet")
+@pytest.mark.skipif(not _has_audit(), reason="batch_toggle/jobs/audit.py is not there yet")
 def test_audit_with_a_sample_reads_only_n_jobs(tmp_path: Path) -> None:
     result = batch_toggle.audit(SAMPLE, sandbox=True, max_rps=1000, sample=10, seed=3,
                                 report=tmp_path / "a.csv", state=tmp_path / "s.sqlite")
@@ -196,9 +196,9 @@ def test_audit_with_a_sample_reads_only_n_jobs(tmp_path: Path) -> None:
 
 
 def test_batch_toggle_audit_stays_the_function_when_the_module_is_imported() -> None:
-    importlib.import_module("batch_toggle.cli")  # imports batch_toggle.audit, the module
+    importlib.import_module("batch_toggle.cli.app")  # imports batch_toggle.audit, the module
     if _has_audit():
-        importlib.import_module("batch_toggle.audit")
+        importlib.import_module("batch_toggle.jobs.audit")
     assert callable(batch_toggle.audit) and batch_toggle.audit.__module__ == "batch_toggle"
     assert callable(batch_toggle.run) and callable(batch_toggle.validate)
 
@@ -210,7 +210,7 @@ def test_the_package_is_typed() -> None:
 
 def _fsynced_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every path os.fsync is called on from the report writer (by its descriptor)."""
-    from batch_toggle import report
+    from batch_toggle.report import writers as report
 
     seen: list[str] = []
     real = os.fsync
@@ -283,7 +283,7 @@ def test_a_run_refused_by_a_held_lock_leaves_no_empty_report(
     """The default report name is reserved (an empty file) before the lock is taken: a run
     that another run's lock refuses gives it back."""
     from batch_toggle.errors import StoreLocked
-    from batch_toggle.store import StateStore
+    from batch_toggle.state.sqlite import StateStore
 
     monkeypatch.chdir(tmp_path)
     state = tmp_path / "state.sqlite"

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batch_toggle.config import Rate, SendOptions
-from batch_toggle.limiter import (
+from batch_toggle.send.limiter import (
     DAY,
     WAIT_BUDGET,
     WAIT_PAUSE,
@@ -28,7 +28,7 @@ from batch_toggle.limiter import (
     SlidingWindow,
     default_margin,
 )
-from batch_toggle.sendlog import LoggedSend, Reading, held_expiries
+from batch_toggle.state.sendlog import LoggedSend, Reading, held_expiries
 
 T = TypeVar("T")
 

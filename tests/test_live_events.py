@@ -9,11 +9,11 @@ from typing import Any
 
 from helpers_time import run_virtual, vclock
 
-from batch_toggle import live
 from batch_toggle.config import Rate, SendOptions
-from batch_toggle.jobs import Hooks, JobConfig
-from batch_toggle.limiter import WAIT_BUDGET, Budget
+from batch_toggle.jobs import run as live
+from batch_toggle.jobs.pipeline import Hooks, JobConfig
 from batch_toggle.sandbox import Seed
+from batch_toggle.send.limiter import WAIT_BUDGET, Budget
 
 UNITS = 12
 

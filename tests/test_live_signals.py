@@ -21,13 +21,13 @@ import pytest
 from test_live_events import UNITS, Recorder, config_for
 from test_runner import FakeLogis, job_name, jobs, run_units
 
-from batch_toggle import live
-from batch_toggle.committer import Committer
 from batch_toggle.errors import ExitCode
-from batch_toggle.jobs import JobConfig
-from batch_toggle.runner import Interrupts, RunHooks, Stop
+from batch_toggle.jobs import run as live
+from batch_toggle.jobs.pipeline import JobConfig
 from batch_toggle.sandbox import Seed
-from batch_toggle.store import StateStore
+from batch_toggle.send.runner import Interrupts, RunHooks, Stop
+from batch_toggle.state.committer import Committer
+from batch_toggle.state.sqlite import StateStore
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -232,7 +232,7 @@ def test_an_audit_signalled_while_its_report_is_written_gives_a_complete_report_
     again as interrupted, exit 130; and its advice never names --resume."""
     from dataclasses import replace
 
-    from batch_toggle.audit import audit
+    from batch_toggle.jobs.audit import audit
 
     calls = signal_during(monkeypatch, "finish", sig)
     rec = Recorder()

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batch_toggle.errors import UsageError
-from batch_toggle.normalize import FALSE_WORDS, OUTPUT_COLUMNS, TRUE_WORDS, normalize
+from batch_toggle.input.normalize import FALSE_WORDS, OUTPUT_COLUMNS, TRUE_WORDS, normalize
 from batch_toggle.vocab import ERROR_CODES, FIELDS
 
 JOB = "cd613e30-d8f1-4adf-91b7-584a2265b1f5"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batch_toggle.config import PlanOptions
-from batch_toggle.plan import (
+from batch_toggle.plan.units import (
     CONFLICT,
     DUPLICATE,
     INVALID,

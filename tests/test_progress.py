@@ -15,7 +15,7 @@ import threading
 import pytest
 from tqdm.std import TqdmDefaultWriteLock
 
-from batch_toggle.cli import make_hooks
+from batch_toggle.cli.app import make_hooks
 from batch_toggle.cli.progress import ProgressBar
 
 SNAP = {"total": 10, "done": 3, "requests": 3, "responses_429": 0, "failures": 0,

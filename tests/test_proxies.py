@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from batch_toggle.errors import UsageError
-from batch_toggle.proxies import (
+from batch_toggle.send.proxies import (
     choose_proxy,
     has_credentials,
     read_proxy_auth_file,

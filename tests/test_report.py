@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batch_toggle.errors import UsageError
-from batch_toggle.report import (
+from batch_toggle.report.writers import (
     FORMULA_TRIGGERS,
     ReportError,
     _open_temp,
@@ -350,7 +350,7 @@ def test_disk_full_mid_write_leaves_existing_report_and_no_temp_file(
         f"""
         import os, resource, sys
         import pyarrow as pa
-        from batch_toggle.report import ReportError, write_table
+        from batch_toggle.report.writers import ReportError, write_table
         # 3 MB of incompressible text against a 1 MB limit: the write fails part-way.
         table = pa.table({{"x": [os.urandom(32).hex() for _ in range(50_000)]}})
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
@@ -633,7 +633,7 @@ def test_an_output_on_an_input_or_on_another_output_is_refused_before_anything_i
 
 
 def test_a_default_report_path_already_taken_gets_a_number(tmp_path: Path) -> None:
-    from batch_toggle.report import unused_report_path
+    from batch_toggle.report.writers import unused_report_path
 
     first = tmp_path / "in-20261128T103000.csv"
     assert unused_report_path(first) == first
@@ -648,7 +648,7 @@ def test_a_default_report_name_is_reserved_as_it_is_chosen(tmp_path: Path) -> No
     """Five processes started in the same second each choose before any of them writes: the
     name must be taken the moment it is chosen (an empty 0600 file), not when the report is
     written, or they all choose the same one and one report survives."""
-    from batch_toggle.report import release_reservation, unused_report_path
+    from batch_toggle.report.writers import release_reservation, unused_report_path
 
     base = tmp_path / "reports" / "in-20261128T103000.csv"
     chosen = [unused_report_path(base) for _ in range(5)]
@@ -676,7 +676,7 @@ def test_two_runs_in_the_same_second_keep_both_reports(tmp_path: Path,
     """Found by exploratory testing: the default path has one-second resolution, and the
     second run's report replaced the first's (compliance evidence) without a word."""
     import batch_toggle
-    from batch_toggle import jobs
+    from batch_toggle.jobs import pipeline as jobs
 
     class Frozen(datetime):
         @classmethod

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 
 from batch_toggle import vocab
 from batch_toggle.config import LoadOptions, PlanOptions
-from batch_toggle.ingest import LoadedInput, SourceFile, load_inputs
-from batch_toggle.normalize import normalize
+from batch_toggle.input.normalize import normalize
+from batch_toggle.input.readers import LoadedInput, SourceFile, load_inputs
 from batch_toggle.outcome import Outcome
-from batch_toggle.plan import LedgerView, Plan, build_plan
-from batch_toggle.results import (
+from batch_toggle.plan.units import LedgerView, Plan, build_plan
+from batch_toggle.report.table import (
     UnitResults,
     assemble,
     count_by,

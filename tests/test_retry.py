@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batch_toggle.classify import Verdict
 from batch_toggle.config import SendOptions
-from batch_toggle.retry import (
+from batch_toggle.send.classify import Verdict
+from batch_toggle.send.retry import (
     HALT_CODES,
     MAX_RETRY_AFTER,
     HaltDetector,

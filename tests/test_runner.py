@@ -30,15 +30,15 @@ from test_limiter import max_in_window  # the same closed-window count the limit
 
 from batch_toggle import vocab
 from batch_toggle.clock import parse_utc
-from batch_toggle.committer import Committer, Finished
 from batch_toggle.config import Rate, SendOptions
 from batch_toggle.errors import ExitCode
-from batch_toggle.limiter import DAY, Budget, default_margin
-from batch_toggle.operations import TOGGLE_PATH
 from batch_toggle.outcome import Outcome
-from batch_toggle.plan import Units
-from batch_toggle.runner import RunHooks, Runner, Stop, _Clocks
-from batch_toggle.store import StateStore
+from batch_toggle.plan.units import Units
+from batch_toggle.send.limiter import DAY, Budget, default_margin
+from batch_toggle.send.operations import TOGGLE_PATH
+from batch_toggle.send.runner import RunHooks, Runner, Stop, _Clocks
+from batch_toggle.state.committer import Committer, Finished
+from batch_toggle.state.sqlite import StateStore
 
 API_KEY = "sk-test-7f3a9c21e5b8"
 BASE_URL = "https://logis.test"

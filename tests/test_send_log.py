@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batch_toggle.job_options import job_config
-from batch_toggle.jobs import Hooks
-from batch_toggle.limiter import DAY, SEND_LOG_KEEP, default_margin
-from batch_toggle.live import seeded_budget
-from batch_toggle.sendlog import LoggedSend, Reading, SendEntry, boot_id, still_held
-from batch_toggle.store import StateStore
+from batch_toggle.jobs.options import job_config
+from batch_toggle.jobs.pipeline import Hooks
+from batch_toggle.jobs.run import seeded_budget
+from batch_toggle.send.limiter import DAY, SEND_LOG_KEEP, default_margin
+from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry, boot_id, still_held
+from batch_toggle.state.sqlite import StateStore
 
 TIMEOUT = 30.0
 DAILY_HOLD = DAY + default_margin(DAY)

@@ -17,13 +17,13 @@ import pytest
 from click.testing import CliRunner
 from test_store import downgrade_to_schema_3
 
-from batch_toggle.cli import main
+from batch_toggle.cli.app import main
 from batch_toggle.clock import utc_text
-from batch_toggle.ingest import sha256_of
+from batch_toggle.input.readers import sha256_of
+from batch_toggle.jobs.status import STALLED_AFTER, render_status, store_status
 from batch_toggle.outcome import Outcome
-from batch_toggle.sendlog import Reading, SendEntry
-from batch_toggle.status import STALLED_AFTER, render_status, store_status
-from batch_toggle.store import SCHEMA_VERSION, StateStore
+from batch_toggle.state.sendlog import Reading, SendEntry
+from batch_toggle.state.sqlite import SCHEMA_VERSION, StateStore
 
 PLAN_LAST = json.dumps({"default_target": None, "map": [], "on_conflict": "last",
                         "set_state": None}, sort_keys=True)

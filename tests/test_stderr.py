@@ -208,7 +208,7 @@ def test_interrupted_at_start_up_without_stderr_still_exits_130() -> None:
     """entry's "interrupted" line with sys.stderr None: it raised AttributeError (exit 1)."""
     proc = subprocess.run(
         [sys.executable, "-c", "import sys\nsys.stderr = None\n"
-                               "from batch_toggle.entry import _interrupted\n_interrupted()\n"],
+                               "from batch_toggle.cli.entry import _interrupted\n_interrupted()\n"],
         cwd=REPO, env=_env(False), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         timeout=TIMEOUT)
     assert proc.returncode == ExitCode.INTERRUPTED

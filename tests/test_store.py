@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from batch_toggle.errors import StoreError, StoreLocked
 from batch_toggle.outcome import Outcome
-from batch_toggle.sendlog import LoggedSend, Reading, SendEntry
-from batch_toggle.store import (
+from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry
+from batch_toggle.state.sqlite import (
     LEDGER_COLUMNS,
     SCHEMA_VERSION,
     LedgerUpdate,
@@ -243,7 +243,7 @@ def test_sqlite_errors_become_store_errors(store: StateStore, store_path: Path) 
 
 HOLDER = """
     import sys, time
-    from batch_toggle.store import StateStore
+    from batch_toggle.state.sqlite import StateStore
     s = StateStore.open(sys.argv[1])
     s.acquire_lock("run-held", "alice")
     print("locked", flush=True)
@@ -418,7 +418,7 @@ def test_record_outcomes_works_from_another_thread(store: StateStore) -> None:
 WRITER = """
     import sys, time
     from batch_toggle.outcome import Outcome
-    from batch_toggle.store import LedgerUpdate, StateStore
+    from batch_toggle.state.sqlite import LedgerUpdate, StateStore
     s = StateStore.open(sys.argv[1])
     s.create_run("r1", command="run", inputs=[("a.csv", "00")], plan_key="k", options={},
                  total_rows=100, started_at="t")

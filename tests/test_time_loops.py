@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batch_toggle.config import Rate
-from batch_toggle.limiter import DAY, Budget
-from batch_toggle.runner import Timeline
-from batch_toggle.sendlog import LoggedSend, Reading
+from batch_toggle.send.limiter import DAY, Budget
+from batch_toggle.send.runner import Timeline
+from batch_toggle.state.sendlog import LoggedSend, Reading
 
 from test_limiter import arrivals, latency_lists, max_in_window, worker  # isort: skip
 from test_limiter import budget as limiter_budget  # isort: skip

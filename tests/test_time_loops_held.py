@@ -22,9 +22,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_time_loops import FAST, GUARD, must_finish_within, origins
 
-from batch_toggle.limiter import DAY, SlidingWindow, default_margin
 from batch_toggle.sandbox.world import SlidingLog
-from batch_toggle.sendlog import LoggedSend, Reading, held_expiries, released_before, still_held
+from batch_toggle.send.limiter import DAY, SlidingWindow, default_margin
+from batch_toggle.state.sendlog import (
+    LoggedSend,
+    Reading,
+    held_expiries,
+    released_before,
+    still_held,
+)
 
 HOLDS = st.sampled_from([0.05, 1.0, 4.08, 61.2, 3672.0, DAY + default_margin(DAY)])
 BOOT = "boot"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from batch_toggle.errors import UsageError
-from batch_toggle.trust import Trust, resolve_trust
+from batch_toggle.send.trust import Trust, resolve_trust
 
 
 def test_the_default_is_the_system_store_and_the_environment_is_recorded(tmp_path: Path,

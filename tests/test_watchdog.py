@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from batch_toggle.watchdog import GRACE, HEARTBEAT, STALL_AFTER, TICK, Watchdog
+from batch_toggle.send.watchdog import GRACE, HEARTBEAT, STALL_AFTER, TICK, Watchdog
 
 SIGTERM, SIGINT = int(signal.SIGTERM), int(signal.SIGINT)
 

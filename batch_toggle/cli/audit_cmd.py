@@ -1,7 +1,7 @@
 """`batch-toggle audit`: the read-only check of which rows Logis already honours.
 
 Thin: the options of `run` (minus the run-only ones), plus --sample/--seed; the work is
-batch_toggle.audit.audit().
+batch_toggle.jobs.audit.audit().
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from typing import Any
 
 import click
 
-from batch_toggle.audit import DEFAULT_SEED, AuditOptions
+from batch_toggle.cli.app import build_config, guarded, input_options, send_options, session_hooks
+from batch_toggle.cli.secrets import read_api_key
+from batch_toggle.config import DEFAULT_SEED, AuditOptions
 from batch_toggle.errors import UsageError
-
-from . import build_config, guarded, input_options, send_options, session_hooks
-from .secrets import read_api_key
 
 # Options of `run` that mean nothing to a read-only audit: it neither resumes nor retries a
 # run's failures, has no canary, and reads every unit (a confirmation in the ledger is not what
@@ -57,7 +56,7 @@ def audit_command(**opts: Any) -> None:
     `would_change`; invalid, duplicate, superseded and conflict rows as in `validate`. Never
     sends a toggle. The track endpoint does not check review keys: an audit cannot verify them.
     """
-    from batch_toggle.audit import audit
+    from batch_toggle.jobs.audit import audit
 
     def body() -> int:
         key = read_api_key(opts.get("api_key_file"), lambda m: click.echo(m, err=True))

@@ -1,5 +1,5 @@
 """`batch-toggle doctor`: check the whole path to Logis (URL, DNS, TCP, proxy, TLS, the API, the
-key's presence, the state store) without spending budget. The work is batch_toggle.doctor."""
+key's presence, the state store) without spending budget. The work is batch_toggle.jobs.doctor."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from typing import Any
 
 import click
 
+from batch_toggle.cli.app import build_config, connection_options, guarded
+from batch_toggle.cli.secrets import ENV_KEY, read_api_key
 from batch_toggle.errors import ExitCode
-
-from . import build_config, connection_options, guarded
-from .secrets import ENV_KEY, read_api_key
 
 EPILOG_DOCTOR = """\b
 Examples:
@@ -48,7 +47,7 @@ def doctor_command(as_json: bool, **opts: Any) -> None:
     key must get 401, which costs no budget); that an API key is set (never its value); the
     state store's path, lock and budget used. Exit 0 only when every check passes.
     """
-    from batch_toggle.doctor import DoctorInputs, diagnose, render
+    from batch_toggle.jobs.doctor import DoctorInputs, diagnose, render
 
     def body() -> int:
         key_source = _key_source(opts.get("api_key_file"))

@@ -27,9 +27,8 @@ def status_command(state_path: Path | None, limit: int, as_json: bool,
                    check_inputs: bool) -> None:
     """List the runs in the state store with their progress and what `run --resume` would
     send. Read-only: never sends, never locks, never creates the store."""
-    from batch_toggle.status import render_status, store_status
-
-    from . import guarded
+    from batch_toggle.cli.app import guarded
+    from batch_toggle.jobs.status import render_status, store_status
 
     def body() -> int:
         status = store_status(state_path, limit=limit, check_inputs=check_inputs)

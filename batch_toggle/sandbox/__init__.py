@@ -13,19 +13,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .app import create_app
-from .config import (
+from batch_toggle.sandbox.config import (
     DEFAULT_API_KEY,
     DEFAULT_PORT,
     SandboxConfig,
     default_seed_path,
     parse_latency,
 )
-from .faults import Fault, parse_fault
-from .world import Seed, SeedError, World, load_seed
 
 if TYPE_CHECKING:
-    from .server import SandboxServerError, SandboxThread, run_server, serve_in_thread
+    from batch_toggle.sandbox.app import create_app
+    from batch_toggle.sandbox.faults import Fault, parse_fault
+    from batch_toggle.sandbox.server import (
+        SandboxServerError,
+        SandboxThread,
+        run_server,
+        serve_in_thread,
+    )
+    from batch_toggle.sandbox.world import Seed, SeedError, World, load_seed
 
 __all__ = [
     "DEFAULT_API_KEY",
@@ -46,14 +51,17 @@ __all__ = [
     "serve_in_thread",
 ]
 
-_SERVER_NAMES = ("SandboxServerError", "SandboxThread", "run_server", "serve_in_thread")
+# Where each name lives. Only the light config is imported up front: `batch-toggle sandbox
+# --help` (and every --help, which lists it) must not pay for starlette (~50 ms) or uvicorn.
+_LAZY = {"create_app": "app", "Fault": "faults", "parse_fault": "faults",
+         "Seed": "world", "SeedError": "world", "World": "world", "load_seed": "world",
+         "SandboxServerError": "server", "SandboxThread": "server", "run_server": "server",
+         "serve_in_thread": "server"}
 
 
 def __getattr__(name: str) -> Any:
-    # The socket side imports uvicorn (~0.1 s): only load it when it is asked for, so that
-    # `run --sandbox` and the in-process tests do not pay for it.
-    if name in _SERVER_NAMES:
-        from . import server
+    if name in _LAZY:
+        import importlib
 
-        return getattr(server, name)
+        return getattr(importlib.import_module(f"batch_toggle.sandbox.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

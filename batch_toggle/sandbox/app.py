@@ -33,9 +33,18 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .config import SandboxConfig, default_seed_path
-from .faults import Fault
-from .world import Clock, Job, Seed, World, is_uuid, key_hint, load_seed, retry_after_seconds
+from batch_toggle.sandbox.config import SandboxConfig, default_seed_path
+from batch_toggle.sandbox.faults import Fault
+from batch_toggle.sandbox.world import (
+    Clock,
+    Job,
+    Seed,
+    World,
+    is_uuid,
+    key_hint,
+    load_seed,
+    retry_after_seconds,
+)
 
 TOGGLE_PATH = "/api/apikeys/toggle_sms_notifications"
 TRACK_PATH = "/api/apikeys/track"

@@ -105,7 +105,9 @@ class SandboxConfig:
             raise ValueError("latency_ms must be a non-negative number or a (lo, hi) range")
         if not self.api_keys and not self.inactive_keys and not self.no_permission_keys:
             raise ValueError("the sandbox needs at least one key")
-        from .faults import validate_scripted  # here: faults imports this module
+        from batch_toggle.sandbox.faults import (
+            validate_scripted,  # here: faults imports this module
+        )
 
         validate_scripted(self.scripted)
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from .config import SandboxConfig, latency_bounds, parse_latency
+from batch_toggle.sandbox.config import SandboxConfig, latency_bounds, parse_latency
 
 FaultKind = Literal["ok", "status", "html", "reset", "reset-after", "timeout"]
 

@@ -11,10 +11,10 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from .app import create_app
-from .config import SandboxConfig
-from .tls import TlsFiles
-from .world import Clock
+from batch_toggle.sandbox.app import create_app
+from batch_toggle.sandbox.config import SandboxConfig
+from batch_toggle.sandbox.tls import TlsFiles
+from batch_toggle.sandbox.world import Clock
 
 
 class SandboxServerError(RuntimeError):

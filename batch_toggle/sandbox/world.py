@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, overload
 
-from .config import SandboxConfig
-from .faults import Faults
+from batch_toggle.sandbox.config import SandboxConfig
+from batch_toggle.sandbox.faults import Faults
 
 SEED_COLUMNS = ("job_id", "review_key", "client_id", "do_notify_sms", "client_do_notify_sms")
 

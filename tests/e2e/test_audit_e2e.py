@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from batch_toggle.store import StateStore
+from batch_toggle.state.sqlite import StateStore
 
 from . import (
     CLI_TIMEOUT,

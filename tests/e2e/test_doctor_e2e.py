@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from batch_toggle.store import StateStore
+from batch_toggle.state.sqlite import StateStore
 
 from . import CLI_TIMEOUT, cli_env
 from .forward_proxy import PROXY_PEER, Tinyproxy, tinyproxy_path

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from batch_toggle.clock import parse_utc
-from batch_toggle.limiter import DAY, default_margin
-from batch_toggle.sendlog import Reading, SendEntry
-from batch_toggle.store import StateStore
+from batch_toggle.send.limiter import DAY, default_margin
+from batch_toggle.state.sendlog import Reading, SendEntry
+from batch_toggle.state.sqlite import StateStore
 
 from . import job_rows, puts, run_cli, write_input
 

@@ -47,7 +47,7 @@ from typing import Any
 import httpx
 import pytest
 
-from batch_toggle.cli import main
+from batch_toggle.cli.app import main
 
 from . import REPO
 

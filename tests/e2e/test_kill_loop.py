@@ -39,7 +39,7 @@ from typing import Any
 
 import pytest
 
-from batch_toggle.store import StateStore
+from batch_toggle.state.sqlite import StateStore
 
 from . import FAST, cli_command, cli_env, collect, puts, wait_until, write_input
 

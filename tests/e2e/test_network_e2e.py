@@ -307,8 +307,8 @@ def library_run(tmp_path: Path, base_url: str, src: Path, key: str, *, grace: fl
     """The library's run (what the CLI calls) with a short first-contact grace and outage
     limit, on a real loopback socket: the CLI's are a minute and 15 minutes."""
     from batch_toggle.config import SendOptions
-    from batch_toggle.jobs import JobConfig
-    from batch_toggle.live import run as run_live
+    from batch_toggle.jobs.pipeline import JobConfig
+    from batch_toggle.jobs.run import run as run_live
 
     config = JobConfig(
         inputs=(str(src),), command="run", api_key=key, state_path=tmp_path / "state.sqlite",

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from batch_toggle.store import StateStore
+from batch_toggle.state.sqlite import StateStore
 
 from . import CLI_TIMEOUT, cli_env, job_rows, puts, write_input
 

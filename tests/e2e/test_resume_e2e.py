@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from batch_toggle.store import StateStore
+from batch_toggle.state.sqlite import StateStore
 
 from . import NETWORK_ENV, tls_args
 

@@ -81,7 +81,7 @@ def test_a_signal_mid_run_leaves_a_complete_report_and_exits_130(
 #
 # Sending a signal "as soon as the process is spawned" cannot be made to land anywhere in
 # particular: it mostly lands in the interpreter's own start-up, the one window the CLI cannot
-# cover (see batch_toggle/entry.py), so nothing could be asserted of it. Instead the child's
+# cover (see batch_toggle/cli/entry.py), so nothing could be asserted of it. Instead the child's
 # sitecustomize (test code, on the child's PYTHONPATH; the product has no such hook) sends the
 # process a real signal at a known point: when a given module is first imported. os.kill to
 # oneself delivers it before os.kill returns, so the point is exact and no sleep is involved.
@@ -121,7 +121,7 @@ ENTRIES = {"python -m": [sys.executable, "-m", "batch_toggle"], "console script"
 # point: (the module whose first import trips the signal, the command, "{tmp}" the test's dir)
 POINTS = {
     # importing the CLI (click, pyarrow, the jobs layer): most of a start-up's time
-    "importing": ("batch_toggle.cli",
+    "importing": ("batch_toggle.cli.app",
                   ["validate", str(SAMPLE), "--no-html", "--report", "{tmp}/report.csv"]),
     # click resolving a lazy command: inside click's main, before the command's body
     "parsing": ("batch_toggle.cli.status_cmd", ["status", "--state", "{tmp}/state.sqlite"]),

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from batch_toggle.store import StateStore
-from batch_toggle.watchdog import GRACE
+from batch_toggle.send.watchdog import GRACE
+from batch_toggle.state.sqlite import StateStore
 
 from . import FAST, cli_command, cli_env, collect, job_rows, puts, wait_until, write_input
 
@@ -43,7 +43,7 @@ def wedge_the_loop_on_purpose(marker):
 
 class _Patch(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name != "batch_toggle.runner":
+        if name != "batch_toggle.send.runner":
             return None
         sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(name, path)

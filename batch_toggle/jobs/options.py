@@ -1,0 +1,184 @@
+"""One JobConfig from a job's options: the CLI and the library build it here, the same way.
+
+Options go by the library's names (the CLI's long names in snake_case: `--on-conflict` ->
+`on_conflict`); an option that is absent or None takes the default of its dataclass in
+config.py, the one place defaults live. Values are taken in the forms a caller of the library
+may give (a map as a dict or as "FIELD=COLUMN" strings, a state as a bool or "true"/"false",
+a rate or duration as text or parsed); what click already parsed passes through unchanged.
+Errors name the option as the caller knows it: `name` turns "on_conflict" into the CLI's
+"--on-conflict". Click-free, so that the library does not load click.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from batch_toggle.config import (
+    ON_CONFLICT_CHOICES,
+    TRUST_CHOICES,
+    JobConfig,
+    LoadOptions,
+    PlanOptions,
+    SendOptions,
+    parse_duration,
+    parse_rate,
+)
+from batch_toggle.errors import UsageError
+from batch_toggle.send.proxies import normalise_proxy_url, read_proxy_auth_file
+from batch_toggle.vocab import FIELDS
+
+Namer = Callable[[str], str]
+_TARGETS = ("job", "client")
+_PLAN_NUMBERS = {"max_invalid": float}
+_SEND_NUMBERS = {"max_rps": float, "concurrency": int, "timeout": float, "max_attempts": int,
+                 "daily_limit": int, "max_requests": int, "halt_after": int, "canary": int}
+# The CLI's ranges (click checks them there); the library checks the same here, so that
+# concurrency=0 is an error, not a run that sends nothing and reports success.
+OPTION_RANGES: dict[str, tuple[float, float]] = {
+    "max_invalid": (0, 100), "max_rps": (0.01, float("inf")), "concurrency": (1, 64),
+    "timeout": (0.1, float("inf")), "max_attempts": (1, 100), "daily_limit": (1, float("inf")),
+    "max_requests": (1, float("inf")), "halt_after": (1, float("inf")),
+    "canary": (0, float("inf"))}
+
+
+def cli_name(option: str) -> str:
+    """"on_conflict" -> "--on-conflict": how the CLI's errors name an option."""
+    return "--" + option.replace("_", "-")
+
+
+def job_config(command: str, inputs: Sequence[str], options: Mapping[str, Any],
+               name: Namer = str, **extra: Any) -> JobConfig:
+    """The JobConfig of one command. `extra` sets the JobConfig fields that are not options
+    of every command (dry_run, sandbox, resume, retry_failed, api_key)."""
+    if extra.get("api_key") is not None and not extra.get("dry_run"):  # a dry run sends none
+        check_api_key(extra["api_key"])
+    o = {k: v for k, v in options.items() if v is not None}
+    load = LoadOptions(
+        column_map=column_map(o.get("map"), name), encoding=o.get("encoding"),
+        set_state=_state(o.get("set_state"), name),
+        default_target=_choice(o.get("default_target"), _TARGETS, "default_target", name),
+        sheet=_sheet(o.get("sheet"), name))
+    for key, (low, high) in OPTION_RANGES.items():
+        if key in o and not low <= float(o[key]) <= high:
+            bound = f"at least {low:g}" if high == float("inf") else f"{low:g} to {high:g}"
+            raise UsageError(f"{name(key)} {o[key]!r}: must be {bound}")
+    plan_args: dict[str, Any] = {k: kind(o[k]) for k, kind in _PLAN_NUMBERS.items() if k in o}
+    if "on_conflict" in o:
+        plan_args["on_conflict"] = _choice(o["on_conflict"], ON_CONFLICT_CHOICES, "on_conflict",
+                                           name)
+    for flag in ("skip_confirmed", "allow_resubscribe"):
+        if flag in o:
+            plan_args[flag] = bool(o[flag])
+    send_args: dict[str, Any] = {k: kind(o[k]) for k, kind in _SEND_NUMBERS.items() if k in o}
+    if o.get("base_url"):
+        send_args["base_url"] = o["base_url"]
+    if "rate" in o:
+        rate = o["rate"]
+        send_args["rate"] = parse_rate(rate, name("rate")) if isinstance(rate, str) else rate
+    if "stop_after" in o:
+        stop = o["stop_after"]
+        send_args["stop_after"] = (parse_duration(stop, name("stop_after"))
+                                   if isinstance(stop, str) else float(stop))
+    if "insecure" in o:
+        send_args["insecure"] = bool(o["insecure"])
+    send_args.update(_route_options(o, name))
+    if o.get("proxy_auth_file") and extra.get("proxy_auth") is None:
+        extra["proxy_auth"] = read_proxy_auth_file(Path(o["proxy_auth_file"]),
+                                                   name("proxy_auth_file"))
+    return JobConfig(
+        inputs=tuple(str(i) for i in inputs), command=command, load=load,
+        plan=PlanOptions(**plan_args), send=SendOptions(**send_args),
+        report_path=_path(o.get("report")), rejects_path=_path(o.get("rejects")),
+        state_path=_path(o.get("state")), html=bool(o.get("html", True)), **extra)
+
+
+def _route_options(o: Mapping[str, Any], name: Namer) -> dict[str, Any]:
+    """--trust, --ca-bundle and --proxy, checked (trust.py, proxies.py)."""
+    out: dict[str, Any] = {}
+    if o.get("trust"):
+        out["trust"] = _choice(str(o["trust"]), TRUST_CHOICES, "trust", name)
+    if o.get("ca_bundle"):
+        out["ca_bundle"] = str(o["ca_bundle"])
+    if o.get("proxy"):
+        out["proxy"] = normalise_proxy_url(str(o["proxy"]), name("proxy"))
+    return out
+
+
+def column_map(value: Mapping[str, str] | Sequence[str] | str | None,
+               name: Namer = str) -> tuple[tuple[str, str], ...]:
+    """(field, column) pairs from {"review_key": "Tracking Key"} or ["review_key=Tracking Key"]."""
+    if not value:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    given = ([f"{f}={c}" for f, c in value.items()] if isinstance(value, Mapping)
+             else list(value))
+    out = []
+    for text in given:
+        fld, _, column = text.partition("=")
+        fld = fld.strip().lower()
+        if fld not in FIELDS or not column:
+            raise UsageError(f"{name('map')} {text!r}: expected FIELD=COLUMN with FIELD one of "
+                             f"{', '.join(FIELDS)}")
+        out.append((fld, column))
+    return tuple(out)
+
+
+def check_api_key(key: str) -> None:
+    """A key that an HTTP header cannot carry (a non-ASCII letter, a newline pasted into the
+    key file) would fail every request, or the run, with a traceback: a usage error before
+    anything is read or sent instead. The message says where, never what the key is."""
+    for at, char in enumerate(key, start=1):
+        if not " " <= char <= "~":
+            raise UsageError(f"the API key has a character an HTTP header cannot carry at "
+                             f"position {at} of {len(key)} (only printable ASCII): check "
+                             "LOGIS_API_KEY or the key file")
+
+
+def read_key_file(path: Path, name: Namer = str) -> str:
+    """The API key in `path`, stripped. An unreadable or empty file is an error, never a
+    silent fall-back to another key (the environment's may be another account's)."""
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"{name('api_key_file')} {path}: {exc.strerror or exc}") from exc
+    if not key:
+        raise UsageError(f"{name('api_key_file')} {path}: the file is empty")
+    return key
+
+
+def _sheet(value: str | int | None, name: Namer) -> str | None:
+    """An .xlsx sheet by name, or by 1-based index (an int from the library, or digits)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or (isinstance(value, int) and value < 1):
+        raise UsageError(f"{name('sheet')} {value!r}: a sheet name, or an index from 1")
+    text = str(value).strip()
+    if not text:
+        raise UsageError(f"{name('sheet')} {value!r}: a sheet name, or an index from 1")
+    return text
+
+
+def _state(value: bool | str | None, name: Namer) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false"):
+        raise UsageError(f"{name('set_state')} {value!r}: expected true or false")
+    return text == "true"
+
+
+def _choice(value: str | None, choices: tuple[str, ...], option: str,
+            name: Namer) -> Any:
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if text not in choices:
+        raise UsageError(f"{name(option)} {value!r}: expected one of {', '.join(choices)}")
+    return text
+
+
+def _path(value: Any) -> Path | None:
+    return None if value is None else Path(value)

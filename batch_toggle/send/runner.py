@@ -1,0 +1,843 @@
+"""The async send loop: workers take units, ask the budget, call Logis, hand outcomes on.
+
+A fixed set of worker tasks pulls from one queue (a task per row would cost gigabytes for a big
+file). Every wait (budget, backoff, 429 pause) races the stop event, so SIGINT, an abort or
+--stop-after end the run promptly; requests already in flight finish within --timeout. Units
+never raise: each ends with a final Outcome or stays unsent, and the report fills the unsent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import httpx
+
+from batch_toggle import __version__, vocab
+from batch_toggle.clock import utc_text
+from batch_toggle.config import SendOptions
+from batch_toggle.errors import ExitCode, StoreError
+from batch_toggle.outcome import Outcome
+from batch_toggle.plan.units import Units
+from batch_toggle.send.classify import MAX_BODY, Verdict, classify_exception
+from batch_toggle.send.limiter import DAY, Budget, Ticket, default_margin
+from batch_toggle.send.operations import Operation, Toggle
+from batch_toggle.send.retry import (
+    MAX_RESUME_HINT,
+    FirstContact,
+    HaltDetector,
+    OutageDetector,
+    RateLimitDecision,
+    RateLimitStreak,
+    RetryPolicy,
+    is_network_failure,
+    parse_retry_after,
+    too_long,
+)
+from batch_toggle.state.committer import Committer, Finished
+
+T = TypeVar("T")
+
+# Exit precedence among stops (SPEC section 9): an interrupt outranks an abort, and so on.
+_STOP_RANK = {ExitCode.INTERRUPTED: 0, ExitCode.ABORTED: 1, ExitCode.STOPPED: 2,
+              ExitCode.ROW_PROBLEMS: 3}
+
+
+# What _exchange returns when no request went out (the run stopped, or must not send).
+_NOT_SENT: tuple[None, str, float, float] = (None, "", 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why a run stopped before its queue was empty; `code` marks the unsent rows."""
+
+    code: str
+    exit_code: ExitCode
+    message: str
+    resume_after: str | None = None
+
+
+def interrupt_stop(sig: signal.Signals) -> Stop:
+    """The stop a SIGINT/SIGTERM makes: exit 130, the unsent rows `interrupted`."""
+    return Stop("interrupted", ExitCode.INTERRUPTED,
+                f"interrupted by {sig.name}; resume with --resume")
+
+
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupts:
+    """While entered, SIGINT and SIGTERM are caught and recorded, never acted on here.
+
+    A plain `signal.signal` handler for the whole stretch (the run's sending part and its
+    report): asyncio's `add_signal_handler` would reset SIGINT to `default_int_handler` and
+    SIGTERM to the default action (death) on its removal, a moment in which a signal either
+    escapes as KeyboardInterrupt or kills the process. While a run sends, `Runner.signals`
+    forwards each signal to the loop as a stop; a signal outside that (the run finishing,
+    its report being written) waits in `received` for the caller. A second signal is recorded
+    like the first (no traceback, no hard stop): what follows it is bounded (in-flight
+    requests within --timeout, then the report), and a hard stop would lose the report.
+
+    Outside the main thread (a library caller's worker thread) Python cannot catch signals:
+    then nothing is installed and the process's handlers stay as they are. On exit the
+    handlers the process had before come back.
+    """
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None  # the first signal caught
+        self._forward: Callable[[signal.Signals], None] | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> Interrupts:
+        for sig in INTERRUPT_SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._caught)
+            except ValueError:  # not the main thread
+                break
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, previous in self._previous.items():
+            if previous is None:  # installed outside Python: put back what asyncio would
+                previous = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    @contextlib.contextmanager
+    def forwarding(self, to: Callable[[signal.Signals], None]) -> Iterator[None]:
+        """Also pass each signal caught inside this block to `to`."""
+        self._forward = to
+        try:
+            yield
+        finally:
+            self._forward = None
+
+    def _caught(self, signum: int, _frame: object) -> None:
+        sig = signal.Signals(signum)
+        if self.received is None:
+            self.received = sig
+        if self._forward is not None:
+            self._forward(sig)
+
+
+# Why a request went (Runner.requests_by_reason).
+REASON_FIRST, REASON_RETRY, REASON_429, REASON_PROBE = "first", "retry", "after_429", "probe"
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    responses_429: int = 0
+    retries: int = 0
+    failures: int = 0
+    units_done: int = 0
+    units_total: int = 0
+
+
+class Timeline:
+    """Requests, 429 responses and budget waits per time bucket, for the HTML report's chart.
+
+    Memory is O(buckets), never O(requests): when a run outgrows MAX_BUCKETS, neighbouring
+    buckets merge and the bucket width doubles (a 40-hour run ends with buckets of ~20 min).
+    Times are the runner's monotonic clock; `started_wall` places bucket 0 on the wall clock.
+
+    Why integers: every time is turned once into integer nanoseconds since the start, and
+    buckets are ranges of those. A loop that stepped through float bucket ends
+    (`started + (i + 1) * width`) once the monotonic clock passed a power of two could round
+    an end back onto the time it started from and never advance: a run hung at 100% CPU.
+    Integer bucket indices cannot repeat, so every loop here visibly makes progress.
+    """
+
+    MAX_BUCKETS = 240
+
+    def __init__(self, started_mono: float, started_wall: float, width: float = 1.0) -> None:
+        self.started_mono = started_mono
+        self.started_wall = started_wall
+        self._width_ns = max(1, round(width * _NS))
+        self.requests: list[int] = []
+        self.responses_429: list[int] = []
+        self.wait_s: list[float] = []
+
+    @property
+    def width(self) -> float:
+        """The current bucket width, in seconds."""
+        return self._width_ns / _NS
+
+    def request(self, t: float) -> None:
+        i = self._index(self._offset(t))  # first: it may merge the buckets, replacing the lists
+        self.requests[i] += 1
+
+    def rate_limited(self, t: float) -> None:
+        i = self._index(self._offset(t))
+        self.responses_429[i] += 1
+
+    def waited(self, start: float, end: float) -> None:
+        """Sending was held back by the budget (window full, 429 pause) from `start` to `end`."""
+        lo, hi = self._offset(start), self._offset(end)
+        if hi <= lo:
+            return
+        last = self._index(hi)  # grow (and merge) first, so the loop below sees the final width
+        width = self._width_ns
+        # Progress: `i` runs over a finite integer range, one bucket per step.
+        for i in range(lo // width, last + 1):
+            overlap = min(hi, (i + 1) * width) - max(lo, i * width)
+            if overlap > 0:
+                self.wait_s[i] += overlap / _NS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"started_at": utc_text(self.started_wall), "bucket_s": self.width,
+                "requests": list(self.requests), "responses_429": list(self.responses_429),
+                "wait_s": [round(w, 3) for w in self.wait_s]}
+
+    def _offset(self, t: float) -> int:
+        """`t` as whole nanoseconds since the start (never negative)."""
+        return max(0, round((t - self.started_mono) * _NS))
+
+    def _index(self, offset: int) -> int:
+        """The bucket of `offset`, growing the lists to hold it. Progress: each merge doubles
+        the width, so `offset // width` halves until it is below MAX_BUCKETS."""
+        while offset // self._width_ns >= self.MAX_BUCKETS:
+            self._merge()
+        i = offset // self._width_ns
+        if i >= len(self.requests):
+            grow = i + 1 - len(self.requests)
+            self.requests += [0] * grow
+            self.responses_429 += [0] * grow
+            self.wait_s += [0.0] * grow
+        return i
+
+    def _merge(self) -> None:
+        def pairs(values: list[Any]) -> list[Any]:
+            return [sum(values[k:k + 2]) for k in range(0, len(values), 2)]
+
+        self.requests = pairs(self.requests)
+        self.responses_429 = pairs(self.responses_429)
+        self.wait_s = pairs(self.wait_s)
+        self._width_ns *= 2
+
+
+_NS = 1_000_000_000  # nanoseconds a second
+
+
+@dataclass
+class RunHooks:
+    """Callbacks the runner reports through (progress bars, --events, stderr notices)."""
+
+    committed: Callable[[Finished, Counters], None] = lambda _f, _c: None
+    notice: Callable[[str], None] = lambda _m: None
+    event: Callable[[str, dict[str, Any]], None] = lambda _k, _d: None
+    # The stop message of a connection that cannot work (code, short cause, seconds a first
+    # contact waited): the detail and the fix (causes.explainer). Called as the run stops.
+    explain: Callable[[str, str, float | None], str] = lambda _c, m, _w: m
+    # The base URL answered for the first time (the store remembers it: retry.FirstContact).
+    answered: Callable[[], None] = lambda: None
+
+
+@dataclass
+class _Clocks:
+    """Injectable time: monotonic for intervals, wall for timestamps, sleep for waits."""
+
+    mono: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class Runner:
+    """Sends a plan's units; one Runner per run (it may be called twice, e.g. after a canary)."""
+
+    def __init__(self, units: Units, *, client: httpx.AsyncClient, api_key: str,
+                 options: SendOptions, budget: Budget, committer: Committer,
+                 hooks: RunHooks | None = None, clocks: _Clocks | None = None,
+                 review_key_hash: Callable[[str], str] | None = None, run_id: str = "",
+                 operation: Operation | None = None,
+                 advice: Callable[[str], str] | None = None,
+                 answered_before: bool = False) -> None:
+        self.units = units
+        self.client = client
+        self.options = options
+        self.budget = budget
+        self.committer = committer
+        self.hooks = hooks or RunHooks()
+        self.clocks = clocks or _Clocks()
+        self.counters = Counters()
+        self.timeline = Timeline(self.clocks.mono(), self.clocks.wall())
+        # An acquire that waits longer than the --max-rps queueing of `concurrency` workers is
+        # a wait for the budget; the timeline keeps the union of such waits, not their sum.
+        self._wait_min = max(1.0, 2.0 * options.concurrency / max(options.max_rps, 0.01))
+        self._waited_until = -float("inf")
+        self.stop: Stop | None = None
+        self.operation: Operation = operation or Toggle(units, review_key_hash)
+        # Stop messages advise `run`'s way on ("resume with --resume"); another command (an
+        # audit) rewords them here, once, for the report, the summary and the events alike.
+        self._advice = advice
+        self._run_id = run_id
+        self._base = options.base_url.rstrip("/")
+        self._headers = {"LOGIS-API-KEY": api_key, "Content-Type": "application/json",
+                         "User-Agent": f"batch-toggle/{__version__}"}
+        self._parked: set[asyncio.Task[Any]] = set()  # workers waiting in _race
+        self._unparked: set[asyncio.Task[Any]] = set()  # ... that a stop has cancelled
+        self._cond = asyncio.Condition()
+        self._ready: deque[int] = deque()
+        self._waiting_on: dict[int, list[int]] = {}
+        self._in_flight: set[int] = set()
+        self._started = 0
+        self._deadline: asyncio.Task[None] | None = None
+        self._client_of: dict[int, str | None] = {}
+        self._attempts: dict[int, int] = {}  # failed attempts of units re-queued after a 429
+        # Every request sent for a unit (the report's `attempts`), and why the next one goes.
+        self._sent_for: dict[int, int] = {}
+        self._next_reason: dict[int, str] = {}
+        self._reasons: Counter[str] = Counter()
+        self._last_failure = ""  # the latest network failure, in words (outage events)
+        self._streak = RateLimitStreak(options.rate.period)
+        self._last_429 = -float("inf")
+        self._first_sent_wall: float | None = None  # this run's first request (wall clock)
+        self._policy = RetryPolicy.from_options(options)
+        self._halt = HaltDetector(options.halt_after)
+        self._outage = OutageDetector.for_concurrency(options.concurrency, options.outage_limit)
+        self._contact = FirstContact(answered_before, options.first_contact_grace)
+
+    # --- public -------------------------------------------------------------------------
+
+    async def run(self, todo: Sequence[int]) -> None:
+        """Send `todo` (unit indices, in send order) until done or stopped."""
+        self._enqueue(todo)
+        self.counters.units_total += len(todo)
+        workers = [asyncio.create_task(self._worker()) for _ in range(self.options.concurrency)]
+        self._deadline = self._deadline_task() or self._deadline
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    def close(self) -> None:
+        """The run is over: a --stop-after that has not fired must not fire now."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+
+    def request_stop(self, stop: Stop) -> None:
+        """Stop taking units; the first stop of the highest rank decides the exit code.
+
+        Also callable once the sending part is over (no running loop: a signal that came while
+        the run was finishing), where it only decides the exit code and tells the event."""
+        if self._advice is not None:
+            stop = replace(stop, message=self._advice(stop.message))
+        decided = self.stop is None or _STOP_RANK[stop.exit_code] < _STOP_RANK[self.stop.exit_code]
+        if decided:
+            self.stop = stop
+        self._unpark()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None  # the sending part is over: no worker to wake
+        if loop is not None:
+            loop.create_task(self._notify())
+        if decided:
+            # Once per decision (workers repeat a --max-requests stop): the moment a run is
+            # told to stop, not only the line at its end, since in-flight rows still finish.
+            # Told last, once the stop has taken effect: a sink that raises (a library
+            # caller's) can then not leave a worker parked or the stop half made.
+            self.hooks.event("stop", {"code": stop.code, "exit_code": int(stop.exit_code),
+                                      "message": stop.message,
+                                      "resume_after": stop.resume_after})
+
+    def progress_snapshot(self) -> dict[str, Any]:
+        """What a progress bar shows: rows done/total, requests, 429s, failures, budget ETA."""
+        c = self.counters
+        remaining = max(0, c.units_total - c.units_done)
+        return {"done": c.units_done, "total": c.units_total, "requests": c.requests,
+                "responses_429": c.responses_429, "failures": c.failures,
+                "retries": c.retries, "waiting": self.budget.waiting,
+                "eta_s": self.budget.progress_eta(remaining)}
+
+    def unsent_outcome(self) -> Outcome:
+        """What a unit that was never completed reports."""
+        if self.stop is None:
+            return Outcome(vocab.NOT_ATTEMPTED, "interrupted", "the run ended before this row")
+        return Outcome(vocab.NOT_ATTEMPTED, self.stop.code, self.stop.message)
+
+    def unfinished_outcomes(self) -> dict[int, Outcome]:
+        """Units sent at least once that have no final outcome (the run stopped while they
+        waited for a retry, or after a 429 sent them back to the queue): `unsent_outcome`
+        with the requests they cost, so that every request sent is on some row's `attempts`."""
+        done = self.committer.outcomes
+        unsent = self.unsent_outcome()
+        return {unit: replace(unsent, attempts=n) for unit, n in self._sent_for.items()
+                if unit not in done}
+
+    @property
+    def requests_by_reason(self) -> dict[str, int]:
+        """Requests sent, by why each went: a unit's first, a retry after a transient
+        failure, a re-send after a 429, or a probe during an outage."""
+        return dict(self._reasons)
+
+    @contextlib.contextmanager
+    def signals(self, interrupts: Interrupts | None = None) -> Any:
+        """SIGINT/SIGTERM stop the run cleanly (exit 130) instead of killing it.
+
+        The signals are caught by `interrupts` (or, without one, by an `Interrupts` for the
+        length of this block): while this block runs each one also stops the run, on the loop
+        (a signal caught before the block, while the run was starting, stops it on entry).
+        Outside the block they are only recorded, for the caller to act on: `live` keeps one
+        `Interrupts` from before the sending part until the report is written, so a signal
+        after the last request is still a clean interrupt with a report."""
+        loop = asyncio.get_running_loop()
+
+        def stop(sig: signal.Signals) -> None:
+            # A Python signal handler runs between two bytecodes of the main thread, possibly
+            # inside the loop's own code: hand the stop to the loop rather than make it here.
+            loop.call_soon_threadsafe(self.request_stop, interrupt_stop(sig))
+
+        with contextlib.ExitStack() as stack:
+            caught = interrupts or stack.enter_context(Interrupts())
+            stack.enter_context(caught.forwarding(stop))
+            if caught.received is not None:
+                self.request_stop(interrupt_stop(caught.received))
+            yield
+
+    # --- queue --------------------------------------------------------------------------
+
+    def _enqueue(self, todo: Sequence[int]) -> None:
+        pending = set(todo)
+        for u in todo:
+            dep = int(self.units.after[u])
+            if dep >= 0 and dep in pending:
+                self._waiting_on.setdefault(dep, []).append(u)
+            else:
+                self._ready.append(u)
+
+    async def _next(self) -> int | None:
+        async with self._cond:
+            while True:
+                if self.committer.error is not None and self.stop is None:
+                    self._store_failed(self.committer.error)
+                if self.stop is not None:
+                    return None
+                if self._ready:
+                    unit = self._ready.popleft()
+                    self._in_flight.add(unit)
+                    return unit
+                if not self._in_flight:
+                    return None
+                await self._cond.wait()
+
+    async def _release(self, unit: int, requeue: bool) -> None:
+        """A unit leaves a worker: back to the front of the queue, or done (freeing its
+        dependents, which go first: their natural place was right after it)."""
+        async with self._cond:
+            self._in_flight.discard(unit)
+            if requeue:
+                self._ready.appendleft(unit)
+            else:
+                self._ready.extendleft(reversed(self._waiting_on.pop(unit, [])))
+            self._cond.notify_all()
+
+    async def _notify(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
+
+    # --- workers ------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while (unit := await self._next()) is not None:
+            requeue = False
+            try:
+                result = await self._send_unit(unit)
+                if isinstance(result, Outcome):
+                    self._finish(unit, result)
+                    # No next request before this outcome is on disk: a kill -9 then finds at
+                    # most one unit per worker sent without it (a resume sends those again).
+                    await self.committer.durable(unit)
+                requeue = result == "requeue"
+            finally:
+                await self._release(unit, requeue and self.stop is None)
+
+    async def _send_unit(self, unit: int) -> Outcome | str | None:
+        """Try one unit until it has a final outcome ("requeue" after a 429; None if stopped).
+
+        `attempts` counts the unit's failed attempts, what --max-attempts limits; 429s and
+        outage probes are not among them. The report's `attempts` is every request sent for
+        the unit (`_sent_for`), whatever it was for."""
+        attempts = self._attempts.pop(unit, 0)
+        while True:
+            verdict, sent_at, latency, sent_mono = await self._exchange(unit)
+            if verdict is None:
+                return None
+            self.hooks.event("request", {"unit": unit, "kind": verdict.kind,
+                                         "http_status": verdict.http_status})
+            self._note_contact(verdict)
+            if verdict.kind == "rate_limited":
+                self._next_reason[unit] = REASON_429
+                self._on_429(verdict, sent_mono)
+                if attempts:
+                    self._attempts[unit] = attempts  # a 429 neither uses up nor resets them
+                return "requeue"
+            if sent_mono > self._last_429:
+                # Only an answer to a request sent after the last 429 shows the limit lifted;
+                # replies to requests already in flight must not reset the backoff.
+                self._streak.reset()
+                self.budget.recover()
+            self._outage.record(is_network_failure(verdict), self.clocks.mono())
+            if is_network_failure(verdict):
+                self._last_failure = _failure_words(verdict)
+            if verdict.kind != "retry":
+                return self._final(unit, verdict, attempts + 1, sent_at, latency)
+            if self._outage.in_outage:
+                self._next_reason[unit] = REASON_PROBE
+                if not await self._ride_out_outage():
+                    return None
+                continue  # an outage does not use up the row's attempts
+            attempts += 1
+            if not self._policy.should_retry(verdict, attempts):
+                return self._final(unit, verdict, attempts, sent_at, latency)
+            self._next_reason[unit] = REASON_RETRY
+            delay = self._policy.delay(attempts, self.clocks.rng)
+            self._retry_event(unit, verdict, attempts, delay)
+            if not await self._wait(delay):
+                return None
+
+    def _retry_event(self, unit: int, v: Verdict, attempts: int, delay: float) -> None:
+        """A row failed on a transient error and will be sent again: which one, why, which
+        attempt of how many, and how long it waits (other rows go on meanwhile)."""
+        self.hooks.event("retry", {"unit": unit, "row": int(self.units.row[unit]),
+                                   "job_id": self.units.job_id[unit],
+                                   "update_target": self.units.update_target[unit],
+                                   "error_code": v.error_code, "http_status": v.http_status,
+                                   "attempt": attempts, "max_attempts": self._policy.max_attempts,
+                                   "seconds": round(delay, 3)})
+
+    async def _exchange(self, unit: int) -> tuple[Verdict | None, str, float, float]:
+        """One request through the budget: (verdict, sent_at, latency_ms, monotonic send time).
+        The verdict is None when the run stopped first. The budget slot is held until the
+        reply (or the decision not to send), whatever happens."""
+        if self._over_request_limit():
+            return _NOT_SENT
+        ticket = await self._acquire()
+        if ticket is None:
+            return _NOT_SENT
+        try:
+            return await self._send_holding(unit)
+        finally:
+            self.budget.release(ticket)
+
+    async def _send_holding(self, unit: int) -> tuple[Verdict | None, str, float, float]:
+        if not await self._honour_pause():
+            return _NOT_SENT
+        # Check again: other workers passed the first check while this one waited for the
+        # budget, and may have used up --max-requests since (no await from here to the count).
+        if self._over_request_limit():
+            return _NOT_SENT
+        self._started += 1
+        wall = self.clocks.wall()
+        if self._first_sent_wall is None:
+            self._first_sent_wall = wall
+        try:
+            # Recorded before it leaves: a run killed mid-request still leaves its budget use
+            # on record. If that cannot be recorded, the request is not sent. (The logged
+            # time is a little before the send, never after.)
+            send_id = self.committer.send_started(wall, wait=self._budget_tight())
+        except Exception as exc:  # noqa: BLE001 - the store's failure stops the run
+            self._store_failed(exc)
+            return _NOT_SENT
+        if not await self._honour_pause():  # a 429 came while the send was being logged
+            self.committer.send_done(send_id, wall, self.clocks.wall())
+            return _NOT_SENT
+        sent_at = utc_text(self.clocks.wall())
+        t0 = self.clocks.mono()
+        try:
+            verdict = await self._put(unit)
+        finally:
+            self.committer.send_done(send_id, wall, self.clocks.wall())
+        self.counters.requests += 1
+        self._count_request(unit)
+        self.timeline.request(t0)
+        return verdict, sent_at, (self.clocks.mono() - t0) * 1000.0, t0
+
+    def _count_request(self, unit: int) -> None:
+        """One more request for `unit`: its `attempts`, and the run's count by reason (every
+        request beyond a unit's first is a retry, whatever it was for)."""
+        sent = self._sent_for.get(unit, 0)
+        self._sent_for[unit] = sent + 1
+        reason = self._next_reason.pop(unit, REASON_RETRY) if sent else REASON_FIRST
+        self._reasons[reason] += 1
+        if sent:
+            self.counters.retries += 1
+
+    async def _put(self, unit: int) -> Verdict:
+        request = self.operation.request(unit)
+        try:
+            async with asyncio.timeout(self.options.timeout):
+                async with self.client.stream(request.method, self._base + request.path,
+                                              json=request.json, params=request.params,
+                                              headers=self._headers) as response:
+                    content = await _read_capped(response)
+                    return self.operation.classify(unit, response.status_code,
+                                                   response.headers, content)
+        except TimeoutError:
+            return classify_exception(httpx.ReadTimeout(
+                f"no complete reply within {self.options.timeout:g} s"))
+        except httpx.HTTPError as exc:
+            return classify_exception(exc)
+
+    def _budget_tight(self) -> bool:
+        """Could this run fill a budget window (hourly or daily) from here on? Then each send
+        must be on record before it leaves: a send a kill kept off the log would let a resumed
+        run overspend the window. Otherwise the budget is not what limits this run, and the
+        record may follow the request by a commit round (the committer's fast path).
+        Counted generously: every unit left may take --max-attempts requests."""
+        need = ((self.counters.units_total - self.counters.units_done)
+                * self.options.max_attempts)
+        now = self.clocks.mono()
+        return any(window is not None and window.limit - window.held(now) <= need
+                   for window in (self.budget.hourly, self.budget.daily))
+
+    def _over_request_limit(self) -> bool:
+        limit = self.options.max_requests
+        if limit is not None and self._started >= limit:
+            self.request_stop(Stop("budget_exhausted", ExitCode.STOPPED,
+                                   f"--max-requests {limit} reached; resume with --resume"))
+            return True
+        return False
+
+    # --- outcomes -----------------------------------------------------------------------
+
+    def _final(self, unit: int, v: Verdict, attempts: int, sent_at: str,
+               latency: float) -> Outcome:
+        """The unit's outcome. `attempts` (its failed attempts) decided it; the outcome's
+        `attempts` is every request sent for the unit."""
+        outcome = Outcome(
+            status=v.status or vocab.FAILED, error_code=v.error_code, error_message=v.message,
+            retryable=v.retryable, http_status=v.http_status,
+            attempts=self._sent_for.get(unit, attempts),
+            entity_id=v.entity_id, confirmed_do_notify_sms=v.confirmed, sent_at=sent_at,
+            latency_ms=round(latency, 1),
+        )
+        self._client_of[unit] = v.client_id
+        if v.kind == "abort" and v.error_code in vocab.CONNECTION_CODES:
+            self.request_stop(Stop(v.error_code, ExitCode.ABORTED,
+                                   self.hooks.explain(v.error_code, v.message or "", None)))
+        elif v.kind == "abort":
+            self.request_stop(Stop("aborted", ExitCode.ABORTED,
+                                   f"run aborted: {v.error_code} ({v.message or 'no reason'})"))
+        elif self._halt.record(v.error_code):  # any other final outcome breaks the streak
+            self.request_stop(Stop("halted", ExitCode.ABORTED,
+                                   f"halted: {self.options.halt_after} rows in a row failed with "
+                                   f"{v.error_code}; check the file's columns and the account"))
+        return outcome
+
+    def _finish(self, unit: int, outcome: Outcome) -> None:
+        client_id = self._client_of.pop(unit, None)
+        ledger = None
+        if self.committer.store is not None:
+            ledger = self.operation.ledger_update(unit, outcome, client_id, self._run_id)
+        if outcome.status == vocab.FAILED:
+            self.counters.failures += 1
+        self.committer.put(Finished(unit, int(self.units.row[unit]), outcome, ledger))
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """The state store stopped accepting writes: sending on would spend budget on work
+        that a resume cannot see. Stop; the report still shows every outcome so far."""
+        self.request_stop(Stop("interrupted", ExitCode.STOPPED,
+                               f"the state store failed ({exc}); nothing more was sent; "
+                               "fix it and run again with --resume"))
+
+    # --- waits --------------------------------------------------------------------------
+
+    def _on_429(self, v: Verdict, sent_mono: float) -> None:
+        """Every worker pauses; the unit goes back to the queue. Not a failed attempt."""
+        self.counters.responses_429 += 1
+        self.timeline.rate_limited(self.clocks.mono())
+        if sent_mono <= self._last_429 and not v.daily_limit:
+            self._on_echo_429(v)
+            return
+        self._last_429 = self.clocks.mono()
+        decision = self._streak.on_429(v, self.clocks.wall())
+        if decision.end_run is not None:
+            stamp = self._resume_time(decision)
+            when = f"after {stamp}" if stamp is not None else "later"
+            self.request_stop(Stop(decision.end_run, ExitCode.STOPPED,
+                                   f"{decision.reason}; resume with --resume {when}",
+                                   resume_after=stamp))
+            return
+        self.budget.pause_until(self.clocks.mono() + decision.delay)
+        if self._streak.count > 1:
+            self.budget.slow_down()  # 429s repeat: the key may be shared with other traffic
+        self.hooks.event("pause", {"reason": "429", "seconds": round(decision.delay, 3),
+                                   "source": decision.source})
+
+    def _resume_time(self, decision: RateLimitDecision) -> str | None:
+        """When a resume may send again, as a timestamp; None when no time can be told.
+
+        A Retry-After says it (up to MAX_RESUME_HINT: a larger one is no date a person can
+        use). Otherwise a daily limit frees its first slot when the oldest request still in
+        the last 24 hours leaves that window (plus the margin); the send log knows it, this
+        run's own first request at least. "429 again after a full window" without a header:
+        one more PERIOD."""
+        now = self.clocks.wall()
+        if decision.resume_after is not None:
+            wait = decision.resume_after
+            return utc_text(now + wait) if wait <= MAX_RESUME_HINT else None
+        if decision.end_run == "daily_limit":
+            oldest = self._oldest_send_in_day(now)
+            if oldest is not None:
+                return utc_text(max(now, oldest + DAY + default_margin(DAY)))
+        return utc_text(now + self.options.rate.period)
+
+    def _oldest_send_in_day(self, now_wall: float) -> float | None:
+        """The wall time of the oldest request still inside the last 24 hours: this run's
+        first, or an earlier run's from the state store's send log."""
+        oldest = self._first_sent_wall
+        store = self.committer.store
+        if store is not None:
+            with contextlib.suppress(StoreError):
+                logged = store.oldest_send(now_wall - DAY)
+                if logged is not None:
+                    oldest = logged if oldest is None else min(oldest, logged)
+        return oldest
+
+    def _on_echo_429(self, v: Verdict) -> None:
+        """A 429 to a request that was already in flight when an earlier 429 paused the run: the
+        same refusal again, not news. It must neither grow the streak (the in-flight echoes of
+        one 429 would pass for "429 again after a full window" and end the run) nor slow the
+        run down; its own Retry-After is still honoured, as a minimum."""
+        wait = parse_retry_after(v.retry_after, self.clocks.wall(), v.server_date)
+        if wait is not None and not too_long(wait):
+            self.budget.pause_until(self.clocks.mono() + wait)
+
+    async def _ride_out_outage(self) -> bool:
+        """Every recent request failed on the network: pause the run, probe, give up later."""
+        if self._outage.exhausted(self.clocks.mono()):
+            self.request_stop(Stop("network_error", ExitCode.STOPPED,
+                                   "the API has been unreachable for "
+                                   f"{self.options.outage_limit / 60:g} min; resume with --resume"))
+            return False
+        delay = self._contact.cap(self._outage.probe_delay(), self.clocks.mono())
+        # A first contact stops at its grace, not at the outage limit: say the limit that holds.
+        limit = (self.options.outage_limit if self._contact.answered
+                 else min(self._contact.grace, self.options.outage_limit))
+        self.hooks.event("pause", {"reason": "outage", "seconds": delay,
+                                   "outage_s": round(self._outage.duration(self.clocks.mono()), 1),
+                                   "limit_s": limit, "last": self._last_failure})
+        self.budget.pause_until(self.clocks.mono() + delay)
+        return self.stop is None
+
+    def _note_contact(self, v: Verdict) -> None:
+        """Whether the base URL has answered (retry.FirstContact): its first answer is
+        remembered; a first contact that failed for the whole grace stops the run (exit 3)."""
+        now = self.clocks.mono()
+        if is_network_failure(v):
+            self._contact.failed(now)
+            if self._contact.expired(now) and self.stop is None:
+                waited = self._contact.waited(now)
+                self.request_stop(Stop("unreachable", ExitCode.ABORTED, self.hooks.explain(
+                    "unreachable", v.message or v.error_code or "no answer", waited)))
+        elif (v.http_status is not None and v.error_code not in vocab.CONNECTION_CODES
+              and self._contact.answer()):  # a proxy's 407 is not the service answering
+            self.hooks.answered()
+
+    async def _honour_pause(self) -> bool:
+        """A 429 may have paused the run after the budget granted this worker its ticket and
+        before the worker ran again: wait the pause out before sending, so that no request
+        leaves during a pause (its answer would be one more 429, and it would pass for news
+        rather than an echo). The slot stays held meanwhile, which only makes the budget more
+        careful. False when the run stopped first."""
+        while (until := self.budget.paused_until) is not None:
+            left = until - self.clocks.mono()
+            if left <= 0:
+                break
+            if not await self._wait(left):
+                return False
+        return self.stop is None
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep unless the run stops first. False when it stopped."""
+        if seconds > 0:
+            await self._race(self.clocks.sleep(seconds))
+        return self.stop is None
+
+    async def _race(self, coro: Coroutine[Any, Any, T]) -> T | None:
+        """Await `coro` unless the run stops first (then it is cancelled: None).
+
+        `coro` runs inside the calling worker (a task per wait, plus one to watch the stop,
+        cost a fifth of a request's CPU on every budget grant); a stop cancels the workers
+        parked here, and the cancellation is taken back below. A cancellation from outside
+        (the run ending) still propagates."""
+        if self.stop is not None:
+            coro.close()
+            return None
+        me = asyncio.current_task()
+        assert me is not None
+        self._parked.add(me)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if me in self._unparked and me.cancelling() == 1:
+                me.uncancel()
+                return None
+            raise
+        finally:
+            self._parked.discard(me)
+            self._unparked.discard(me)
+
+    def _unpark(self) -> None:
+        """A stop: wake every worker parked in a wait (see `_race`)."""
+        for task in self._parked - self._unparked:
+            self._unparked.add(task)
+            task.cancel()
+
+    async def _acquire(self) -> Ticket | None:
+        """A budget ticket, or None when the run stops first (a ticket granted at the same
+        moment as the stop is given back unused)."""
+        asked = self.clocks.mono()
+        ticket = await self._race(self.budget.acquire())
+        got = self.clocks.mono()
+        if got - asked >= self._wait_min and got > self._waited_until:
+            self.timeline.waited(max(asked, self._waited_until), got)
+            self._waited_until = got
+        if ticket is not None and self.stop is not None:
+            self.budget.release(ticket)
+            return None
+        return ticket
+
+    def _deadline_task(self) -> asyncio.Task[None] | None:
+        """--stop-after counts from the first call of run(), canary included."""
+        if self.options.stop_after is None or self._deadline is not None:
+            return None
+
+        async def expire() -> None:
+            await self.clocks.sleep(self.options.stop_after or 0.0)
+            self.request_stop(Stop("budget_exhausted", ExitCode.STOPPED,
+                                   f"--stop-after {self.options.stop_after:g} s reached; "
+                                   "resume with --resume"))
+
+        return asyncio.create_task(expire())
+
+
+def _failure_words(v: Verdict) -> str:
+    """A failure on the way to the service, as -v says it: "no answer (timeout)" or
+    "gateway 503"."""
+    if v.http_status is not None:
+        return f"gateway {v.http_status}"
+    return f"no answer ({v.error_code})"
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    """The body, or its first MAX_BODY bytes and one more (the classifier sees it is too big)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            break
+    return b"".join(chunks)
