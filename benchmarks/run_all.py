@@ -42,6 +42,7 @@ BENCHMARKS: tuple[tuple[str, str, tuple[tuple[str, ...], ...], float], ...] = (
      120.0),
     ("peers", "bench_peers.py", (), 420.0),
     ("estimates", "bench_estimates.py", (), 300.0),
+    ("startup", "bench_startup.py", (), 120.0),
 )
 
 

@@ -513,6 +513,21 @@ def estimates_section(entry: dict[str, Any]) -> list[str]:
     return out + _load_line(res)
 
 
+def startup_section(entry: dict[str, Any]) -> list[str]:
+    res = entry["result"]
+    rows = [[f"`{name}`", f"{c['median_s'] * 1000:.0f} ms", f"{c['ratio_to_bare_python']:.1f}x",
+             mb(c["peak_mb"]), ", ".join(c["loaded_heavy"]) or "none"]
+            for name, c in res["cases"].items()]
+    return ["## Start-up: what a command costs before it does anything", "",
+            f"Each case is a fresh interpreter, {res['repeat']} times, interleaved with the bare "
+            "interpreter (`python -c pass`); the median, its ratio to the bare start, the peak "
+            "memory, and the heavy libraries the case ended with. Target: `--help` under "
+            f"{res['target_seconds']:g} s, loading neither pyarrow nor httpx "
+            f"({'met' if res['met'] else 'missed'}).", "",
+            table(["case", "median", "vs bare python", "peak memory", "heavy libraries loaded"],
+                  rows), ""]
+
+
 def generic_section(title: str, entry: dict[str, Any]) -> list[str]:
     """A benchmark this page has no special layout for: its figures as a key/value table."""
     leaves = [(k, v) for k, v in flatten(entry["result"]) if k not in ("benchmark",)]
@@ -522,9 +537,11 @@ def generic_section(title: str, entry: dict[str, Any]) -> list[str]:
 
 TITLES = {"validate": "validate", "sender": "Sender ceiling", "store": "State store overhead",
           "sandbox": "Sandbox requests/s", "sandbox_memory": "Sandbox request log memory",
-          "peers": "Peer comparison", "estimates": "Plan estimate vs measured"}
+          "peers": "Peer comparison", "estimates": "Plan estimate vs measured",
+          "startup": "Start-up"}
 RENDER = {"peers": peers_section, "validate": validate_section, "sandbox": sandbox_section,
-          "sender": sender_section, "store": store_section, "estimates": estimates_section}
+          "sender": sender_section, "store": store_section, "estimates": estimates_section,
+          "startup": startup_section}
 
 
 def render(record: dict[str, Any]) -> str:
@@ -549,7 +566,7 @@ def render(record: dict[str, Any]) -> str:
              _status(b), secs(b.get("seconds"))]
             for name, b in record["benchmarks"].items()]), "",
     ]
-    order = ("peers", "validate", "sender", "store", "sandbox", "estimates")
+    order = ("peers", "validate", "sender", "store", "sandbox", "estimates", "startup")
     for name in order:
         entry = record["benchmarks"].get(name)
         if not entry or entry.get("status") not in ("ok", "partial") or not entry.get("result"):
