@@ -354,6 +354,7 @@ Guides (docs/ in the repository):
   library.md         batch-toggle from Python: Airflow, notebooks, DataFrames
   report.md          reading the report, its summary and HTML page; statuses, error codes
   sandbox.md         rehearsing against the local Logis simulator
+  architecture.md    how the code is laid out: one row from the command line to the report
 """
 
 # `sandbox` is a test tool with options of its own (its --daily-limit is the simulated API's):
