@@ -51,8 +51,11 @@ system-deps:
 	            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } >/dev/null 2>&1; }; } \
 	  || echo "note: PostgreSQL unavailable; the PostgreSQL tests will skip"
 
+# --dist worksteal: the end-to-end tests differ a hundredfold in length (the README's examples
+# take ~40 s, most tests under one), and xdist's default hands them out in runs of neighbours,
+# so one worker ended with several long ones in a row: 420 s -> 256 s wall on 2 cores, same CPU.
 test: $(STAMP) browser system-deps
-	$(BIN)/python -m pytest -q -n 4
+	$(BIN)/python -m pytest -q -n 4 --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check batch_toggle tests benchmarks

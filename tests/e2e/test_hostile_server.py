@@ -107,6 +107,11 @@ class TinyServer:
     def stop(self) -> None:
         async def shutdown() -> None:
             self._server.close()
+            # A client that has gone (the CLI exited) may have left a request the loop has not
+            # read yet on a busy machine: let each connection read what was sent, up to its
+            # end, before counting (the tasks of closed connections end on their own).
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=2)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
