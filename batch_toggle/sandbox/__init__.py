@@ -23,7 +23,7 @@ from batch_toggle.sandbox.config import (
 
 if TYPE_CHECKING:
     from batch_toggle.sandbox.app import create_app
-    from batch_toggle.sandbox.faults import Fault, parse_fault
+    from batch_toggle.sandbox.config import Fault, parse_fault
     from batch_toggle.sandbox.server import (
         SandboxServerError,
         SandboxThread,
@@ -53,7 +53,7 @@ __all__ = [
 
 # Where each name lives. Only the light config is imported up front: `batch-toggle sandbox
 # --help` (and every --help, which lists it) must not pay for starlette (~50 ms) or uvicorn.
-_LAZY = {"create_app": "app", "Fault": "faults", "parse_fault": "faults",
+_LAZY = {"create_app": "app", "Fault": "config", "parse_fault": "config",
          "Seed": "world", "SeedError": "world", "World": "world", "load_seed": "world",
          "SandboxServerError": "server", "SandboxThread": "server", "run_server": "server",
          "serve_in_thread": "server"}

@@ -33,8 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from batch_toggle.sandbox.config import SandboxConfig, default_seed_path
-from batch_toggle.sandbox.faults import Fault
+from batch_toggle.sandbox.config import Fault, SandboxConfig, default_seed_path
 from batch_toggle.sandbox.world import (
     Clock,
     Job,

@@ -7,6 +7,7 @@ always goes back to exactly this.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,10 +106,6 @@ class SandboxConfig:
             raise ValueError("latency_ms must be a non-negative number or a (lo, hi) range")
         if not self.api_keys and not self.inactive_keys and not self.no_permission_keys:
             raise ValueError("the sandbox needs at least one key")
-        from batch_toggle.sandbox.faults import (
-            validate_scripted,  # here: faults imports this module
-        )
-
         validate_scripted(self.scripted)
 
 
@@ -146,3 +143,44 @@ def parse_latency(text: str) -> Latency:
         return float(s)
     except ValueError:
         raise ValueError(f"latency {text!r}: expected milliseconds like 50 or 5-200") from None
+
+
+# The scripted-fault grammar (`scripted` above): parsed here, where the config checks its own
+# fields; faults.py applies them.
+FaultKind = Literal["ok", "status", "html", "reset", "reset-after", "timeout"]
+
+_STATUS_RE = re.compile(r"(html)?([45]\d\d)(?::(\d+(?:\.\d+)?))?")
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: FaultKind
+    status: int | None = None
+    retry_after: float | None = None
+    token: str = ""
+
+
+def parse_fault(token: str) -> Fault:
+    """Parse one scripted fault token (see the module docstring); ValueError if unknown."""
+    t = str(token).strip().lower()
+    if t in ("ok", "reset", "reset-after", "timeout"):
+        return Fault(kind=t, token=t)  # type: ignore[arg-type]
+    m = _STATUS_RE.fullmatch(t)
+    if m is None or (m.group(3) is not None and (m.group(1) or m.group(2) != "429")):
+        raise ValueError(
+            f"unknown fault {token!r}: expected a 4xx/5xx status, 429:N, htmlNNN, "
+            "reset, reset-after, timeout or ok"
+        )
+    status = int(m.group(2))
+    if m.group(1):
+        return Fault(kind="html", status=status, token=t)
+    retry_after = float(m.group(3)) if m.group(3) else (1.0 if status == 429 else None)
+    return Fault(kind="status", status=status, retry_after=retry_after, token=t)
+
+
+def validate_scripted(scripted: Mapping[str, Sequence[str]]) -> None:
+    for tokens in scripted.values():
+        if isinstance(tokens, str):
+            raise ValueError("scripted faults: each job maps to a list of faults, not a string")
+        for token in tokens:
+            parse_fault(token)

@@ -18,15 +18,20 @@ Scripted tokens:
 from __future__ import annotations
 
 import random
-import re
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
-from batch_toggle.sandbox.config import SandboxConfig, latency_bounds, parse_latency
-
-FaultKind = Literal["ok", "status", "html", "reset", "reset-after", "timeout"]
+from batch_toggle.sandbox.config import (  # noqa: F401 - Fault, parse_fault re-exported
+    Fault,
+    FaultKind,
+    SandboxConfig,
+    latency_bounds,
+    parse_fault,
+    parse_latency,
+    validate_scripted,
+)
 
 ANY_JOB = "*"
 RANDOM_ERROR_STATUSES = (500, 502, 503, 504)
@@ -37,46 +42,11 @@ FAULT_FIELDS = (
     "timeout_delay_s", "fault_seed", "scripted",
 )
 
-_STATUS_RE = re.compile(r"(html)?([45]\d\d)(?::(\d+(?:\.\d+)?))?")
-
-
-@dataclass(frozen=True)
-class Fault:
-    kind: FaultKind
-    status: int | None = None
-    retry_after: float | None = None
-    token: str = ""
-
-
-def parse_fault(token: str) -> Fault:
-    """Parse one scripted fault token (see the module docstring); ValueError if unknown."""
-    t = str(token).strip().lower()
-    if t in ("ok", "reset", "reset-after", "timeout"):
-        return Fault(kind=t, token=t)  # type: ignore[arg-type]
-    m = _STATUS_RE.fullmatch(t)
-    if m is None or (m.group(3) is not None and (m.group(1) or m.group(2) != "429")):
-        raise ValueError(
-            f"unknown fault {token!r}: expected a 4xx/5xx status, 429:N, htmlNNN, "
-            "reset, reset-after, timeout or ok"
-        )
-    status = int(m.group(2))
-    if m.group(1):
-        return Fault(kind="html", status=status, token=t)
-    retry_after = float(m.group(3)) if m.group(3) else (1.0 if status == 429 else None)
-    return Fault(kind="status", status=status, retry_after=retry_after, token=t)
 
 
 def normalize_job_key(job_id: object) -> str:
     """The key under which scripted faults for a job are kept: trimmed and lowercase."""
     return str(job_id).strip().lower()
-
-
-def validate_scripted(scripted: Mapping[str, Sequence[str]]) -> None:
-    for tokens in scripted.values():
-        if isinstance(tokens, str):
-            raise ValueError("scripted faults: each job maps to a list of faults, not a string")
-        for token in tokens:
-            parse_fault(token)
 
 
 class Faults:
