@@ -11,6 +11,7 @@ from helpers_time import run_virtual, vclock
 
 from batch_toggle.config import Rate, SendOptions
 from batch_toggle.jobs import run as live
+from batch_toggle.jobs import session
 from batch_toggle.jobs.pipeline import Hooks, JobConfig
 from batch_toggle.sandbox import Seed
 from batch_toggle.send.limiter import WAIT_BUDGET, Budget
@@ -84,7 +85,7 @@ def test_a_wait_event_counts_its_seconds_on_the_budgets_clock() -> None:
 
     async def main() -> None:
         budget = Budget.from_options(SendOptions(rate=Rate(1, 3600.0), max_rps=0),
-                                     clock=vclock, on_wait=live._wait_events(hooks))
+                                     clock=vclock, on_wait=session.wait_events(hooks))
         async with budget.slot():
             pass
         async with budget.slot():  # the window is full: wait for it

@@ -23,6 +23,7 @@ from test_runner import FakeLogis, job_name, jobs, run_units
 
 from batch_toggle.errors import ExitCode
 from batch_toggle.jobs import run as live
+from batch_toggle.jobs import session
 from batch_toggle.jobs.pipeline import JobConfig
 from batch_toggle.sandbox import Seed
 from batch_toggle.send.runner import Interrupts, RunHooks, Stop
@@ -41,8 +42,9 @@ def _handlers_come_back() -> Any:
 
 
 def signal_during(monkeypatch: pytest.MonkeyPatch, name: str, *sigs: signal.Signals) -> list[int]:
-    """Raise `sigs` (one after the other) when live's `name` is first called, then call it."""
-    real = getattr(live, name)
+    """Raise `sigs` (one after the other) when the session's `name` (what run and audit share)
+    is first called, then call it."""
+    real = getattr(session, name)
     calls: list[int] = []
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -52,7 +54,7 @@ def signal_during(monkeypatch: pytest.MonkeyPatch, name: str, *sigs: signal.Sign
                 signal.raise_signal(sig)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(live, name, wrapped)
+    monkeypatch.setattr(session, name, wrapped)
     return calls
 
 

@@ -25,7 +25,8 @@ from batch_toggle.cli.app import main, make_hooks
 from batch_toggle.cli.verbose import RENDERERS, SILENT_KINDS, VerboseLog, render
 from batch_toggle.events import EventLog, fan_out
 from batch_toggle.jobs.pipeline import Hooks
-from batch_toggle.jobs.run import NOTABLE_WAIT, _wait_events
+from batch_toggle.jobs.session import NOTABLE_WAIT
+from batch_toggle.jobs.session import wait_events as _wait_events
 
 REPO = Path(__file__).resolve().parents[1]
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")

@@ -45,16 +45,16 @@ from batch_toggle.jobs.pipeline import (
     prepare_or_refuse,
     request_cost,
 )
-from batch_toggle.jobs.run import (
-    _record_start,
-    _send,
-    _send_summary,
+from batch_toggle.jobs.session import (
     finish_interruptible,
     live_config,
     lock_store,
     open_store,
+    record_start,
     run_watchdog,
     seeded_budget,
+    send_summary,
+    send_units,
     stop_record,
 )
 from batch_toggle.outcome import Outcome
@@ -202,7 +202,7 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
                        ledger_for=(lambda _loaded: ledger_view(store)) if store else None)
     if store is not None:
         lock_store(store, prepared, "audit")
-        _record_start(config, store, prepared, [], command="audit")
+        record_start(config, store, prepared, [], command="audit")
     reads = plan_reads(prepared.plan.units)
     todo = choose_sample(len(reads), options.sample, options.seed)
     budget = seeded_budget(config, store, hooks)
@@ -212,7 +212,7 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
     # As for a run: from the start of the reads until the report is written, SIGINT/SIGTERM
     # stop the audit (the report is written, exit 130), never escape as KeyboardInterrupt.
     with Interrupts() as interrupts, run_watchdog(store, prepared.run_id) as watchdog:
-        runner, counters = asyncio.run(_send(config, hooks, store, prepared, todo, transport,
+        runner, counters = asyncio.run(send_units(config, hooks, store, prepared, todo, transport,
                                              units=reads.units, operation=track,
                                              interrupts=interrupts, advice=_no_resume,
                                              watchdog=watchdog, budget=budget))
@@ -226,7 +226,7 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
         def results() -> tuple[UnitResults, dict[str, Any]]:
             units = UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
                                               runner.unsent_outcome())
-            return units, {**_send_summary(runner, counters, config), **facts}
+            return units, {**send_summary(runner, counters, config), **facts}
 
         result = finish_interruptible(prepared, hooks, runner, interrupts, results)
         for line in audit_lines(facts, stopped=runner.stop is not None):

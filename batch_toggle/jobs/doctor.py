@@ -96,7 +96,7 @@ def diagnose(inputs: DoctorInputs, environ: Mapping[str, str] | None = None) -> 
 
 
 def _url_check(send: SendOptions) -> Check:
-    from batch_toggle.jobs.run import check_base_url
+    from batch_toggle.hosts import check_base_url
 
     try:
         check_base_url(send.base_url, send.insecure)
