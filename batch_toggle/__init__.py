@@ -251,16 +251,13 @@ def _config(command: str, inputs: Inputs, options: Mapping[str, Any]) -> JobConf
                          for name in foreign)
         raise UsageError(f"{command}() does not take {', '.join(f'{n}=' for n in foreign)} "
                          f"({said})")
-    if options.get("retry_failed") and not options.get("resume"):
-        raise UsageError("retry_failed=True goes with resume=True (it re-sends the retryable "
-                         "failures of the run being resumed)")
     o = dict(options)
     # The CLI reads LOGIS_BASE_URL through click; the library reads it here.
     o["base_url"] = o.get("base_url") or os.environ.get("LOGIS_BASE_URL")
     sandbox, dry_run = bool(o.get("sandbox")), bool(o.get("dry_run")) and command == "run"
     api_key = None
     if command != "validate" and not dry_run:
-        api_key = _api_key(o, required=not sandbox)
+        api_key = _api_key(o)
     names, tables = _inputs(inputs)
     return job_config(command, names, o, dry_run=dry_run, sandbox=sandbox,
                       resume=bool(o.get("resume")), retry_failed=bool(o.get("retry_failed")),
@@ -297,7 +294,7 @@ def _inputs(inputs: Inputs) -> tuple[tuple[str, ...], dict[str, Any]]:
     return tuple(names), tables
 
 
-def _api_key(o: Mapping[str, Any], required: bool) -> str | None:
+def _api_key(o: Mapping[str, Any]) -> str | None:
     """api_key=, else api_key_file=, else env LOGIS_API_KEY. A library must not change its
     host's environment, so unlike the CLI it reads the variable without removing it."""
     from batch_toggle.jobs.options import read_key_file
@@ -305,11 +302,7 @@ def _api_key(o: Mapping[str, Any], required: bool) -> str | None:
     key = o.get("api_key")
     if not key and o.get("api_key_file"):
         key = read_key_file(Path(o["api_key_file"]))
-    key = (key or os.environ.get("LOGIS_API_KEY") or "").strip() or None
-    if required and not key:
-        raise UsageError("no API key: pass api_key=..., api_key_file=... or set LOGIS_API_KEY "
-                         "(or use sandbox=True / dry_run=True)")
-    return key
+    return (key or os.environ.get("LOGIS_API_KEY") or "").strip() or None
 
 
 class _hooks:

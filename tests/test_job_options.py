@@ -153,3 +153,71 @@ def test_the_sheet_is_part_of_the_plan_key_only_when_named() -> None:
     assert job_config("run", ["x.xlsx"], {"sheet": 2}).load.sheet == "2"
     with pytest.raises(UsageError, match="sheet 0: a sheet name, or an index from 1"):
         job_config("run", ["x.xlsx"], {"sheet": 0})
+
+
+# --- the rules between options: one statement, met by every way in ----------------------------
+
+
+def refused_by_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Exit 2 and the one line, as `batch-toggle ARGV` says it (the part after "error: ")."""
+    from batch_toggle.cli.app import main as cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv, standalone_mode=False)
+    assert exited.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    return line.removeprefix("batch-toggle: error: ").split(" (it re-sends")[0]
+
+
+@pytest.mark.parametrize(("way", "said"), [
+    ("cli", "--retry-failed goes with --resume"),
+    ("library", "retry_failed=True goes with resume=True"),
+    ("jobconfig", "--retry-failed goes with --resume"),
+])
+def test_retry_failed_without_resume_is_refused_whichever_way_the_job_is_built(
+        way: str, said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Was checked by the CLI and by `batch_toggle.run`, each in its own words, but not for a
+    caller that built a JobConfig itself: that run began and resumed nothing."""
+    from batch_toggle.config import JobConfig
+    from batch_toggle.jobs.run import run as run_job
+
+    monkeypatch.setenv("LOGIS_API_KEY", "k" * 32)
+    if way == "cli":
+        assert refused_by_cli(["run", "in.csv", "--retry-failed", "--sandbox"], capsys) == said
+        return
+    with pytest.raises(UsageError, match=said):
+        if way == "library":
+            batch_toggle.run("in.csv", retry_failed=True, sandbox=True)
+        else:
+            run_job(JobConfig(inputs=("in.csv",), command="run", retry_failed=True,
+                              sandbox=True, state_path=tmp_path / "s.sqlite"))
+
+
+@pytest.mark.parametrize(("command", "way", "said"), [
+    ("run", "cli", "no API key: set LOGIS_API_KEY or use --api-key-file (or try --sandbox / "
+                   "--dry-run)"),
+    ("audit", "cli", "no API key: set LOGIS_API_KEY or use --api-key-file (or try --sandbox)"),
+    ("run", "library", "no API key: pass api_key=..., api_key_file=... or set LOGIS_API_KEY "
+                       "(or use sandbox=True / dry_run=True)"),
+    ("audit", "library", "no API key: pass api_key=..., api_key_file=... or set "
+                         "LOGIS_API_KEY (or use sandbox=True)"),
+    ("run", "jobconfig", "no API key: set LOGIS_API_KEY or use --api-key-file"),
+])
+def test_no_api_key_is_refused_the_same_way_everywhere(
+        command: str, way: str, said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from batch_toggle.config import JobConfig
+    from batch_toggle.jobs.run import run as run_job
+
+    monkeypatch.delenv("LOGIS_API_KEY", raising=False)
+    if way == "cli":
+        assert refused_by_cli([command, "in.csv"], capsys).startswith(said)
+        return
+    with pytest.raises(UsageError) as err:
+        if way == "library":
+            getattr(batch_toggle, command)("in.csv")
+        else:
+            run_job(JobConfig(inputs=("in.csv",), command=command,
+                              state_path=tmp_path / "s.sqlite"))
+    assert str(err.value).startswith(said)

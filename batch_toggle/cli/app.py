@@ -543,14 +543,7 @@ def run(**opts: Any) -> None:
     from batch_toggle.state.ledger import read_ledger
 
     def body() -> int:
-        if opts.get("retry_failed") and not opts.get("resume"):
-            raise UsageError("--retry-failed goes with --resume (it re-sends the retryable "
-                             "failures of the run being resumed)")
-        needs_key = not (opts.get("dry_run") or opts.get("sandbox"))
         key = read_api_key(opts.get("api_key_file"), lambda m: click.echo(m, err=True))
-        if needs_key and not key:
-            raise UsageError("no API key: set LOGIS_API_KEY or use --api-key-file "
-                             "(or try --dry-run / --sandbox)")
         config = build_config("run", opts, dry_run=bool(opts.get("dry_run")),
                               sandbox=bool(opts.get("sandbox")), resume=bool(opts.get("resume")),
                               retry_failed=bool(opts.get("retry_failed")), api_key=key)

@@ -14,7 +14,6 @@ import click
 from batch_toggle.cli.app import build_config, guarded, input_options, send_options, session_hooks
 from batch_toggle.cli.secrets import read_api_key
 from batch_toggle.config import DEFAULT_SEED, AuditOptions
-from batch_toggle.errors import UsageError
 
 # Options of `run` that mean nothing to a read-only audit: it neither resumes nor retries a
 # run's failures, has no canary, and reads every unit (a confirmation in the ledger is not what
@@ -60,9 +59,6 @@ def audit_command(**opts: Any) -> None:
 
     def body() -> int:
         key = read_api_key(opts.get("api_key_file"), lambda m: click.echo(m, err=True))
-        if not opts.get("sandbox") and not key:
-            raise UsageError("no API key: set LOGIS_API_KEY or use --api-key-file "
-                             "(or try --sandbox)")
         config = build_config("audit", opts, sandbox=bool(opts.get("sandbox")), api_key=key)
         options = AuditOptions(sample=opts.get("sample"), seed=int(opts["seed"]))
         with session_hooks(opts) as hooks:

@@ -48,10 +48,43 @@ def cli_name(option: str) -> str:
     return "--" + option.replace("_", "-")
 
 
+def check_rules(command: str, name: Namer = str, *, dry_run: bool = False,
+                sandbox: bool = False, resume: bool = False, retry_failed: bool = False,
+                api_key: str | None | object = ...) -> None:
+    """The rules between a job's options, stated once: the CLI and the library build every
+    JobConfig through `job_config`, which checks them, and a caller that builds a JobConfig by
+    hand meets them again where the job starts (session.live_config). `name` spells an option
+    as the caller knows it: a flag for the CLI (`--resume`), a keyword for the library.
+    `api_key` left out: the caller has not looked for one yet (the key is met at the start).
+    """
+    library = name is str
+    if retry_failed and not resume:
+        raise UsageError(f"{_switch(name, 'retry_failed')} goes with {_switch(name, 'resume')} "
+                         "(it re-sends the retryable failures of the run being resumed)")
+    if (command in ("run", "audit") and not dry_run and not sandbox and api_key is not ...
+            and not api_key):
+        where = ("pass api_key=..., api_key_file=... or set LOGIS_API_KEY" if library
+                 else "set LOGIS_API_KEY or use --api-key-file")
+        instead = [_switch(name, "sandbox")] + ([_switch(name, "dry_run")]
+                                                if command == "run" else [])
+        raise UsageError(f"no API key: {where} (or {'use' if library else 'try'} "
+                         f"{' / '.join(instead)})")
+
+
+def _switch(name: Namer, option: str) -> str:
+    """A flag as the caller turns it on: `--resume` on the command line, `resume=True` in
+    Python."""
+    said = name(option)
+    return f"{said}=True" if name is str else said
+
+
 def job_config(command: str, inputs: Sequence[str], options: Mapping[str, Any],
                name: Namer = str, **extra: Any) -> JobConfig:
     """The JobConfig of one command. `extra` sets the JobConfig fields that are not options
     of every command (dry_run, sandbox, resume, retry_failed, api_key)."""
+    check_rules(command, name, **{k: extra[k] for k in
+                                  ("dry_run", "sandbox", "resume", "retry_failed", "api_key")
+                                  if k in extra})
     if extra.get("api_key") is not None and not extra.get("dry_run"):  # a dry run sends none
         check_api_key(extra["api_key"])
     o = {k: v for k, v in options.items() if v is not None}

@@ -29,8 +29,9 @@ import httpx
 from batch_toggle import vocab
 from batch_toggle.clock import utc_text
 from batch_toggle.config import format_duration
-from batch_toggle.errors import ExitCode, StoreError, UsageError
+from batch_toggle.errors import ExitCode, StoreError
 from batch_toggle.hosts import check_base_url
+from batch_toggle.jobs.options import check_rules, cli_name
 from batch_toggle.jobs.pipeline import (
     SILENT,
     Hooks,
@@ -108,8 +109,8 @@ def live_config(config: JobConfig) -> JobConfig:
         config = replace(config, send=replace(config.send, base_url=SANDBOX_BASE_URL),
                          api_key=config.api_key or _sandbox_key())
     check_base_url(config.send.base_url, config.send.insecure or config.sandbox)
-    if not config.api_key:
-        raise UsageError("no API key: set LOGIS_API_KEY or use --api-key-file")
+    check_rules(config.command, cli_name, resume=config.resume,
+                retry_failed=config.retry_failed, api_key=config.api_key)
     if not config.sandbox:
         route_of(config).trust.context()  # loads --ca-bundle: a bad file is a usage error
     return config
