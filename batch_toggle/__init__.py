@@ -31,7 +31,17 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 # Rate is imported for real (config.py loads nothing heavy): `typing.get_type_hints(Options)`,
 # which editors, pydantic and typeguard call, resolves every name in the annotations.
 from batch_toggle.config import Rate
-from batch_toggle.errors import BatchToggleError, ExitCode, InputError, UsageError
+from batch_toggle.errors import (
+    BatchToggleError,
+    ExitCode,
+    InputError,
+    ProxyRefused,
+    ReportError,
+    StoreError,
+    StoreLocked,
+    TooManyInvalid,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -350,5 +360,6 @@ class _Package(types.ModuleType):
 _PUBLIC_FUNCTIONS = frozenset({"validate", "run", "audit"})
 sys.modules[__name__].__class__ = _Package
 
-__all__ = ["BatchToggleError", "ExitCode", "InputError", "Options", "Result", "UsageError",
+__all__ = ["BatchToggleError", "ExitCode", "InputError", "Options", "ProxyRefused", "Rate",
+           "ReportError", "Result", "StoreError", "StoreLocked", "TooManyInvalid", "UsageError",
            "__version__", "audit", "run", "validate"]

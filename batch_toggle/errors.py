@@ -7,7 +7,12 @@ a whole (a file that cannot be read, a usage mistake, a key the API rejects). Fo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the refused file's plan and report (see TooManyInvalid)
+    from batch_toggle.jobs.pipeline import JobResult, Prepared
 
 
 class ExitCode(IntEnum):
@@ -19,8 +24,10 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # SIGINT/SIGTERM; resumable
 
 
-# When several apply, the first of these wins (SPEC section 9).
-EXIT_PRECEDENCE = (
+# When several apply, the first of these wins: a usage error before anything else, then a
+# signal, an abort, a stop, and row problems. Both the job's final exit code (worst_exit) and
+# the runner's choice among several stops (exit_rank) read this one order.
+EXIT_PRECEDENCE: tuple[ExitCode, ...] = (
     ExitCode.USAGE,
     ExitCode.INTERRUPTED,
     ExitCode.ABORTED,
@@ -30,12 +37,18 @@ EXIT_PRECEDENCE = (
 )
 
 
-def worst_exit(codes: set[ExitCode] | list[ExitCode]) -> ExitCode:
-    """The exit code that wins among several that apply."""
-    for code in EXIT_PRECEDENCE:
-        if code in codes:
-            return code
-    return ExitCode.OK
+_RANK = {code: rank for rank, code in enumerate(EXIT_PRECEDENCE)}
+
+
+def exit_rank(code: ExitCode) -> int:
+    """Where `code` stands in EXIT_PRECEDENCE: the lower, the stronger its claim to be the exit
+    code when several apply (0 for a usage error)."""
+    return _RANK[code]
+
+
+def worst_exit(codes: Iterable[ExitCode]) -> ExitCode:
+    """The exit code that wins among several that apply (OK when none does)."""
+    return min(codes, key=exit_rank, default=ExitCode.OK)
 
 
 class BatchToggleError(Exception):
@@ -64,3 +77,44 @@ class StoreError(BatchToggleError):
 
 class StoreLocked(StoreError):
     """Another run holds the state store's lock."""
+
+
+class TooManyInvalid(BatchToggleError):
+    """More than --max-invalid percent of rows are invalid: likely a wrong file or --map.
+
+    `share` says that fact in a few words (for the refused report's rows). The job layer
+    raises it again with what it made of the refused file: `prepared`, the file read and
+    planned without the limit (so its report can still give every row its outcome), and then
+    `result`, that report once written (its `report_path` says why each row is invalid)."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, message: str, share: str = "", *, prepared: Prepared | None = None,
+                 result: JobResult | None = None) -> None:
+        super().__init__(message)
+        self.share: str = share or message
+        self.prepared: Prepared | None = prepared
+        self.result: JobResult | None = result
+
+
+class ReportError(BatchToggleError):
+    """A report, summary or rejects file could not be written; the previous file is untouched.
+
+    Exit 2 (nothing was sent) unless the job says otherwise: after requests went out, a report
+    that cannot be written leaves a resumable run (exit 4)."""
+
+    def __init__(self, message: str, exit_code: ExitCode = ExitCode.USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ProxyRefused(OSError):
+    """The proxy answered CONNECT with something other than 2xx.
+
+    An OSError, not a BatchToggleError: it is one of the failures on the way to a server
+    (beside socket.gaierror and ssl.SSLError) that a run classifies into an error code."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"{status} {reason}".strip())

@@ -24,11 +24,11 @@ import pyarrow.compute as pc
 from batch_toggle import __version__, vocab
 from batch_toggle.clock import utc_text
 from batch_toggle.config import JobConfig, LoadOptions, PlanOptions, SendOptions  # noqa: F401 - re-exported
-from batch_toggle.errors import ExitCode, worst_exit
+from batch_toggle.errors import ExitCode, TooManyInvalid, worst_exit
 from batch_toggle.events import SILENT, Hooks  # noqa: F401 - re-exported
 from batch_toggle.input.normalize import normalize
 from batch_toggle.input.readers import LoadedInput, load_inputs
-from batch_toggle.plan.units import Plan, TooManyInvalid, build_plan
+from batch_toggle.plan.units import Plan, build_plan
 from batch_toggle.report.table import (
     UnitResults,
     assemble,
@@ -135,12 +135,10 @@ def prepare(config: JobConfig, ledger: Any = None, hooks: Hooks = SILENT, *, std
     except TooManyInvalid as exc:
         # The refusal is about the files: name them, as every other input error does.
         names = ", ".join(s.name for s in loaded.sources)
-        refusal = TooManyInvalid(f"{names}: {exc}", exc.share)
         unchecked = replace(config.plan, max_invalid=100.0)
-        refusal.prepared = Prepared(config, run_id or new_run_id(started), started, loaded,
-                                    norm, build_plan(norm, refs, unchecked, ledger), report_path,
-                                    started_mono)
-        raise refusal from exc
+        refused = Prepared(config, run_id or new_run_id(started), started, loaded, norm,
+                           build_plan(norm, refs, unchecked, ledger), report_path, started_mono)
+        raise TooManyInvalid(f"{names}: {exc}", exc.share, prepared=refused) from exc
     return Prepared(config, run_id or new_run_id(started), started, loaded, norm, plan,
                     report_path, started_mono)
 
@@ -155,10 +153,8 @@ def prepare_or_refuse(config: JobConfig, hooks: Hooks = SILENT, **kwargs: Any) -
         if exc.prepared is None:
             raise
         result = _refuse(exc.prepared, hooks, exc.share)
-        refusal = TooManyInvalid(f"{exc} Why each row is invalid: {result.report_path}",
-                                 exc.share)
-        refusal.result = result
-        raise refusal from exc
+        raise TooManyInvalid(f"{exc} Why each row is invalid: {result.report_path}", exc.share,
+                             result=result) from exc
 
 
 def _refuse(prepared: Prepared, hooks: Hooks, why: str) -> JobResult:

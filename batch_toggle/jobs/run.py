@@ -16,7 +16,7 @@ import httpx
 
 from batch_toggle import vocab
 from batch_toggle.clock import utc_text
-from batch_toggle.errors import ExitCode, InputError
+from batch_toggle.errors import ExitCode, InputError, ReportError
 from batch_toggle.hosts import check_base_url  # noqa: F401 - re-exported
 from batch_toggle.jobs.pipeline import (
     SILENT,
@@ -47,7 +47,6 @@ from batch_toggle.jobs.session import (  # noqa: F401 - make_client, NOTABLE_WAI
 )
 from batch_toggle.outcome import Outcome
 from batch_toggle.report.table import UnitResults
-from batch_toggle.report.writers import ReportError
 from batch_toggle.send.cost import latency_prior
 from batch_toggle.send.limiter import Budget
 from batch_toggle.send.runner import Counters, Interrupts, Runner, Stop
@@ -159,10 +158,8 @@ def _report_failed(exc: ReportError, store: StateStore | None,
     else:
         saved = (f"the state store {store.path} also failed ({store_error}), so the rows "
                  "answered after that will be sent again by a resume (PUT is idempotent)")
-    err = ReportError(f"{exc}; {saved}: make room, then run again with --resume to write the "
-                      "report")
-    err.exit_code = ExitCode.STOPPED
-    return err
+    return ReportError(f"{exc}; {saved}: make room, then run again with --resume to write the "
+                       "report", exit_code=ExitCode.STOPPED)
 
 
 def _find_resumable(config: JobConfig, store: StateStore, loaded: Any,

@@ -29,7 +29,7 @@ import httpx
 from batch_toggle import vocab
 from batch_toggle.clock import utc_text
 from batch_toggle.config import format_duration
-from batch_toggle.errors import ExitCode, StoreError
+from batch_toggle.errors import ExitCode, ReportError, StoreError
 from batch_toggle.hosts import check_base_url
 from batch_toggle.jobs.options import check_rules, cli_name
 from batch_toggle.jobs.pipeline import (
@@ -43,7 +43,7 @@ from batch_toggle.jobs.pipeline import (
 from batch_toggle.outcome import Outcome
 from batch_toggle.plan.units import Units
 from batch_toggle.report.table import UnitResults, row_ref_array
-from batch_toggle.report.writers import ReportError, release_reservation
+from batch_toggle.report.writers import release_reservation
 from batch_toggle.send.causes import explainer
 from batch_toggle.send.client import Route, route_for, worker_connections
 from batch_toggle.send.limiter import SEND_LOG_KEEP, WAIT_BUDGET, WAIT_DAILY, Budget

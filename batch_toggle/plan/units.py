@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from batch_toggle import vocab
 from batch_toggle.config import PlanOptions
-from batch_toggle.errors import BatchToggleError, ExitCode
+from batch_toggle.errors import TooManyInvalid
 
 # Row states inside a plan. SEND rows are decided by the sender (or become dry_run).
 SEND, INVALID, DUPLICATE, SUPERSEDED, CONFLICT, UNCHANGED = range(6)
@@ -25,19 +25,6 @@ ROW_STATE_NAMES = ("send", vocab.INVALID, vocab.DUPLICATE, vocab.SUPERSEDED, voc
                    vocab.UNCHANGED)
 
 _NO_ROW = -1
-
-
-class TooManyInvalid(BatchToggleError):
-    """More than --max-invalid percent of rows are invalid: likely a wrong file or --map.
-    `share`: that fact in a few words."""
-
-    exit_code = ExitCode.USAGE
-
-    def __init__(self, message: str, share: str = "") -> None:
-        super().__init__(message)
-        self.share = share or message
-        self.prepared: Any = None  # jobs.Prepared of the refused file, unchecked
-        self.result: Any = None  # jobs.JobResult of its report, once written
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from batch_toggle.config import format_duration
-from batch_toggle.errors import BatchToggleError, UsageError
+from batch_toggle.errors import ReportError, UsageError
 from batch_toggle.vocab import ERROR_CODES, NOT_ATTEMPTED, OK_STATUSES, PROBLEM_STATUSES, STATUSES
 
 FORMATS: Final = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -67,10 +67,6 @@ SUMMARY_LINES: Final = (
 
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
-
-
-class ReportError(BatchToggleError):
-    """A report, summary or rejects file could not be written; the previous file is untouched."""
 
 
 # --- paths -----------------------------------------------------------------------------------

@@ -24,18 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
 
+from batch_toggle.errors import ProxyRefused
 from batch_toggle.send.proxies import ProxyChoice
 
 MAX_PROXY_REPLY = 16 * 1024
-
-
-class ProxyRefused(OSError):
-    """The proxy answered CONNECT with something other than 2xx."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        self.status = status
-        self.reason = reason
-        super().__init__(f"{status} {reason}".strip())
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import httpx
 from batch_toggle import __version__, vocab
 from batch_toggle.clock import utc_text
 from batch_toggle.config import SendOptions
-from batch_toggle.errors import ExitCode, StoreError
+from batch_toggle.errors import ExitCode, StoreError, exit_rank
 from batch_toggle.outcome import Outcome
 from batch_toggle.plan.units import Units
 from batch_toggle.send.classify import MAX_BODY, Verdict, classify_exception
@@ -44,11 +44,6 @@ from batch_toggle.send.retry import (
 from batch_toggle.state.committer import Committer, Finished
 
 T = TypeVar("T")
-
-# Exit precedence among stops (SPEC section 9): an interrupt outranks an abort, and so on.
-_STOP_RANK = {ExitCode.INTERRUPTED: 0, ExitCode.ABORTED: 1, ExitCode.STOPPED: 2,
-              ExitCode.ROW_PROBLEMS: 3}
-
 
 # What _exchange returns when no request went out (the run stopped, or must not send).
 _NOT_SENT: tuple[None, str, float, float] = (None, "", 0.0, 0.0)
@@ -332,7 +327,7 @@ class Runner:
         the run was finishing), where it only decides the exit code and tells the event."""
         if self._advice is not None:
             stop = replace(stop, message=self._advice(stop.message))
-        decided = self.stop is None or _STOP_RANK[stop.exit_code] < _STOP_RANK[self.stop.exit_code]
+        decided = self.stop is None or exit_rank(stop.exit_code) < exit_rank(self.stop.exit_code)
         if decided:
             self.stop = stop
         self._unpark()
