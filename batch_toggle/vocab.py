@@ -1,4 +1,5 @@
-"""The public vocabulary of batch-toggle: statuses, error codes, report columns.
+"""The public vocabulary of batch-toggle: statuses, error codes, report columns, verdicts,
+resumability and run states.
 
 One place owns each of these names because SPEC.md makes them a public interface: reports are
 parsed by scripts and filed as compliance evidence, so a renamed status is a breaking change.
@@ -6,7 +7,10 @@ parsed by scripts and filed as compliance evidence, so a renamed status is a bre
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
+
+from batch_toggle.errors import ExitCode
 
 # The four fields every input row must provide (after --map / --set-state / --default-target).
 FIELDS: Final = ("job_id", "review_key", "do_notify_sms", "update_target")
@@ -69,3 +73,72 @@ OUTCOME_COLUMNS: Final = (
 
 # The masked review key: the shape of a UUID with only its last four characters shown.
 REVIEW_KEY_MASK_PREFIX: Final = "********-****-****-****-********"
+
+# --- verdicts -------------------------------------------------------------------------------
+# The summary's `verdict`: the exit code in a sentence, with what to do next.
+VERDICTS: Final[Mapping[ExitCode, str]] = {
+    ExitCode.OK: "ok: every row is in its desired state or needs nothing",
+    ExitCode.ROW_PROBLEMS: "attention: some rows are invalid, in conflict, failed or mismatched",
+    ExitCode.USAGE: "refused: nothing was sent",
+    ExitCode.ABORTED: ("aborted: the API refused the key or the run halted; fix the cause, then "
+                       "run again (confirmed rows are not re-sent)"),
+    ExitCode.STOPPED: "stopped early: resumable",
+    ExitCode.INTERRUPTED: "interrupted: resumable",
+}
+# Exit 3 for a connection that cannot work as configured (CONNECTION_CODES): the cause is the
+# stop's code, and nothing is resumable until a person fixes it.
+CONNECTION_VERDICT: Final = ("aborted: the connection to Logis cannot work as configured ({code}); "
+                             "fix it (see why), then run again (confirmed rows are not re-sent)")
+# An audit changes nothing (exit 0 with rows that would change) and does not resume; the exit
+# codes not named here read as a run's.
+AUDIT_VERDICTS: Final[Mapping[ExitCode, str]] = {
+    ExitCode.OK: "ok: every row was read (in_sync or would_change) or needs no read",
+    ExitCode.ABORTED: "aborted: the API refused the key or the audit halted; audit again",
+    ExitCode.STOPPED: "stopped early: the rest was not read; audit again",
+    ExitCode.INTERRUPTED: "interrupted: the rest was not read; audit again",
+}
+# The HTML report's verdict box: its CSS class by exit code (any other: "other").
+VERDICT_CLASSES: Final[Mapping[int, str]] = {
+    ExitCode.OK: "ok", ExitCode.ROW_PROBLEMS: "attention", ExitCode.ABORTED: "stopped",
+    ExitCode.STOPPED: "stopped", ExitCode.INTERRUPTED: "stopped",
+}
+
+
+def verdict(command: str, exit_code: ExitCode, stop_code: str | None = None) -> str:
+    """The verdict of a `command` (run, validate, audit) that ended with `exit_code`; a stop's
+    error code names a connection that cannot work."""
+    if exit_code == ExitCode.ABORTED and stop_code in CONNECTION_CODES:
+        return CONNECTION_VERDICT.format(code=stop_code)
+    return (AUDIT_VERDICTS if command == "audit" else VERDICTS).get(exit_code,
+                                                                   VERDICTS[exit_code])
+
+
+def verdict_class(exit_code: object) -> str:
+    """The CSS class of a verdict; the exit code as read back from a summary (any JSON value)."""
+    return VERDICT_CLASSES.get(exit_code if isinstance(exit_code, int) else -1, "other")
+
+
+# --- resumability ---------------------------------------------------------------------------
+# A run that ended with one of these exit codes (or never recorded one: it was killed) can be
+# continued by `run --resume`: a stop (--max-requests, --stop-after, outage, daily limit) and a
+# signal. Exit 3 stops a run for good until a person acts; an audit is never resumed.
+RESUMABLE_EXIT_CODES: Final = frozenset({int(ExitCode.STOPPED), int(ExitCode.INTERRUPTED)})
+
+
+def resumable(exit_code: int | None) -> bool:
+    """True for a run that `run --resume` continues: no exit recorded, or a resumable one."""
+    return exit_code is None or exit_code in RESUMABLE_EXIT_CODES
+
+
+# --- run states -----------------------------------------------------------------------------
+# A run's state as `status` shows it.
+RUNNING: Final = "running"  # holds the store's lock right now
+STALLED: Final = "stalled"  # holds the lock, but its heartbeat stopped: its event loop is stuck
+KILLED: Final = "killed"  # no exit recorded and not running: killed (kill -9, power cut) or crashed
+STOPPED: Final = "stopped"  # exit 4: --max-requests, --stop-after, outage, daily limit
+INTERRUPTED: Final = "interrupted"  # exit 130: SIGINT/SIGTERM
+FINISHED: Final = "finished"  # any other exit code
+RUN_STATES: Final = (RUNNING, STALLED, KILLED, STOPPED, INTERRUPTED, FINISHED)
+# The state of a run that ended, by its exit code (any other: FINISHED).
+RUN_STATE_OF_EXIT: Final[Mapping[int, str]] = {int(ExitCode.STOPPED): STOPPED,
+                                               int(ExitCode.INTERRUPTED): INTERRUPTED}

@@ -3,6 +3,7 @@ once named keep working (with a DeprecationWarning where the concept moved)."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import pkgutil
@@ -92,3 +93,42 @@ def test_a_refused_file_raises_too_many_invalid_carrying_its_report(tmp_path: Pa
     assert refusal.result is not None and refusal.result.report_path == tmp_path / "r.csv"
     assert refusal.result.report.num_rows == 3
     assert str(tmp_path / "r.csv") in str(refusal)
+
+
+def _string_literals(path: Path) -> list[str]:
+    """The string constants of a module's code (docstrings, which may quote a verdict, aside)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+            and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_verdicts_are_spelled_only_in_vocab() -> None:
+    """A verdict is evidence a script may match: one home, so run, audit, the summary and the
+    HTML report cannot drift apart."""
+    from batch_toggle import vocab
+
+    sentences = {*vocab.VERDICTS.values(), *vocab.AUDIT_VERDICTS.values(),
+                 vocab.CONNECTION_VERDICT}
+    assert set(vocab.VERDICTS) == set(ExitCode)
+    root = Path(batch_toggle.__file__).parent
+    spelled_elsewhere = [
+        str(path.relative_to(root)) for path in root.rglob("*.py")
+        if path.name != "vocab.py" and any(s in literal for literal in _string_literals(path)
+                                           for s in sentences)]
+    assert spelled_elsewhere == []
+    assert vocab.verdict("audit", ExitCode.USAGE) == vocab.VERDICTS[ExitCode.USAGE]
+    assert "tls_untrusted" in vocab.verdict("run", ExitCode.ABORTED, "tls_untrusted")
+    assert vocab.verdict_class(ExitCode.STOPPED) == "stopped"
+    assert vocab.verdict_class("4") == "other"  # a summary read back: only ints are exit codes
+
+
+@pytest.mark.parametrize("exit_code, resumable", [(None, True), (4, True), (130, True),
+                                                  (0, False), (1, False), (3, False)])
+def test_resumability_has_one_home(exit_code: int | None, resumable: bool) -> None:
+    from batch_toggle import vocab
+    from batch_toggle.state.sqlite import RESUMABLE_EXIT_CODES
+
+    assert RESUMABLE_EXIT_CODES is vocab.RESUMABLE_EXIT_CODES
+    assert vocab.resumable(exit_code) is resumable

@@ -249,7 +249,7 @@ def slice_ended(config: JobConfig, stop_exit: ExitCode | None) -> bool:
     `not_attempted` rows are waiting for the next slice, not rows that need a person. An audit
     is never resumed, and exit 3 stops a run for good."""
     return (config.command == "run" and not config.dry_run
-            and stop_exit in (ExitCode.STOPPED, ExitCode.INTERRUPTED))
+            and stop_exit is not None and vocab.resumable(stop_exit))
 
 
 def attention_facts(report: pa.Table, waiting: bool) -> dict[str, Any]:
@@ -281,28 +281,6 @@ def _write_html(summary: dict[str, Any], report: pa.Table, report_path: Path,
         hooks.notice(f"warning: the HTML report was not written: {exc}")
 
 
-_VERDICTS = {
-    ExitCode.OK: "ok: every row is in its desired state or needs nothing",
-    ExitCode.ROW_PROBLEMS: "attention: some rows are invalid, in conflict, failed or mismatched",
-    ExitCode.USAGE: "refused: nothing was sent",
-    ExitCode.ABORTED: ("aborted: the API refused the key or the run halted; fix the cause, then "
-                       "run again (confirmed rows are not re-sent)"),
-    ExitCode.STOPPED: "stopped early: resumable",
-    ExitCode.INTERRUPTED: "interrupted: resumable",
-}
-# Exit 3 for a connection that cannot work as configured (vocab.CONNECTION_CODES): the cause is
-# the stop's code, and nothing is resumable until a person fixes it.
-CONNECTION_VERDICT = ("aborted: the connection to Logis cannot work as configured ({code}); "
-                      "fix it (see why), then run again (confirmed rows are not re-sent)")
-# An audit changes nothing (exit 0 with rows that would change) and does not resume.
-_AUDIT_VERDICTS = {
-    ExitCode.OK: "ok: every row was read (in_sync or would_change) or needs no read",
-    ExitCode.ABORTED: "aborted: the API refused the key or the audit halted; audit again",
-    ExitCode.STOPPED: "stopped early: the rest was not read; audit again",
-    ExitCode.INTERRUPTED: "interrupted: the rest was not read; audit again",
-}
-
-
 def build_summary(prepared: Prepared, report: pa.Table, exit_code: ExitCode, digest: str,
                   extra: dict[str, Any]) -> dict[str, Any]:
     """The compliance evidence filed beside the report."""
@@ -330,7 +308,8 @@ def build_summary(prepared: Prepared, report: pa.Table, exit_code: ExitCode, dig
         "retries": 0,
         "budget_used": 0,
         "exit_code": int(exit_code),
-        "verdict": _verdict(config.command, exit_code, extra.get("stopped")),
+        "verdict": vocab.verdict(config.command, exit_code,
+                                 (extra.get("stopped") or {}).get("code")),
         "client_only": client_only(prepared),
         "notes": [CLIENT_ONLY_NOTE] if client_only(prepared) else [],
         "report": {"path": str(prepared.report_path), "format": prepared.report_path.suffix[1:],
@@ -338,14 +317,6 @@ def build_summary(prepared: Prepared, report: pa.Table, exit_code: ExitCode, dig
     }
     summary.update(extra)
     return summary
-
-
-def _verdict(command: str, exit_code: ExitCode, stopped: dict[str, Any] | None) -> str:
-    code = (stopped or {}).get("code")
-    if exit_code == ExitCode.ABORTED and code in vocab.CONNECTION_CODES:
-        return CONNECTION_VERDICT.format(code=code)
-    return (_AUDIT_VERDICTS if command == "audit" else _VERDICTS).get(exit_code,
-                                                                       _VERDICTS[exit_code])
 
 
 def options_record(config: JobConfig) -> dict[str, Any]:

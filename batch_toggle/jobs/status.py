@@ -25,17 +25,14 @@ from batch_toggle.input.readers import is_in_memory_name, sha256_of
 from batch_toggle.send.cost import cost_line
 from batch_toggle.send.watchdog import HEARTBEAT, STALL_AFTER
 from batch_toggle.state.sqlite import RunRecord, StateStore, default_state_path
-from batch_toggle.vocab import CONNECTION_CODES
-
-# A run's state as status shows it.
-RUNNING = "running"  # holds the store's lock right now
-STALLED = "stalled"  # holds the lock, but its heartbeat stopped: its event loop is stuck
-KILLED = "killed"  # no exit recorded and not running: killed (kill -9, power cut) or crashed
-STOPPED = "stopped"  # exit 4: --max-requests, --stop-after, outage, daily limit
-INTERRUPTED = "interrupted"  # exit 130: SIGINT/SIGTERM
-FINISHED = "finished"  # any other exit code
-
-_STATE_OF_EXIT = {int(ExitCode.STOPPED): STOPPED, int(ExitCode.INTERRUPTED): INTERRUPTED}
+from batch_toggle.vocab import (
+    CONNECTION_CODES,
+    FINISHED,
+    KILLED,
+    RUN_STATE_OF_EXIT,
+    RUNNING,
+    STALLED,
+)
 
 
 @dataclass(frozen=True)
@@ -121,7 +118,7 @@ def _run_state(record: RunRecord, holder: dict[str, Any] | None, now: datetime) 
         if running and holder is not None and _stalled(holder, now):
             return STALLED
         return RUNNING if running else KILLED
-    return _STATE_OF_EXIT.get(record.exit_code, FINISHED)
+    return RUN_STATE_OF_EXIT.get(record.exit_code, FINISHED)
 
 
 # A live run's watchdog refreshes its heartbeat every HEARTBEAT seconds until its loop has been

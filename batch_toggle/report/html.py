@@ -29,7 +29,6 @@ import pyarrow as pa
 
 from batch_toggle.clock import parse_utc
 from batch_toggle.config import format_duration
-from batch_toggle.errors import ExitCode
 from batch_toggle.report.table import attention_mask
 from batch_toggle.report.writers import html_path, write_text
 from batch_toggle.send.cost import ASSUMED, LATENCY_HIGH, LATENCY_LOW, latency_text
@@ -41,6 +40,7 @@ from batch_toggle.vocab import (
     PROBLEM_STATUSES,
     REVIEW_KEY_MASK_PREFIX,
     STATUSES,
+    verdict_class,
 )
 
 ATTENTION_LIMIT: Final = 1000  # rows shown in the attention table; the rest are counted
@@ -217,15 +217,6 @@ def _head(summary: Mapping[str, Any]) -> str:
     )
 
 
-_VERDICT_CLASS: dict[int, str] = {
-    ExitCode.OK: "ok", ExitCode.ROW_PROBLEMS: "attention", ExitCode.ABORTED: "stopped",
-    ExitCode.STOPPED: "stopped", ExitCode.INTERRUPTED: "stopped"}
-
-
-def _verdict_class(exit_code: Any) -> str:
-    return _VERDICT_CLASS.get(exit_code if isinstance(exit_code, int) else -1, "other")
-
-
 def _header(summary: Mapping[str, Any]) -> str:
     inputs = ", ".join(Path(str(i.get("file", ""))).name for i in summary.get("inputs") or [])
     exit_code = summary.get("exit_code")
@@ -239,7 +230,7 @@ def _header(summary: Mapping[str, Any]) -> str:
         f"<p class=\"sub\">{_e(inputs)} &middot; {_n(summary.get('rows', 0))} rows &middot; "
         f"run <code>{_e(summary.get('run_id'))}</code> &middot; "
         f"{_e(summary.get('finished_at') or summary.get('started_at'))}</p>\n"
-        f"<div class=\"verdict {_verdict_class(exit_code)}\" id=\"verdict\" "
+        f"<div class=\"verdict {verdict_class(exit_code)}\" id=\"verdict\" "
         f"data-exit-code=\"{_e(exit_code)}\"><strong>Exit code {_e(exit_code)}</strong> &mdash; "
         f"{_e(summary.get('verdict'))}{extra}</div>\n{notes}</header>\n"
     )

@@ -73,15 +73,13 @@ from batch_toggle.clock import parse_utc, utc_text
 from batch_toggle.errors import ExitCode, StoreError, StoreLocked
 from batch_toggle.outcome import Outcome
 from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry
+from batch_toggle.vocab import RESUMABLE_EXIT_CODES
 
 SCHEMA_VERSION = 5  # 2: runs.units; 3: runs.resume_after; 4: ledger.conf_seq, sends' clocks;
 # 5: endpoints, runs.stopped
 # 'BTgl': marks the file as a batch-toggle state store (PRAGMA application_id).
 APPLICATION_ID = 0x4254676C
 
-# A run that ended with one of these exit codes (or never recorded one: it was killed) can be
-# continued by `run --resume` (SPEC section 9: 4 and 130 are resumable).
-RESUMABLE_EXIT_CODES = frozenset({int(ExitCode.STOPPED), int(ExitCode.INTERRUPTED)})
 
 _HASH_HEX_CHARS = 32  # 128 bits of the HMAC: plenty to tell keys apart, half the bytes on disk
 _HASH_RE = re.compile(rf"[0-9a-f]{{{_HASH_HEX_CHARS}}}")
