@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
-# Rate is imported for real (config.py loads nothing heavy): `typing.get_type_hints(Options)`,
-# which editors, pydantic and typeguard call, resolves every name in the annotations.
+# Rate, EventSink and Summary are imported for real (their modules load nothing heavy):
+# `typing.get_type_hints(Options)`, which editors, pydantic and typeguard call, resolves every
+# name in the annotations.
 from batch_toggle.config import Rate
 from batch_toggle.errors import (
     BatchToggleError,
@@ -42,6 +43,8 @@ from batch_toggle.errors import (
     TooManyInvalid,
     UsageError,
 )
+from batch_toggle.events import EventKind, EventSink
+from batch_toggle.report.summary import Summary
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -104,7 +107,7 @@ class Options(TypedDict, total=False):
     seed: int  # audit(): the sample's seed
     events: PathLike  # append one JSON line per event
     notice: Callable[[str], None]  # one line for a person; default: the batch_toggle logger
-    on_event: Callable[[str, dict[str, Any]], None]
+    on_event: EventSink  # (kind, data): data is the kind's payload (docs/events.md)
     on_progress: Callable[[dict[str, Any]], None]
 
 
@@ -133,7 +136,7 @@ class Result:
     exit_code: ExitCode
     run_id: str
     report_path: Path
-    summary: dict[str, Any]
+    summary: Summary  # the summary JSON beside the report, as written
     report: pa.Table  # one row per input row, the report's columns (review keys masked)
 
     @property
@@ -163,8 +166,8 @@ class Result:
     @property
     def html_path(self) -> Path | None:
         """The HTML report, when one was written."""
-        html = self.summary.get("html_report") or {}
-        return Path(html["path"]) if html.get("path") else None
+        html = self.summary.get("html_report")
+        return Path(html["path"]) if html and html["path"] else None
 
     @property
     def outcomes(self) -> list[dict[str, Any]]:
@@ -172,7 +175,8 @@ class Result:
         source_row, job_id, ..., status, error_code, ...), in input order. Handy for small
         files; for large ones work on `report` (a pyarrow Table) instead."""
         from batch_toggle.vocab import OUTCOME_COLUMNS
-        return self.report.select(list(OUTCOME_COLUMNS)).to_pylist()
+        rows: list[dict[str, Any]] = self.report.select(list(OUTCOME_COLUMNS)).to_pylist()
+        return rows
 
     def attention(self) -> pa.Table:
         """The report rows that need attention (invalid, failed, conflict, mismatch,
@@ -185,7 +189,8 @@ class Result:
     def waiting(self) -> int:
         """Rows not sent yet because the run stopped early and resumes (a cron slice ended):
         the next `run(..., resume=True)` sends them. 0 otherwise."""
-        return int((self.summary.get("waiting") or {}).get("rows") or 0)
+        waiting = self.summary.get("waiting")
+        return waiting["rows"] if waiting else 0
 
     def to_pandas(self) -> Any:
         """The report as a pandas DataFrame (one row per input row). Needs pandas: `pip
@@ -239,7 +244,7 @@ def audit(inputs: Inputs, **options: Unpack[Options]) -> Result:
     config = _config("audit", inputs, options)
     kwargs: dict[str, Any] = {"sample": options.get("sample")}
     if options.get("seed") is not None:
-        kwargs["seed"] = int(options["seed"])  # type: ignore[arg-type]
+        kwargs["seed"] = int(options["seed"])
     with _hooks(options) as hooks:
         return Result.of(audit_job(config, hooks, options=AuditOptions(**kwargs)))
 
@@ -360,6 +365,6 @@ class _Package(types.ModuleType):
 _PUBLIC_FUNCTIONS = frozenset({"validate", "run", "audit"})
 sys.modules[__name__].__class__ = _Package
 
-__all__ = ["BatchToggleError", "ExitCode", "InputError", "Options", "ProxyRefused", "Rate",
-           "ReportError", "Result", "StoreError", "StoreLocked", "TooManyInvalid", "UsageError",
-           "__version__", "audit", "run", "validate"]
+__all__ = ["BatchToggleError", "EventKind", "EventSink", "ExitCode", "InputError", "Options",
+           "ProxyRefused", "Rate", "ReportError", "Result", "StoreError", "StoreLocked", "Summary",
+           "TooManyInvalid", "UsageError", "__version__", "audit", "run", "validate"]

@@ -36,7 +36,7 @@ from batch_toggle.cli.secrets import read_api_key
 from batch_toggle.cli.verbose import VerboseLog
 from batch_toggle.config import DEFAULT_BASE_URL, ON_CONFLICT_CHOICES, TRUST_CHOICES, JobConfig
 from batch_toggle.errors import BatchToggleError, ExitCode, UsageError
-from batch_toggle.events import EventLog, Hooks, fan_out
+from batch_toggle.events import EventLog, EventSink, Hooks, fan_out
 from batch_toggle.jobs.options import OPTION_RANGES, cli_name, job_config
 from batch_toggle.stderr import say
 
@@ -250,7 +250,7 @@ def _source_name(option: str) -> str:
 
 
 def make_hooks(opts: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None,
-               events: Callable[[str, dict[str, Any]], None] | None = None) -> Hooks:
+               events: EventSink | None = None) -> Hooks:
     quiet = bool(opts.get("quiet"))
     # Notices go through the bar's writer, which prints above a bar and never raises on a
     # closed stderr; without a bar (validate), through a bar that is never drawn.

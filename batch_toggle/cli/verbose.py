@@ -25,7 +25,7 @@ cannot be rendered (an event from a newer core) is skipped rather than stopping 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,7 +59,7 @@ def _http(status: Any) -> str:
     return "429" if status == 429 else f"HTTP {status}"
 
 
-def _unit(data: dict[str, Any]) -> str:
+def _unit(data: Mapping[str, Any]) -> str:
     return f"job {data.get('job_id')} ({data.get('update_target')})"
 
 
@@ -72,29 +72,29 @@ def _job(command: str) -> str:
     return "audit" if command == "audit" else "run"
 
 
-def _plan(d: dict[str, Any], command: str = "run") -> str:
+def _plan(d: Mapping[str, Any], command: str = "run") -> str:
     needed = d.get("requests_needed", 0)
     return (f"start: {_job(command)} {d.get('run_id')}: {_plural(d.get('rows', 0), 'row')}, "
             f"{_plural(needed, 'read' if command == 'audit' else 'request')}: about "
             f"{d.get('estimated_duration')} at {d.get('rate')}")
 
 
-def _resume(d: dict[str, Any]) -> str:
+def _resume(d: Mapping[str, Any]) -> str:
     return (f"resume: run {d.get('run_id')}: {d.get('units_with_outcome', 0):,} units already "
             f"have an outcome, {d.get('units_to_send', 0):,} to send")
 
 
-def _resume_new_run(d: dict[str, Any]) -> str:
+def _resume_new_run(d: Mapping[str, Any]) -> str:
     return f"resume: {d.get('reason')}; a new run starts"
 
 
-def _retry(d: dict[str, Any]) -> str:
+def _retry(d: Mapping[str, Any]) -> str:
     return (f"retry: {_unit(d)}: {d.get('error_code')} ({_http(d.get('http_status'))}), "
             f"attempt {d.get('attempt')}/{d.get('max_attempts')} failed; next try in "
             f"{_seconds(d.get('seconds'))}")
 
 
-def _pause(d: dict[str, Any]) -> str:
+def _pause(d: Mapping[str, Any]) -> str:
     if d.get("reason") == "outage":
         last = f", the last: {d['last']}" if d.get("last") else ""
         return (f"outage: every recent request got no answer or a gateway error (for "
@@ -106,30 +106,30 @@ def _pause(d: dict[str, Any]) -> str:
             "back to the queue")
 
 
-def _wait(d: dict[str, Any]) -> str:
+def _wait(d: Mapping[str, Any]) -> str:
     window = "the daily limit" if d.get("reason") == "daily" else "the --rate window"
     return (f"budget: {window} is full; the next request goes in "
             f"{_seconds(d.get('seconds'))}")
 
 
-def _stop(d: dict[str, Any]) -> str:
+def _stop(d: Mapping[str, Any]) -> str:
     return (f"stop (exit {d.get('exit_code')}): {d.get('message')}; in-flight rows finish, "
             f"the rest are not_attempted ({d.get('code')})")
 
 
-def _canary(d: dict[str, Any]) -> str:
+def _canary(d: Mapping[str, Any]) -> str:
     verdict = "going on with the rest" if d.get("go_on") else "nothing more is sent"
     return (f"canary: {_plural(d.get('units', 0), 'unit')} sent, "
             f"{d.get('failed_permanently', 0)} failed permanently: {verdict}")
 
 
-def _finish(d: dict[str, Any], command: str = "run") -> str:
+def _finish(d: Mapping[str, Any], command: str = "run") -> str:
     counts = ", ".join(f"{k} {v:,}" for k, v in sorted((d.get("counts") or {}).items()))
     return (f"finish: {_job(command)} {d.get('run_id')}: exit {d.get('exit_code')}, "
             f"{d.get('verdict')}{' (' + counts + ')' if counts else ''}")
 
 
-def _row(d: dict[str, Any]) -> str:
+def _row(d: Mapping[str, Any]) -> str:
     status = d.get("status")
     code = f" {d['error_code']}" if d.get("error_code") else ""
     detail = [_http(d.get("http_status")), _plural(d.get("attempts") or 0, "attempt")]
@@ -145,7 +145,7 @@ RETRY_ADVICE = {"run": "--resume --retry-failed sends it again",
                 "audit": "auditing again reads it again"}
 
 
-def _gave_up(d: dict[str, Any], command: str = "run") -> str | None:
+def _gave_up(d: Mapping[str, Any], command: str = "run") -> str | None:
     """At -v, the one row outcome that is a retry decision: attempts ran out."""
     if d.get("status") != "failed" or not d.get("retryable"):
         return None
@@ -154,7 +154,7 @@ def _gave_up(d: dict[str, Any], command: str = "run") -> str | None:
             f"failed, retryable ({RETRY_ADVICE[_job(command)]})")
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any]], str | None]] = {
+RENDERERS: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
     "plan": _plan, "resume": _resume, "resume_new_run": _resume_new_run, "retry": _retry,
     "pause": _pause, "wait": _wait, "stop": _stop, "canary": _canary, "finish": _finish,
 }
@@ -162,7 +162,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str | None]] = {
 BY_COMMAND = frozenset({"plan", "finish"})
 
 
-def render(kind: str, data: dict[str, Any], level: int, command: str = "run") -> str | None:
+def render(kind: str, data: Mapping[str, Any], level: int, command: str = "run") -> str | None:
     """The line for one event at verbosity `level` (0: none), without the timestamp.
     `command` is the job's (the `plan` event's "command"): it words the advice and names."""
     if level <= 0 or kind in SILENT_KINDS:
@@ -190,7 +190,7 @@ class VerboseLog:
         self._write = write
         self._now = now
 
-    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+    def __call__(self, kind: str, data: Mapping[str, Any]) -> None:
         # Events fire inside the send loop and the committer: an exception here would stop
         # the run (or hang it, waiting on a commit that never reports), so a line that cannot
         # be rendered is skipped, and a stderr that went away (a closed pipe) ends the lines.

@@ -34,6 +34,7 @@ from batch_toggle import vocab
 from batch_toggle.clock import utc_text
 from batch_toggle.config import DEFAULT_SEED, AuditOptions, SendOptions  # noqa: F401 - re-exported
 from batch_toggle.errors import StoreError
+from batch_toggle.events import CostRecord, PlanEvent
 from batch_toggle.jobs.pipeline import (
     CLIENT_ONLY_NOTE,
     SILENT,
@@ -59,6 +60,7 @@ from batch_toggle.jobs.session import (
 )
 from batch_toggle.outcome import Outcome
 from batch_toggle.plan.units import Units
+from batch_toggle.report.summary import AuditRecord, JobFacts
 from batch_toggle.report.table import UnitResults
 from batch_toggle.send.cost import cost_notes
 from batch_toggle.send.limiter import Budget
@@ -223,7 +225,7 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
             _record_units(store, prepared, outcomes, reads, track, hooks)
         facts = audit_facts(prepared, reads, todo, outcomes, options, cost, budget)
 
-        def results() -> tuple[UnitResults, dict[str, Any]]:
+        def results() -> tuple[UnitResults, JobFacts]:
             units = UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
                                               runner.unsent_outcome())
             return units, {**send_summary(runner, counters, config), **facts}
@@ -246,7 +248,7 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
 
 
 def _announce(prepared: Prepared, reads: Reads, todo: Sequence[int], options: AuditOptions,
-              hooks: Hooks, budget: Budget) -> dict[str, Any]:
+              hooks: Hooks, budget: Budget) -> CostRecord:
     """The audit's cost before any read (SPEC section 4), from the budget the reads will
     meet, and what an audit cannot check. Returns the cost, which the summary states."""
     cost = request_cost(len(todo), prepared.config.send, budget=budget)
@@ -258,9 +260,9 @@ def _announce(prepared: Prepared, reads: Reads, todo: Sequence[int], options: Au
                  f"{cost['rate']}{cost_notes(cost)}")
     if client_only(prepared):
         hooks.notice(f"note: {CLIENT_ONLY_NOTE}")
-    hooks.event("plan", {"command": "audit", "run_id": prepared.run_id,
-                         "rows": prepared.loaded.raw.num_rows,
-                         "units": prepared.plan.requests_needed, "jobs": len(reads), **cost})
+    hooks.event("plan", PlanEvent(command="audit", run_id=prepared.run_id,
+                                  rows=prepared.loaded.raw.num_rows,
+                                  units=prepared.plan.requests_needed, jobs=len(reads), **cost))
     return cost
 
 
@@ -309,7 +311,7 @@ def _record_units(store: StateStore, prepared: Prepared, outcomes: Mapping[int, 
 
 def audit_facts(prepared: Prepared, reads: Reads, todo: Sequence[int],
                 outcomes: Mapping[int, Outcome], options: AuditOptions,
-                cost: Mapping[str, Any], budget: Budget) -> dict[str, Any]:
+                cost: Mapping[str, Any], budget: Budget) -> JobFacts:
     """The summary's audit keys: the reads' cost as announced (as `plan`), the counts, what a
     run needs (from `budget` as the reads left it: their slots held, their latency measured),
     the sample's estimate, and the notes (the review key is not verified)."""
@@ -318,24 +320,25 @@ def audit_facts(prepared: Prepared, reads: Reads, todo: Sequence[int],
     in_sync, would_change = statuses.count(vocab.IN_SYNC), statuses.count(vocab.WOULD_CHANGE)
     n_units = prepared.plan.requests_needed
     sampled = len(todo) < len(reads)
-    facts: dict[str, Any] = {
-        "plan": {**cost, "requests": "track reads, one per distinct job"},
-        "audit": {
-            "jobs": len(reads), "reads_planned": len(todo), "units": n_units,
-            "units_in_sync": in_sync, "units_would_change": would_change,
-            "review_key_verified": False,
-        },
-        "run_needs": {**request_cost(would_change, send, budget=budget),
-                      "what": "one toggle per would_change unit"
-                              + (" of the sample" if sampled else "")},
-        "sample": None,
-        "notes": ([CLIENT_ONLY_NOTE] if client_only(prepared) else [])
+    facts = JobFacts(
+        plan={**cost, "requests": "track reads, one per distinct job"},
+        audit=AuditRecord(
+            jobs=len(reads), reads_planned=len(todo), units=n_units,
+            units_in_sync=in_sync, units_would_change=would_change,
+            review_key_verified=False,
+        ),
+        run_needs={**request_cost(would_change, send, budget=budget),
+                   "what": "one toggle per would_change unit"
+                           + (" of the sample" if sampled else "")},
+        sample=None,
+        notes=([CLIENT_ONLY_NOTE] if client_only(prepared) else [])
         + [REVIEW_KEY_NOTE, OBSERVED_NOTE],
-    }
+    )
     if sampled:
-        facts["sample"] = sample_estimate(in_sync, in_sync + would_change, n_units, len(todo),
-                                          options, send, budget)
-        facts["sample"]["units_sampled"] = int(np.isin(reads.of_unit, todo).sum())
+        sample = sample_estimate(in_sync, in_sync + would_change, n_units, len(todo), options,
+                                 send, budget)
+        sample["units_sampled"] = int(np.isin(reads.of_unit, todo).sum())
+        facts["sample"] = sample
     return facts
 
 

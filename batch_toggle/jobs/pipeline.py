@@ -12,30 +12,37 @@ import platform
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from batch_toggle import __version__, vocab
 from batch_toggle.clock import utc_text
 from batch_toggle.config import JobConfig, LoadOptions, PlanOptions, SendOptions  # noqa: F401 - re-exported
 from batch_toggle.errors import ExitCode, TooManyInvalid, worst_exit
-from batch_toggle.events import SILENT, Hooks  # noqa: F401 - re-exported
+from batch_toggle.events import SILENT, CostRecord, FinishEvent, Hooks, PlanEvent  # noqa: F401 - re-exported
 from batch_toggle.input.normalize import normalize
 from batch_toggle.input.readers import LoadedInput, load_inputs
 from batch_toggle.plan.units import Plan, build_plan
+from batch_toggle.report.summary import (
+    HtmlRecord,
+    JobFacts,
+    RejectsRecord,
+    ReportRecord,
+    Summary,
+    SummaryBase,
+    attention_facts,
+    describe_sources,
+    summary_of,
+)
 from batch_toggle.report.table import (
     UnitResults,
     assemble,
-    attention_mask,
     count_by,
-    count_by_code_and_status,
-    describe_sources,
     rejects_table,
     row_refs,
     statuses_present,
@@ -73,7 +80,7 @@ class Prepared:
     # step (NTP, a VM resumed) can move back mid-run.
     started_mono: float = field(default_factory=time.monotonic)
     # The plan's cost as announced (`announce_plan`): the summary states the same figures.
-    cost: Mapping[str, Any] | None = None
+    cost: CostRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,7 @@ class JobResult:
     exit_code: ExitCode
     run_id: str
     report_path: Path
-    summary: dict[str, Any]
+    summary: Summary
     report: pa.Table
 
 
@@ -167,15 +174,15 @@ def _refuse(prepared: Prepared, hooks: Hooks, why: str) -> JobResult:
     return finish(prepared, units, quiet, stop_exit=ExitCode.USAGE, extra={})
 
 
-def plan_cost(prepared: Prepared) -> dict[str, Any]:
+def plan_cost(prepared: Prepared) -> CostRecord:
     """What the plan will spend, stated before any request (SPEC section 4): as announced
     (`announce_plan`), or else from a fresh budget."""
     if prepared.cost is not None:
-        return dict(prepared.cost)
+        return prepared.cost.copy()
     return request_cost(prepared.plan.requests_needed, prepared.config.send)
 
 
-def request_cost(needed: int, send: SendOptions, *, budget: Budget | None = None) -> dict[str, Any]:
+def request_cost(needed: int, send: SendOptions, *, budget: Budget | None = None) -> CostRecord:
     """`needed` requests and how long until the last reply, by the one cost model (cost.py)
     over `budget` as it stands (slots held, pacing, workers, the latency it measured or
     expects; default: a fresh budget of `send`, whose estimate is a range over latencies)."""
@@ -202,8 +209,8 @@ def announce_plan(prepared: Prepared, hooks: Hooks, *, budget: Budget | None = N
     hooks.notice(f"plan: {rows:,} row{'' if rows == 1 else 's'} -> {cost_line(cost)}")
     if client_only(prepared):
         hooks.notice(f"note: {CLIENT_ONLY_NOTE}")
-    hooks.event("plan", {"command": prepared.config.command, "run_id": prepared.run_id,
-                         "rows": prepared.loaded.raw.num_rows, **cost})
+    hooks.event("plan", PlanEvent(command=prepared.config.command, run_id=prepared.run_id,
+                                  rows=prepared.loaded.raw.num_rows, **cost))
     return replace(prepared, cost=cost)
 
 
@@ -215,7 +222,7 @@ def exit_code_for(statuses: set[str], stop_exit: ExitCode | None = None) -> Exit
 
 
 def finish(prepared: Prepared, units: UnitResults, hooks: Hooks, *, stop_exit: ExitCode | None,
-           extra: dict[str, Any]) -> JobResult:
+           extra: JobFacts) -> JobResult:
     """Assemble and write the report, the summary and the rejects; decide the exit code."""
     report = assemble(prepared.loaded, prepared.norm, prepared.plan, units, prepared.run_id)
     statuses = statuses_present(report) if report.num_rows else set()
@@ -226,22 +233,20 @@ def finish(prepared: Prepared, units: UnitResults, hooks: Hooks, *, stop_exit: E
     durable = config.command != "validate" and not config.dry_run
     digest = write_table(report, prepared.report_path, durable=durable)
     waiting = slice_ended(config, stop_exit)
-    summary = build_summary(prepared, report, exit_code, digest, extra)
-    summary.update(attention_facts(report, waiting))
+    summary = summary_of(build_summary(prepared, report, exit_code, digest, extra), extra,
+                         attention_facts(report, waiting))
     if config.rejects_path is not None:
         rejects = rejects_table(prepared.loaded, report, waiting=waiting)
         write_table(rejects, config.rejects_path, durable=durable)
-        summary["rejects"] = {"path": str(config.rejects_path), "rows": rejects.num_rows}
+        summary["rejects"] = RejectsRecord(path=str(config.rejects_path), rows=rejects.num_rows)
     if config.html:
         _write_html(summary, report, prepared.report_path, hooks, durable=durable)
     write_json(summary, summary_path(prepared.report_path), durable=durable)
     hooks.notice(render_summary_table(summary, color=hooks.color))
-    hooks.event("finish", {"run_id": prepared.run_id, "exit_code": int(exit_code),
-                           "verdict": summary["verdict"], "counts": summary["counts_by_status"]})
+    hooks.event("finish", FinishEvent(run_id=prepared.run_id, exit_code=int(exit_code),
+                                      verdict=summary["verdict"],
+                                      counts=summary["counts_by_status"]))
     return JobResult(exit_code, prepared.run_id, prepared.report_path, summary, report)
-
-
-WAITING_NOTE = "not sent yet: the run stopped early and resumes; the next slice sends them"
 
 
 def slice_ended(config: JobConfig, stop_exit: ExitCode | None) -> bool:
@@ -252,28 +257,14 @@ def slice_ended(config: JobConfig, stop_exit: ExitCode | None) -> bool:
             and stop_exit is not None and vocab.resumable(stop_exit))
 
 
-def attention_facts(report: pa.Table, waiting: bool) -> dict[str, Any]:
-    """The summary's split of the rows: those that need attention, and (a slice that ended)
-    those merely waiting for the next slice; and which statuses carry each error code."""
-    facts: dict[str, Any] = {
-        "error_codes_by_status": count_by_code_and_status(report) if report.num_rows else {},
-        "attention": {"rows": int(pc.sum(attention_mask(report, waiting=waiting)).as_py() or 0)
-                      if report.num_rows else 0},
-    }
-    if waiting:
-        rows = int(pc.sum(pc.equal(report["status"], vocab.NOT_ATTEMPTED)).as_py() or 0)
-        facts["waiting"] = {"rows": rows, "note": WAITING_NOTE}
-    return facts
-
-
-def _write_html(summary: dict[str, Any], report: pa.Table, report_path: Path,
+def _write_html(summary: Summary, report: pa.Table, report_path: Path,
                 hooks: Hooks, *, durable: bool = True) -> None:
     """The HTML page beside the report. It is a view of the evidence, not the evidence: a
     failure to write it is a warning, never a lost run (the report and summary JSON stand)."""
     from batch_toggle.report.html import write_html_report
 
     path = html_path(report_path)
-    summary["html_report"] = {"path": str(path)}
+    summary["html_report"] = HtmlRecord(path=str(path))
     try:
         write_html_report(summary, report, path, durable=durable)
     except Exception as exc:  # noqa: BLE001 - see the docstring
@@ -282,41 +273,41 @@ def _write_html(summary: dict[str, Any], report: pa.Table, report_path: Path,
 
 
 def build_summary(prepared: Prepared, report: pa.Table, exit_code: ExitCode, digest: str,
-                  extra: dict[str, Any]) -> dict[str, Any]:
-    """The compliance evidence filed beside the report."""
+                  extra: JobFacts) -> SummaryBase:
+    """The compliance evidence filed beside the report: the keys every job writes (`extra`,
+    the job's own, may replace some: see report/summary.summary_of)."""
     config = prepared.config
     finished = datetime.now(UTC)
-    summary: dict[str, Any] = {
-        "tool": "batch-toggle",
-        "version": __version__,
-        "command": config.command + (" --dry-run" if config.dry_run else ""),
-        "run_id": prepared.run_id,
-        "started_at": utc_text(prepared.started),
-        "finished_at": utc_text(finished),
-        "duration_s": round(time.monotonic() - prepared.started_mono, 3),
-        "user": _user(),
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "inputs": list(describe_sources(prepared.loaded)),
-        "options": options_record(config),
-        "rows": report.num_rows,
-        "counts_by_status": count_by(report["status"]),
-        "counts_by_error_code": count_by(report["error_code"]),
-        "plan": plan_cost(prepared),
-        "requests_sent": 0,
-        "responses_429": 0,
-        "retries": 0,
-        "budget_used": 0,
-        "exit_code": int(exit_code),
-        "verdict": vocab.verdict(config.command, exit_code,
-                                 (extra.get("stopped") or {}).get("code")),
-        "client_only": client_only(prepared),
-        "notes": [CLIENT_ONLY_NOTE] if client_only(prepared) else [],
-        "report": {"path": str(prepared.report_path), "format": prepared.report_path.suffix[1:],
-                   "sha256": digest},
-    }
-    summary.update(extra)
-    return summary
+    stopped = extra.get("stopped")
+    return SummaryBase(
+        tool="batch-toggle",
+        version=__version__,
+        command=config.command + (" --dry-run" if config.dry_run else ""),
+        run_id=prepared.run_id,
+        started_at=utc_text(prepared.started),
+        finished_at=utc_text(finished),
+        duration_s=round(time.monotonic() - prepared.started_mono, 3),
+        user=_user(),
+        host=socket.gethostname(),
+        platform=platform.platform(),
+        inputs=describe_sources(prepared.loaded),
+        options=options_record(config),
+        rows=report.num_rows,
+        counts_by_status=count_by(report["status"]),
+        counts_by_error_code=count_by(report["error_code"]),
+        plan=plan_cost(prepared),
+        requests_sent=0,
+        responses_429=0,
+        retries=0,
+        budget_used=0,
+        exit_code=int(exit_code),
+        verdict=vocab.verdict(config.command, exit_code,
+                              stopped["code"] if stopped is not None else None),
+        client_only=client_only(prepared),
+        notes=[CLIENT_ONLY_NOTE] if client_only(prepared) else [],
+        report=ReportRecord(path=str(prepared.report_path),
+                            format=prepared.report_path.suffix[1:], sha256=digest),
+    )
 
 
 def options_record(config: JobConfig) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import httpx
 from batch_toggle import vocab
 from batch_toggle.clock import utc_text
 from batch_toggle.errors import ExitCode, InputError, ReportError
+from batch_toggle.events import ResumeEvent, ResumeNewRunEvent, estimate_of
 from batch_toggle.hosts import check_base_url  # noqa: F401 - re-exported
 from batch_toggle.jobs.pipeline import (
     SILENT,
@@ -169,8 +170,8 @@ def _find_resumable(config: JobConfig, store: StateStore, loaded: Any,
     if record is None:
         hooks.notice("resume: no unfinished run with these inputs and plan options; "
                      "starting a new run")
-        hooks.event("resume_new_run", {"reason": "no unfinished run with these inputs and "
-                                                 "plan options"})
+        hooks.event("resume_new_run", ResumeNewRunEvent(
+            reason="no unfinished run with these inputs and plan options"))
         return None
     for (_name, digest), source in zip(record.inputs, loaded.sources, strict=True):
         if digest != source.sha256:
@@ -207,8 +208,8 @@ def _announce_resume(config: JobConfig, hooks: Hooks, run_id: str, had: int, tod
     cost = request_cost(todo, config.send, budget=budget)
     hooks.notice(f"resume: run {run_id}: {had:,} units already have an outcome; {todo:,} to "
                  f"send: about {cost['estimated_duration']} at {cost['rate']}")
-    hooks.event("resume", {"run_id": run_id, "units_with_outcome": had, "units_to_send": todo,
-                           **{k: v for k, v in cost.items() if k != "requests_needed"}})
+    hooks.event("resume", ResumeEvent(run_id=run_id, units_with_outcome=had,
+                                      units_to_send=todo, **estimate_of(cost)))
 
 
 

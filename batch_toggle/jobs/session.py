@@ -30,6 +30,7 @@ from batch_toggle import vocab
 from batch_toggle.clock import utc_text
 from batch_toggle.config import format_duration
 from batch_toggle.errors import ExitCode, ReportError, StoreError
+from batch_toggle.events import CanaryEvent, RowEvent, WaitEvent
 from batch_toggle.hosts import check_base_url
 from batch_toggle.jobs.options import check_rules, cli_name
 from batch_toggle.jobs.pipeline import (
@@ -42,6 +43,7 @@ from batch_toggle.jobs.pipeline import (
 )
 from batch_toggle.outcome import Outcome
 from batch_toggle.plan.units import Units
+from batch_toggle.report.summary import BudgetUsed, JobFacts, StoppedRecord
 from batch_toggle.report.table import UnitResults, row_ref_array
 from batch_toggle.report.writers import release_reservation
 from batch_toggle.send.causes import explainer
@@ -136,7 +138,7 @@ def run_watchdog(store: StateStore | None, run_id: str) -> Iterator[Watchdog]:
 
 def finish_interruptible(prepared: Prepared, hooks: Hooks, runner: Runner,
                          interrupts: Interrupts,
-                         results: Callable[[], tuple[UnitResults, dict[str, Any]]]
+                         results: Callable[[], tuple[UnitResults, JobFacts]]
                          ) -> JobResult:
     """`finish` (the report) after a sending part, where a signal caught after that part
     counts as one during it: the job stops as interrupted (its "stop" event, exit 130).
@@ -252,7 +254,7 @@ def wait_events(hooks: Hooks) -> Callable[..., None]:
     def on_wait(reason: str, at: float, now: float) -> None:
         seconds = at - now
         if reason in (WAIT_BUDGET, WAIT_DAILY) and NOTABLE_WAIT <= seconds < math.inf:
-            hooks.event("wait", {"reason": reason, "seconds": round(seconds, 1)})
+            hooks.event("wait", WaitEvent(reason=reason, seconds=round(seconds, 1)))
     return on_wait
 
 
@@ -305,12 +307,12 @@ async def send_units(config: JobConfig, hooks: Hooks, store: StateStore | None, 
         runner.counters.units_done += 1
         o, u, row = finished.outcome, finished.unit, finished.row
         # The event first: it is the record (--events, -vv); the progress bar is cosmetic.
-        hooks.event("row", {"unit": u, "row": row, "source": sources[u].as_py(),
-                            "job_id": runner.units.job_id[u],
-                            "update_target": runner.units.update_target[u],
-                            "status": o.status, "error_code": o.error_code,
-                            "http_status": o.http_status, "attempts": o.attempts,
-                            "retryable": o.retryable, "latency_ms": o.latency_ms})
+        hooks.event("row", RowEvent(unit=u, row=row, source=sources[u].as_py(),
+                                    job_id=runner.units.job_id[u],
+                                    update_target=runner.units.update_target[u],
+                                    status=o.status, error_code=o.error_code,
+                                    http_status=o.http_status, attempts=o.attempts,
+                                    retryable=o.retryable, latency_ms=o.latency_ms))
         now = time.monotonic()
         done = runner.counters.units_done >= runner.counters.units_total
         if done or now - shown[0] >= PROGRESS_INTERVAL:
@@ -419,8 +421,8 @@ async def _drive(runner: Runner, todo: list[int], config: JobConfig, hooks: Hook
         hooks.notice(f"canary: {runner.units.job_id[u]} {runner.units.update_target[u]}: "
                      f"{o.status if o else 'not sent'}"
                      f"{' (' + o.error_code + ')' if o and o.error_code else ''}")
-    hooks.event("canary", {"units": n, "failed_permanently": len(bad),
-                           "go_on": not bad and runner.stop is None})
+    hooks.event("canary", CanaryEvent(units=n, failed_permanently=len(bad),
+                                      go_on=not bad and runner.stop is None))
     if bad:
         runner.request_stop(Stop("halted", ExitCode.ROW_PROBLEMS,
                                  f"canary: {len(bad)} of {n} units failed permanently; "
@@ -436,18 +438,18 @@ def _permanent_failure(outcome: Outcome | None) -> bool:
         or (outcome.status == vocab.FAILED and not outcome.retryable))
 
 
-def send_summary(runner: Runner, counters: Counters, config: JobConfig) -> dict[str, Any]:
-    extra: dict[str, Any] = {
-        "requests_sent": counters.requests,
-        "responses_429": counters.responses_429,
-        "retries": counters.retries,  # every request beyond a unit's first
-        "requests_by_reason": runner.requests_by_reason,
-        "budget_used": {"requests": counters.requests, "rate": str(config.send.rate)},
-        "timeline": runner.timeline.to_dict(),
-    }
+def send_summary(runner: Runner, counters: Counters, config: JobConfig) -> JobFacts:
+    extra = JobFacts(
+        requests_sent=counters.requests,
+        responses_429=counters.responses_429,
+        retries=counters.retries,  # every request beyond a unit's first
+        requests_by_reason=runner.requests_by_reason,
+        budget_used=BudgetUsed(requests=counters.requests, rate=str(config.send.rate)),
+        timeline=runner.timeline.to_dict(),
+    )
     if runner.stop is not None:
-        extra["stopped"] = {"code": runner.stop.code, "message": runner.stop.message,
-                            "resume_after": runner.stop.resume_after}
+        extra["stopped"] = StoppedRecord(code=runner.stop.code, message=runner.stop.message,
+                                         resume_after=runner.stop.resume_after)
     extra["connection"] = ({"base_url": "sandbox"} if config.sandbox
                            else route_of(config).as_dict())
     return extra

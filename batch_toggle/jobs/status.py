@@ -21,6 +21,7 @@ from typing import Any
 from batch_toggle.clock import parse_utc, utc_text
 from batch_toggle.config import SendOptions, parse_rate
 from batch_toggle.errors import BatchToggleError, ExitCode, InputError, UsageError
+from batch_toggle.events import CostRecord
 from batch_toggle.input.readers import is_in_memory_name, sha256_of
 from batch_toggle.send.cost import cost_line
 from batch_toggle.send.watchdog import HEARTBEAT, STALL_AFTER
@@ -73,7 +74,7 @@ class RunStatus:
     stopped: dict[str, Any] | None = None  # {code, message}: why it ended before its queue
     # How long `resume_sends` take if the resume starts now (jobs.cost_record's keys): the
     # run's last throttling options, the slots the send log holds, its replies' latency.
-    resume_cost: dict[str, Any] | None = None
+    resume_cost: CostRecord | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,7 +162,7 @@ def _describe(store: StateStore, record: RunRecord, holder: dict[str, Any] | Non
     )
 
 
-def _resume_cost(store: StateStore, record: RunRecord, sends: int) -> dict[str, Any]:
+def _resume_cost(store: StateStore, record: RunRecord, sends: int) -> CostRecord:
     """What `sends` requests cost a resume starting now, by the cost model the run itself
     uses (jobs.request_cost): the budget of the run's last throttling options, seeded with
     the slots the store's send log still holds (read, never pruned: status writes nothing),

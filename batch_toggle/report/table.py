@@ -261,9 +261,3 @@ def statuses_present(report: pa.Table) -> set[str]:
     return set(pc.unique(report["status"]).to_pylist())
 
 
-def describe_sources(loaded: LoadedInput) -> Sequence[dict]:
-    return [
-        {"file": s.name, "sha256": s.sha256, "rows": s.rows, "encoding": s.encoding,
-         "columns": dict(s.mapping), **({"sheet": s.sheet} if s.sheet is not None else {})}
-        for s in loaded.sources
-    ]

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batch_toggle.config import Rate, format_duration
+from batch_toggle.events import CostRecord
 
 # Reply latencies assumed when none has been measured (the plan, before any request): a
 # loopback or LAN API, a typical HTTPS API across a continent, and a slow one. The central
@@ -179,24 +180,24 @@ def latency_prior(latencies_ms: Iterable[float | None]) -> float | None:
 # --- as the plan line, the summary and the events say it ------------------------------------
 
 
-def cost_record(estimate: Estimate, rate: Rate) -> dict[str, Any]:
+def cost_record(estimate: Estimate, rate: Rate) -> CostRecord:
     """An estimate as the summary, the events and the plan line carry it. The first four keys
     are the ones every earlier version wrote; `estimated_duration_s` is the central figure."""
     low, high = estimate.low, estimate.high
-    return {
-        "requests_needed": estimate.requests,
-        "estimated_duration_s": round(estimate.seconds, 1),
-        "estimated_duration": format_duration(estimate.seconds),
-        "rate": str(rate),
-        "estimated_duration_range_s": [round(low, 1), round(high, 1)],
-        "estimated_duration_range": (format_duration(low) if format_duration(low) ==
-                                     format_duration(high) else
-                                     f"{format_duration(low)} to {format_duration(high)}"),
-        "latency_s": round(estimate.latency, 3),
-        "latency_source": estimate.latency_source,
-        "burst": estimate.burst,
-        "slots_held": estimate.held,
-    }
+    return CostRecord(
+        requests_needed=estimate.requests,
+        estimated_duration_s=round(estimate.seconds, 1),
+        estimated_duration=format_duration(estimate.seconds),
+        rate=str(rate),
+        estimated_duration_range_s=[round(low, 1), round(high, 1)],
+        estimated_duration_range=(format_duration(low) if format_duration(low) ==
+                                  format_duration(high) else
+                                  f"{format_duration(low)} to {format_duration(high)}"),
+        latency_s=round(estimate.latency, 3),
+        latency_source=estimate.latency_source,
+        burst=estimate.burst,
+        slots_held=estimate.held,
+    )
 
 
 def cost_line(cost: Mapping[str, Any]) -> str:

@@ -24,6 +24,7 @@ from batch_toggle import __version__, vocab
 from batch_toggle.clock import utc_text
 from batch_toggle.config import SendOptions
 from batch_toggle.errors import ExitCode, StoreError, exit_rank
+from batch_toggle.events import EventSink, PauseEvent, RequestEvent, RetryEvent, StopEvent
 from batch_toggle.outcome import Outcome
 from batch_toggle.plan.units import Units
 from batch_toggle.send.classify import MAX_BODY, Verdict, classify_exception
@@ -223,11 +224,13 @@ _NS = 1_000_000_000  # nanoseconds a second
 
 @dataclass
 class RunHooks:
-    """Callbacks the runner reports through (progress bars, --events, stderr notices)."""
+    """Callbacks the runner reports through (progress bars, --events, stderr notices).
 
-    committed: Callable[[Finished, Counters], None] = lambda _f, _c: None
+    An outcome once it is durable is not among them: the committer, which alone knows when
+    a row is written, tells its `on_committed` (jobs/run.py makes the `row` event there)."""
+
     notice: Callable[[str], None] = lambda _m: None
-    event: Callable[[str, dict[str, Any]], None] = lambda _k, _d: None
+    event: EventSink = lambda _k, _d: None
     # The stop message of a connection that cannot work (code, short cause, seconds a first
     # contact waited): the detail and the fix (causes.explainer). Called as the run stops.
     explain: Callable[[str, str, float | None], str] = lambda _c, m, _w: m
@@ -342,9 +345,9 @@ class Runner:
             # told to stop, not only the line at its end, since in-flight rows still finish.
             # Told last, once the stop has taken effect: a sink that raises (a library
             # caller's) can then not leave a worker parked or the stop half made.
-            self.hooks.event("stop", {"code": stop.code, "exit_code": int(stop.exit_code),
-                                      "message": stop.message,
-                                      "resume_after": stop.resume_after})
+            self.hooks.event("stop", StopEvent(code=stop.code, exit_code=int(stop.exit_code),
+                                               message=stop.message,
+                                               resume_after=stop.resume_after))
 
     def progress_snapshot(self) -> dict[str, Any]:
         """What a progress bar shows: rows done/total, requests, 429s, failures, budget ETA."""
@@ -468,8 +471,8 @@ class Runner:
             verdict, sent_at, latency, sent_mono = await self._exchange(unit)
             if verdict is None:
                 return None
-            self.hooks.event("request", {"unit": unit, "kind": verdict.kind,
-                                         "http_status": verdict.http_status})
+            self.hooks.event("request", RequestEvent(unit=unit, kind=verdict.kind,
+                                                     http_status=verdict.http_status))
             self._note_contact(verdict)
             if verdict.kind == "rate_limited":
                 self._next_reason[unit] = REASON_429
@@ -504,12 +507,11 @@ class Runner:
     def _retry_event(self, unit: int, v: Verdict, attempts: int, delay: float) -> None:
         """A row failed on a transient error and will be sent again: which one, why, which
         attempt of how many, and how long it waits (other rows go on meanwhile)."""
-        self.hooks.event("retry", {"unit": unit, "row": int(self.units.row[unit]),
-                                   "job_id": self.units.job_id[unit],
-                                   "update_target": self.units.update_target[unit],
-                                   "error_code": v.error_code, "http_status": v.http_status,
-                                   "attempt": attempts, "max_attempts": self._policy.max_attempts,
-                                   "seconds": round(delay, 3)})
+        self.hooks.event("retry", RetryEvent(
+            unit=unit, row=int(self.units.row[unit]), job_id=self.units.job_id[unit],
+            update_target=self.units.update_target[unit], error_code=v.error_code,
+            http_status=v.http_status, attempt=attempts, max_attempts=self._policy.max_attempts,
+            seconds=round(delay, 3)))
 
     async def _exchange(self, unit: int) -> tuple[Verdict | None, str, float, float]:
         """One request through the budget: (verdict, sent_at, latency_ms, monotonic send time).
@@ -667,8 +669,8 @@ class Runner:
         self.budget.pause_until(self.clocks.mono() + decision.delay)
         if self._streak.count > 1:
             self.budget.slow_down()  # 429s repeat: the key may be shared with other traffic
-        self.hooks.event("pause", {"reason": "429", "seconds": round(decision.delay, 3),
-                                   "source": decision.source})
+        self.hooks.event("pause", PauseEvent(reason="429", seconds=round(decision.delay, 3),
+                                             source=decision.source))
 
     def _resume_time(self, decision: RateLimitDecision) -> str | None:
         """When a resume may send again, as a timestamp; None when no time can be told.
@@ -720,9 +722,10 @@ class Runner:
         # A first contact stops at its grace, not at the outage limit: say the limit that holds.
         limit = (self.options.outage_limit if self._contact.answered
                  else min(self._contact.grace, self.options.outage_limit))
-        self.hooks.event("pause", {"reason": "outage", "seconds": delay,
-                                   "outage_s": round(self._outage.duration(self.clocks.mono()), 1),
-                                   "limit_s": limit, "last": self._last_failure})
+        self.hooks.event("pause", PauseEvent(
+            reason="outage", seconds=delay,
+            outage_s=round(self._outage.duration(self.clocks.mono()), 1), limit_s=limit,
+            last=self._last_failure))
         self.budget.pause_until(self.clocks.mono() + delay)
         return self.stop is None
 
