@@ -7,6 +7,7 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import re
 import warnings
 from pathlib import Path
 
@@ -132,3 +133,30 @@ def test_resumability_has_one_home(exit_code: int | None, resumable: bool) -> No
 
     assert RESUMABLE_EXIT_CODES is vocab.RESUMABLE_EXIT_CODES
     assert vocab.resumable(exit_code) is resumable
+
+
+OLD_PATHS = {"batch_toggle.errors.StoreLocked", "batch_toggle.config.Rate",
+             "batch_toggle.plan.TooManyInvalid"}
+
+
+def _resolve(dotted: str) -> object:
+    parts = dotted.split(".")
+    value: object = importlib.import_module(parts[0])
+    for i, part in enumerate(parts[1:], start=1):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            value = importlib.import_module(".".join(parts[:i + 1]))
+    return value
+
+
+def test_every_path_docs_library_names_is_public_and_real() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "library.md").read_text()
+    paths = set(re.findall(r"\bbatch_toggle(?:\.[A-Za-z_]\w*)+", text))
+    assert "batch_toggle.TooManyInvalid" in paths  # the walk finds what it should
+    for dotted in sorted(paths):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _resolve(dotted)  # real: raises if it is not
+        public = dotted.split(".")[1] in batch_toggle.__all__
+        assert public or dotted in OLD_PATHS, f"docs/library.md names a private path: {dotted}"
