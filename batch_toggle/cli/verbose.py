@@ -31,12 +31,13 @@ from typing import Any
 
 from batch_toggle.clock import utc_text
 from batch_toggle.config import format_duration
+from batch_toggle.events import EventKind
 
 Writer = Callable[[str], None]
 
 # Kinds deliberately without a line: one per request is more than a person can read (a retry,
 # a 429 or a final outcome is already told by its own event).
-SILENT_KINDS = frozenset({"request"})
+SILENT_KINDS: frozenset[EventKind] = frozenset({"request"})
 
 
 def _seconds(value: Any) -> str:
@@ -154,15 +155,16 @@ def _gave_up(d: Mapping[str, Any], command: str = "run") -> str | None:
             f"failed, retryable ({RETRY_ADVICE[_job(command)]})")
 
 
-RENDERERS: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
+RENDERERS: dict[EventKind, Callable[[Mapping[str, Any]], str | None]] = {
     "plan": _plan, "resume": _resume, "resume_new_run": _resume_new_run, "retry": _retry,
     "pause": _pause, "wait": _wait, "stop": _stop, "canary": _canary, "finish": _finish,
 }
 # Renderers whose words depend on the command (run or audit): they also take it.
-BY_COMMAND = frozenset({"plan", "finish"})
+BY_COMMAND: frozenset[EventKind] = frozenset({"plan", "finish"})
 
 
-def render(kind: str, data: Mapping[str, Any], level: int, command: str = "run") -> str | None:
+def render(kind: EventKind, data: Mapping[str, Any], level: int,
+           command: str = "run") -> str | None:
     """The line for one event at verbosity `level` (0: none), without the timestamp.
     `command` is the job's (the `plan` event's "command"): it words the advice and names."""
     if level <= 0 or kind in SILENT_KINDS:
@@ -190,7 +192,7 @@ class VerboseLog:
         self._write = write
         self._now = now
 
-    def __call__(self, kind: str, data: Mapping[str, Any]) -> None:
+    def __call__(self, kind: EventKind, data: Mapping[str, Any]) -> None:
         # Events fire inside the send loop and the committer: an exception here would stop
         # the run (or hang it, waiting on a commit that never reports), so a line that cannot
         # be rendered is skipped, and a stderr that went away (a closed pipe) ends the lines.
