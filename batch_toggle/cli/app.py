@@ -353,6 +353,7 @@ Guides (docs/ in the repository):
   cron.md            long runs in cron slices: one line, one report, exit codes
   library.md         batch-toggle from Python: Airflow, notebooks, DataFrames
   report.md          reading the report, its summary and HTML page; statuses, error codes
+  events.md          --events: every event kind and its fields, for cron and CI
   sandbox.md         rehearsing against the local Logis simulator
   architecture.md    how the code is laid out: one row from the command line to the report
 """
