@@ -1,5 +1,8 @@
 """The few exceptions a run can raise, and the exit codes they map to.
 
+Every exception class of the package lives here (the sandbox's own aside), and each is public
+as `batch_toggle.<Name>`: a caller catches what the docs name, from one place.
+
 Rows never raise: a bad row becomes an outcome with an error code. Exceptions are for the run as
 a whole (a file that cannot be read, a usage mistake, a key the API rejects). Foreign exceptions
 (pyarrow, httpx, sqlite3) are translated into these at exactly one boundary each.
