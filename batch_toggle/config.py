@@ -143,7 +143,7 @@ class JobConfig:
     dry_run: bool = False
     report_path: Path | None = None
     rejects_path: Path | None = None
-    state_path: Path | None = None
+    state_path: Path | str | None = None  # a SQLite file, or a postgresql:// URL
     use_state: bool = True  # False: no state store at all (tests, one-off rehearsals)
     resume: bool = False
     retry_failed: bool = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # isort: off
 # First of all, before pyarrow loads: importing .secrets drops SSLKEYLOGFILE (see there).
+from batch_toggle.cli.state_param import STATE_HELP, STATE_LOCATION, StateLocationType
 from batch_toggle.cli import secrets as _secrets  # noqa: F401
 # isort: on
 
@@ -101,9 +102,7 @@ def input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "without a request."),
         click.option("--allow-resubscribe", is_flag=True,
                      help="Allow turning SMS back on where an earlier run confirmed an opt-out."),
-        click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="State store (SQLite). Default: "
-                          "$XDG_STATE_HOME/batch-toggle/state.sqlite"),
+        click.option("--state", "state_path", type=STATE_LOCATION, help=STATE_HELP),
         click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
                      help="Also write the rows that need attention, unmasked, in the input's "
                           "own layout, ready to fix and re-run (rows merely waiting for the "
@@ -453,7 +452,8 @@ def option_specs(group: click.Group) -> dict[str, dict[str, OptionSpec]]:
             if key is None or param.name is None or key in SECRET_KEYS or key == "help":
                 continue
             options[key] = OptionSpec(key, param.name, multiple=param.multiple,
-                                      is_path=isinstance(param.type, click.Path),
+                                      is_path=isinstance(param.type,
+                                                         click.Path | StateLocationType),
                                       is_flag=param.is_flag and not param.count)
         specs[name] = options
     return specs

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from batch_toggle.errors import UsageError
+from batch_toggle.state.location import is_postgres_url
 
 ENV_PREFIX: Final = "BATCH_TOGGLE_"
 CONFIG_ENV: Final = "BATCH_TOGGLE_CONFIG"  # the config file's path, like --config
@@ -139,7 +140,8 @@ def _value(spec: OptionSpec, value: Any, path: Path, base: Path, where: str) -> 
                          f"{'table' if isinstance(value, dict) else 'list'}")
     if spec.is_flag and not isinstance(value, bool):
         raise UsageError(f"--config {path}: {where}: expected true or false")
-    if spec.is_path and isinstance(value, str) and value and value != "-":
+    if (spec.is_path and isinstance(value, str) and value and value != "-"
+            and not is_postgres_url(value)):
         candidate = Path(value).expanduser()
         return str(candidate if candidate.is_absolute() else base / candidate)
     return value

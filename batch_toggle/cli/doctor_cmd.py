@@ -13,6 +13,7 @@ import click
 
 from batch_toggle.cli.app import build_config, connection_options, guarded
 from batch_toggle.cli.secrets import ENV_KEY, read_api_key
+from batch_toggle.cli.state_param import STATE_HELP, STATE_LOCATION
 from batch_toggle.errors import ExitCode
 
 EPILOG_DOCTOR = """\b
@@ -32,9 +33,8 @@ Exit codes: 0 every check passed; 3 a check failed (a run would stop the same wa
 
 @click.command("doctor", epilog=EPILOG_DOCTOR)
 @connection_options
-@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="State store (SQLite) to look at, read-only. Default: "
-                   "$XDG_STATE_HOME/batch-toggle/state.sqlite")
+@click.option("--state", "state_path", type=STATE_LOCATION,
+              help=f"{STATE_HELP}. Looked at read-only.")
 @click.option("--rate", default="2500/h", show_default=True, metavar="N/PERIOD",
               help="The budget, to say how much of it the store has used in the last window.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout instead.")

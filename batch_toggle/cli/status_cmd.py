@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from batch_toggle.cli.state_param import STATE_HELP, STATE_LOCATION
+
 EPILOG_STATUS = """\b
 Examples:
   batch-toggle status
@@ -16,14 +18,13 @@ Examples:
 
 
 @click.command("status", epilog=EPILOG_STATUS)
-@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="State store (SQLite). Default: $XDG_STATE_HOME/batch-toggle/state.sqlite")
+@click.option("--state", "state_path", type=STATE_LOCATION, help=STATE_HELP)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
               metavar="N", help="Show the latest N runs.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout instead.")
 @click.option("--no-check-inputs", "check_inputs", flag_value=False, default=True,
               help="Do not re-hash the input files of resumable runs.")
-def status_command(state_path: Path | None, limit: int, as_json: bool,
+def status_command(state_path: Path | str | None, limit: int, as_json: bool,
                    check_inputs: bool) -> None:
     """List the runs in the state store with their progress and what `run --resume` would
     send. Read-only: never sends, never locks, never creates the store."""

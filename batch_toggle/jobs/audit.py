@@ -66,8 +66,9 @@ from batch_toggle.send.cost import cost_notes
 from batch_toggle.send.limiter import Budget
 from batch_toggle.send.operations import Track, track_verdict
 from batch_toggle.send.runner import Interrupts
+from batch_toggle.state.interface import Store
 from batch_toggle.state.ledger import ledger_view
-from batch_toggle.state.sqlite import LedgerUpdate, StateStore
+from batch_toggle.state.records import LedgerUpdate
 
 Z_95 = 1.959963984540054  # the standard normal quantile of 0.975
 
@@ -197,7 +198,7 @@ def audit(config: JobConfig, hooks: Hooks = SILENT, *, options: AuditOptions | N
         return _audit_locked(config, hooks, store, options, stdin, transport)
 
 
-def _audit_locked(config: JobConfig, hooks: Hooks, store: StateStore | None,
+def _audit_locked(config: JobConfig, hooks: Hooks, store: Store | None,
                   options: AuditOptions, stdin: Any,
                   transport: httpx.AsyncBaseTransport | None) -> JobResult:
     prepared = prepare_or_refuse(config, hooks, stdin=stdin,
@@ -281,7 +282,7 @@ def _reads(n: int) -> str:
     return f"{n:,} read" + ("" if n == 1 else "s")
 
 
-def _record_units(store: StateStore, prepared: Prepared, outcomes: Mapping[int, Outcome],
+def _record_units(store: Store, prepared: Prepared, outcomes: Mapping[int, Outcome],
                   reads: Reads, track: Track, hooks: Hooks) -> None:
     """Store every audited unit's outcome (the runner stored one per read) and, for `client`
     units, the client's default as observed. A failure here costs no budget: warn, report."""

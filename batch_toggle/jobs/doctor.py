@@ -35,8 +35,10 @@ from batch_toggle.send.classify import (
 from batch_toggle.send.client import Route, route_for, worker_connections
 from batch_toggle.send.limiter import SlidingWindow
 from batch_toggle.send.operations import TRACK_PATH
+from batch_toggle.state import open_store
+from batch_toggle.state.location import normalise, shown
+from batch_toggle.state.records import default_state_path
 from batch_toggle.state.sendlog import Reading
-from batch_toggle.state.sqlite import StateStore, default_state_path
 from batch_toggle.vocab import CONNECTION_CODES
 
 NIL_JOB = "00000000-0000-0000-0000-000000000000"  # asks about no real job
@@ -78,7 +80,7 @@ class DoctorInputs:
     send: SendOptions
     key_source: str | None = None
     proxy_auth: tuple[str, str] | None = field(default=None, repr=False)
-    state_path: Path | None = None
+    state_path: Path | str | None = None
 
 
 def diagnose(inputs: DoctorInputs, environ: Mapping[str, str] | None = None) -> DoctorReport:
@@ -271,26 +273,30 @@ def _key_check(source: str | None) -> Check:
     return Check("API key", True, f"set (from {source}; doctor never sends it)")
 
 
-def _store_check(path: Path | None, send: SendOptions) -> Check:
-    store_path = Path(path).expanduser() if path is not None else default_state_path()
+def _store_check(path: Path | str | None, send: SendOptions) -> Check:
     try:
-        with StateStore.open(store_path, readonly=True) as store:
+        where = normalise(path)
+        store_path = where if where is not None else default_state_path()
+        with open_store(store_path, readonly=True) as store:
             if not store.exists:
+                if isinstance(store_path, str):
+                    return Check("state store", True, f"{shown(store_path)}: reachable, no "
+                                 "batch-toggle tables yet (the first run creates them)")
                 return _new_store(store_path)
             holder = store.lock_holder()
             hold = SlidingWindow(send.rate.limit, send.rate.period).hold
             used = len(store.recent_sends(Reading.now(), hold, send.timeout))
-    except StoreError as exc:
+    except (StoreError, UsageError) as exc:
         return Check("state store", False, str(exc),
                      "give another --state, or move the file away if it is not a state store")
     budget = f"budget: {used:,} of {send.rate} used in the last window"
     if holder:
         who = holder.get("run_id") or "an unknown run"
-        return Check("state store", False, f"{store_path}: in use by {who} (pid "
+        return Check("state store", False, f"{shown(store_path)}: in use by {who} (pid "
                                            f"{holder.get('pid')} on {holder.get('host')}); "
                                            f"{budget}",
                      "a run now would be refused: wait for that one (`batch-toggle status`)")
-    return Check("state store", True, f"{store_path}: lock free; {budget}")
+    return Check("state store", True, f"{shown(store_path)}: lock free; {budget}")
 
 
 def _new_store(path: Path) -> Check:

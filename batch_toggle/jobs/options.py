@@ -27,6 +27,7 @@ from batch_toggle.config import (
 )
 from batch_toggle.errors import UsageError
 from batch_toggle.send.proxies import normalise_proxy_url, read_proxy_auth_file
+from batch_toggle.state.location import normalise
 from batch_toggle.vocab import FIELDS
 
 Namer = Callable[[str], str]
@@ -124,7 +125,7 @@ def job_config(command: str, inputs: Sequence[str], options: Mapping[str, Any],
         inputs=tuple(str(i) for i in inputs), command=command, load=load,
         plan=PlanOptions(**plan_args), send=SendOptions(**send_args),
         report_path=_path(o.get("report")), rejects_path=_path(o.get("rejects")),
-        state_path=_path(o.get("state")), html=bool(o.get("html", True)), **extra)
+        state_path=normalise(o.get("state")), html=bool(o.get("html", True)), **extra)
 
 
 def _route_options(o: Mapping[str, Any], name: Namer) -> dict[str, Any]:

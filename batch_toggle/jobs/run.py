@@ -51,8 +51,9 @@ from batch_toggle.report.table import UnitResults
 from batch_toggle.send.cost import latency_prior
 from batch_toggle.send.limiter import Budget
 from batch_toggle.send.runner import Counters, Interrupts, Runner, Stop
+from batch_toggle.state.interface import Store
 from batch_toggle.state.ledger import ledger_view
-from batch_toggle.state.sqlite import RunRecord, StateStore
+from batch_toggle.state.records import RunRecord
 
 
 def run(config: JobConfig, hooks: Hooks = SILENT, *, stdin: Any = None,
@@ -70,7 +71,7 @@ def run(config: JobConfig, hooks: Hooks = SILENT, *, stdin: Any = None,
 
 
 
-def _run_locked(config: JobConfig, hooks: Hooks, store: StateStore | None, stdin: Any,
+def _run_locked(config: JobConfig, hooks: Hooks, store: Store | None, stdin: Any,
                 transport: httpx.AsyncBaseTransport | None) -> JobResult:
     resumed: list[RunRecord] = []
     if config.resume and store is not None:
@@ -146,7 +147,7 @@ def _report(config: JobConfig, hooks: Hooks, prepared: Prepared, outcomes: dict[
 
 
 
-def _report_failed(exc: ReportError, store: StateStore | None,
+def _report_failed(exc: ReportError, store: Store | None,
                    store_error: BaseException | None) -> ReportError:
     """The report could not be written (a full disk) after requests were sent. The outcomes
     are in the store and the run stays unfinished, so a resume sends nothing again and writes
@@ -155,15 +156,15 @@ def _report_failed(exc: ReportError, store: StateStore | None,
     if store is None:
         return exc
     if store_error is None:
-        saved = f"every outcome is saved in the state store {store.path}"
+        saved = f"every outcome is saved in the state store {store.location}"
     else:
-        saved = (f"the state store {store.path} also failed ({store_error}), so the rows "
+        saved = (f"the state store {store.location} also failed ({store_error}), so the rows "
                  "answered after that will be sent again by a resume (PUT is idempotent)")
     return ReportError(f"{exc}; {saved}: make room, then run again with --resume to write the "
                        "report", exit_code=ExitCode.STOPPED)
 
 
-def _find_resumable(config: JobConfig, store: StateStore, loaded: Any,
+def _find_resumable(config: JobConfig, store: Store, loaded: Any,
                     hooks: Hooks) -> RunRecord | None:
     record = store.find_unfinished_run(input_names(config), plan_key(config),
                                        retry_failed=config.retry_failed)
@@ -214,7 +215,7 @@ def _announce_resume(config: JobConfig, hooks: Hooks, run_id: str, had: int, tod
 
 
 
-def same_outputs(config: JobConfig, store: StateStore) -> JobConfig:
+def same_outputs(config: JobConfig, store: Store) -> JobConfig:
     """A resume writes the report (with its summary and HTML page) and the rejects file of
     the run it continues, in place, unless --report / --rejects say otherwise: a cron job that
     runs in slices has one current report, not one per slice (a 100,000-row job in 20 slices
@@ -235,7 +236,7 @@ def same_outputs(config: JobConfig, store: StateStore) -> JobConfig:
 
 
 
-def _previous_outcomes(store: StateStore | None, prepared: Prepared,
+def _previous_outcomes(store: Store | None, prepared: Prepared,
                        resumed: bool) -> dict[int, Outcome]:
     """Earlier outcomes of a resumed run, by unit index of the new plan."""
     if store is None or not resumed:

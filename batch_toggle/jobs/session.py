@@ -55,9 +55,11 @@ from batch_toggle.send.proxies import DIRECT
 from batch_toggle.send.runner import Counters, Interrupts, RunHooks, Runner, Stop, interrupt_stop
 from batch_toggle.send.trust import Trust
 from batch_toggle.send.watchdog import Watchdog
+from batch_toggle.state import open_store as open_state_store
 from batch_toggle.state.committer import Committer, Finished
+from batch_toggle.state.interface import Store
+from batch_toggle.state.records import RunRecord
 from batch_toggle.state.sendlog import Reading, wall_clock_moved
-from batch_toggle.state.sqlite import RunRecord, StateStore, default_state_path, record_interrupted
 
 SANDBOX_BASE_URL = "http://sandbox.invalid"
 
@@ -82,7 +84,7 @@ def input_names(config: JobConfig) -> list[str]:
 
 
 @contextmanager
-def open_store(config: JobConfig) -> Iterator[StateStore | None]:
+def open_store(config: JobConfig) -> Iterator[Store | None]:
     """The run's store, locked. --sandbox without --state gets a throwaway one, so rehearsals
     never spend the real key's recorded budget nor teach the real ledger."""
     if not config.use_state:
@@ -93,7 +95,7 @@ def open_store(config: JobConfig) -> Iterator[StateStore | None]:
     if path is None and config.sandbox:
         tmp = tempfile.mkdtemp(prefix="batch-toggle-sandbox-")
         path = Path(tmp) / "state.sqlite"
-    store = StateStore.open(path or default_state_path())
+    store = open_state_store(path)
     try:
         yield store
     finally:
@@ -124,12 +126,12 @@ def route_of(config: JobConfig) -> Route:
 
 
 @contextmanager
-def run_watchdog(store: StateStore | None, run_id: str) -> Iterator[Watchdog]:
+def run_watchdog(store: Store | None, run_id: str) -> Iterator[Watchdog]:
     """A watchdog for the run `run_id` (see watchdog.py): it keeps the store's heartbeat for
     `status`, and records the run as interrupted if the process must stop while stuck."""
     def record_stop() -> None:
         if store is not None:
-            record_interrupted(store.path, run_id, utc_text())
+            store.record_interrupted(run_id, utc_text())
 
     with Watchdog(heartbeat=store.heartbeat if store is not None else None,
                   record_stop=record_stop) as watchdog:
@@ -189,7 +191,7 @@ def stop_record(stop: Stop | None) -> dict[str, str] | None:
     return None if stop is None else {"code": stop.code, "message": stop.message}
 
 
-def lock_store(store: StateStore, prepared: Prepared, command: str) -> None:
+def lock_store(store: Store, prepared: Prepared, command: str) -> None:
     """Take the store's one-run lock for `prepared` (StoreLocked when another run holds it:
     its default report name, reserved, is then given back, so that a refused run leaves no
     empty report behind)."""
@@ -201,7 +203,7 @@ def lock_store(store: StateStore, prepared: Prepared, command: str) -> None:
         raise
 
 
-def record_start(config: JobConfig, store: StateStore, prepared: Prepared,
+def record_start(config: JobConfig, store: Store, prepared: Prepared,
                   resumed: list[RunRecord], command: str = "run") -> None:
     from batch_toggle.jobs.pipeline import options_record
     now = utc_text()
@@ -258,7 +260,7 @@ def wait_events(hooks: Hooks) -> Callable[..., None]:
     return on_wait
 
 
-def seeded_budget(config: JobConfig, store: StateStore | None, hooks: Hooks = SILENT) -> Budget:
+def seeded_budget(config: JobConfig, store: Store | None, hooks: Hooks = SILENT) -> Budget:
     """The run's budget, seeded with the slots earlier runs sharing the store still hold.
 
     One rule decides what is held (`sendlog.still_held`), for loading and pruning alike: the
@@ -281,7 +283,7 @@ def seeded_budget(config: JobConfig, store: StateStore | None, hooks: Hooks = SI
     return budget
 
 
-async def send_units(config: JobConfig, hooks: Hooks, store: StateStore | None, prepared: Prepared,
+async def send_units(config: JobConfig, hooks: Hooks, store: Store | None, prepared: Prepared,
                 todo: list[int], transport: httpx.AsyncBaseTransport | None, *,
                 units: Units | None = None, operation: Operation | None = None,
                 interrupts: Interrupts | None = None,
@@ -367,7 +369,7 @@ def endpoint_key(base_url: str) -> str:
     return f"{target.scheme.lower()}://{target.authority.lower()}"
 
 
-def _answered_before(store: StateStore | None, route: Route) -> bool:
+def _answered_before(store: Store | None, route: Route) -> bool:
     """Has this base URL answered a run on this store before? (retry.FirstContact)"""
     if store is None:
         return False
@@ -377,7 +379,7 @@ def _answered_before(store: StateStore | None, route: Route) -> bool:
         return False
 
 
-def _remember_answer(store: StateStore | None, route: Route,
+def _remember_answer(store: Store | None, route: Route,
                      hooks: Hooks) -> Callable[[], None]:
     """The runner's `answered` hook: the store remembers the base URL's first answer of this
     run, so a later run (a resumed cron slice) rides out a blip instead of stopping at once."""

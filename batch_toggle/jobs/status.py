@@ -25,7 +25,10 @@ from batch_toggle.events import CostRecord
 from batch_toggle.input.readers import is_in_memory_name, sha256_of
 from batch_toggle.send.cost import cost_line
 from batch_toggle.send.watchdog import HEARTBEAT, STALL_AFTER
-from batch_toggle.state.sqlite import RunRecord, StateStore, default_state_path
+from batch_toggle.state import open_store
+from batch_toggle.state.interface import Store
+from batch_toggle.state.location import normalise, shown
+from batch_toggle.state.records import RunRecord, default_state_path
 from batch_toggle.vocab import (
     CONNECTION_CODES,
     FINISHED,
@@ -84,7 +87,7 @@ class RunStatus:
 class StoreStatus:
     """The store and its latest runs, newest first."""
 
-    path: Path
+    path: Path | str  # a file's path, or a URL without its password
     exists: bool
     lock_holder: dict[str, Any] | None
     runs: tuple[RunStatus, ...]
@@ -102,8 +105,11 @@ def store_status(path: str | os.PathLike[str] | None = None, *, limit: int = 20,
     or missing file shows here rather than as a refused resume (exit 2) at 3 a.m.
     """
     given = path is not None
-    store_path = Path(path).expanduser() if path is not None else default_state_path()
-    with StateStore.open(store_path, readonly=True) as store:
+    where = normalise(path)
+    store_path = where if where is not None else default_state_path()
+    if isinstance(store_path, str):
+        store_path = shown(store_path)
+    with open_store(where, readonly=True) as store:
         if not store.exists:
             return StoreStatus(store_path, False, None, ())
         holder = store.lock_holder()
@@ -132,8 +138,8 @@ def _stalled(holder: dict[str, Any], now: datetime) -> bool:
     return alive_at is not None and (now - alive_at).total_seconds() > STALLED_AFTER
 
 
-def _describe(store: StateStore, record: RunRecord, holder: dict[str, Any] | None,
-              check_inputs: bool, state_path: Path | None) -> RunStatus:
+def _describe(store: Store, record: RunRecord, holder: dict[str, Any] | None,
+              check_inputs: bool, state_path: Path | str | None) -> RunStatus:
     state = _run_state(record, holder, datetime.now(UTC))
     left = None if record.units is None else max(0, record.units - record.final_outcomes)
     why = _why_not_resumable(store, record, state, check_inputs)
@@ -162,7 +168,7 @@ def _describe(store: StateStore, record: RunRecord, holder: dict[str, Any] | Non
     )
 
 
-def _resume_cost(store: StateStore, record: RunRecord, sends: int) -> CostRecord:
+def _resume_cost(store: Store, record: RunRecord, sends: int) -> CostRecord:
     """What `sends` requests cost a resume starting now, by the cost model the run itself
     uses (jobs.request_cost): the budget of the run's last throttling options, seeded with
     the slots the store's send log still holds (read, never pruned: status writes nothing),
@@ -207,7 +213,7 @@ def _shown(text: str | None) -> str | None:
     return utc_text(when) if when is not None else text
 
 
-def _sends_now(store: StateStore, record: RunRecord, upper_bound: int) -> int:
+def _sends_now(store: Store, record: RunRecord, upper_bound: int) -> int:
     """What `run --resume` would send now: the run's inputs planned again with its plan
     options against the ledger without its own confirmations (exactly as the resume plans
     them), less the units that have a final outcome. A unit another run confirmed since is
@@ -243,7 +249,7 @@ def _sends_now(store: StateStore, record: RunRecord, upper_bound: int) -> int:
                if (o := done.get(int(row))) is None or not o.is_final)
 
 
-def _why_not_resumable(store: StateStore, record: RunRecord, state: str,
+def _why_not_resumable(store: Store, record: RunRecord, state: str,
                        check_inputs: bool) -> str | None:
     """None when `run --resume` with the same inputs and plan options would continue it."""
     if record.command != "run":
@@ -267,7 +273,7 @@ def _why_not_resumable(store: StateStore, record: RunRecord, state: str,
     return _later_run_or_changed_input(store, record, check_inputs)
 
 
-def _only_retry_failed_resumes(store: StateStore, record: RunRecord, state: str,
+def _only_retry_failed_resumes(store: Store, record: RunRecord, state: str,
                                check_inputs: bool) -> bool:
     """A run that finished with exit 1 and retryable failures: `--resume --retry-failed`
     continues it (re-sending only those), plain `--resume` starts a new run."""
@@ -278,7 +284,7 @@ def _only_retry_failed_resumes(store: StateStore, record: RunRecord, state: str,
     return _later_run_or_changed_input(store, record, check_inputs) is None
 
 
-def _later_run_or_changed_input(store: StateStore, record: RunRecord,
+def _later_run_or_changed_input(store: Store, record: RunRecord,
                                 check_inputs: bool) -> str | None:
     latest = store.find_unfinished_run(record.input_names, record.plan_key,
                                        command=record.command, retry_failed=True)
@@ -302,7 +308,7 @@ def _input_problem(record: RunRecord) -> str | None:
     return None
 
 
-def resume_command(record: RunRecord, state_path: Path | None = None, *,
+def resume_command(record: RunRecord, state_path: Path | str | None = None, *,
                    retry_failed: bool = False) -> str:
     """The command line that continues `record`: same inputs and plan options (they must
     match), `--state` when the store is not the default one."""

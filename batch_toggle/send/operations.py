@@ -14,7 +14,7 @@ from batch_toggle import vocab
 from batch_toggle.outcome import Outcome
 from batch_toggle.plan.units import Units
 from batch_toggle.send.classify import TrackResult, Verdict, classify_response, classify_track
-from batch_toggle.state.sqlite import LedgerUpdate, LedgerUpdates
+from batch_toggle.state.records import LedgerUpdate, LedgerUpdates
 
 TOGGLE_PATH = "/api/apikeys/toggle_sms_notifications"
 TRACK_PATH = "/api/apikeys/track"

@@ -37,8 +37,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from batch_toggle.outcome import Outcome
+from batch_toggle.state.interface import Store
+from batch_toggle.state.records import LedgerUpdates
 from batch_toggle.state.sendlog import SendEntry, boot_id
-from batch_toggle.state.sqlite import LedgerUpdates, StateStore
 
 # The longest a commit round waits for the answers still in flight to join it (it waits for
 # none when none is in flight). A round's commit (its fsync) costs more than its rows, and a
@@ -64,7 +65,7 @@ class Finished:
 class Committer:
     """Collect outcomes; persist them (and the send log) when a store is present."""
 
-    def __init__(self, store: StateStore | None, run_id: str,
+    def __init__(self, store: Store | None, run_id: str,
                  on_committed: Callable[[Finished], None] = lambda _f: None, *,
                  mono: Callable[[], float] = time.monotonic, boot: str | None = None) -> None:
         self.store = store

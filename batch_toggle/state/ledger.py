@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from batch_toggle.plan.units import LedgerView
-from batch_toggle.state.sqlite import StateStore, default_state_path
 
 if TYPE_CHECKING:
     from batch_toggle.config import JobConfig
+    from batch_toggle.state.interface import Store
 
 # confirmed_seq: a client's latest client-level confirmation decides its state (plan); the
 # store's own order of writes says which is latest, never a clock.
@@ -20,7 +20,7 @@ _COLUMNS = ["job_id", "update_target", "do_notify_sms", "review_key_hash", "enti
             "confirmed_seq"]
 
 
-def ledger_view(store: StateStore, exclude_run: str | None = None) -> LedgerView | None:
+def ledger_view(store: Store, exclude_run: str | None = None) -> LedgerView | None:
     """What the store confirmed; None when it knows nothing yet.
 
     A resume excludes what its own run learnt: those units keep their stored outcomes instead
@@ -44,7 +44,6 @@ def read_ledger(config: JobConfig) -> LedgerView | None:
     """Open the configured store read-only, if it exists, and view its ledger."""
     if not config.use_state:
         return None
-    path = config.state_path or default_state_path()
-    if not path.exists():
-        return None
-    return ledger_view(StateStore.open(path, readonly=True))
+    from batch_toggle.state import open_store
+    with open_store(config.state_path, readonly=True) as store:
+        return ledger_view(store) if store.exists else None
