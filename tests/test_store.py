@@ -1,4 +1,9 @@
-"""The state store: durable runs, outcomes, send log and ledger in one SQLite file (SPEC 6)."""
+"""The state store: durable runs, outcomes, send log and ledger (SPEC 6).
+
+The contract tests (those that take `store` alone) run against both backends: the SQLite file
+and a real throwaway PostgreSQL database (tests/pg_server.py). Those that also take `store_path`
+are about the SQLite file itself (its modes, WAL, the flock sidecar) and run on it alone; the
+PostgreSQL store's own (its schema, its locks by session) are in tests/test_store_postgres.py."""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from hypothesis import strategies as st
 
 from batch_toggle.errors import StoreError, StoreLocked
 from batch_toggle.outcome import Outcome
+from batch_toggle.state import open_store
 from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry
 from batch_toggle.state.sqlite import (
     LEDGER_COLUMNS,
@@ -46,11 +52,32 @@ def store_path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "state.sqlite"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store" in metafunc.fixturenames or "location" in metafunc.fixturenames:
+        file_bound = "store_path" in metafunc.fixturenames
+        metafunc.parametrize("backend", ["sqlite"] if file_bound else ["sqlite", "postgres"])
+
+
 @pytest.fixture
-def store(store_path: Path):
-    s = StateStore.open(store_path)
+def location(backend: str, request: pytest.FixtureRequest) -> Path | str:
+    """Where `store` is: its SQLite file, or its PostgreSQL database's URL."""
+    if backend == "postgres":
+        return postgres_location(request)
+    return request.getfixturevalue("store_path")
+
+
+@pytest.fixture
+def store(location: Path | str):
+    s = open_store(location)
     yield s
     s.close()
+
+
+def postgres_location(request: pytest.FixtureRequest) -> str:
+    """A fresh database's URL; its password reaches libpq as PGPASSWORD, never in the URL."""
+    database = request.getfixturevalue("pg_database")
+    request.getfixturevalue("monkeypatch").setenv("PGPASSWORD", database.password)
+    return database.dsn
 
 
 def mode(path: Path) -> int:
@@ -528,9 +555,9 @@ def test_a_request_sent_and_answered_within_one_batch_is_one_record() -> None:
 
 
 def test_send_log_is_shared_by_every_handle_on_the_store(store: StateStore,
-                                                         store_path: Path) -> None:
+                                                         location: Path | str) -> None:
     store.record_sends([("a", 10.0, 11.0)])
-    with StateStore.open(store_path, readonly=True) as view:
+    with open_store(location, readonly=True) as view:
         assert walls(view.send_log()) == [(10.0, 11.0)]
 
 
@@ -570,7 +597,7 @@ def seqs(store: StateStore) -> dict[tuple[str, str], int | None]:
 
 
 def test_confirmations_are_numbered_in_the_order_they_are_written_never_by_their_time(
-        store: StateStore, store_path: Path) -> None:
+        store: StateStore, location: Path | str) -> None:
     """The order of confirmations is the store's own: a run with a clock an hour fast writes a
     later `confirmed_at` than the run after it, and still comes first. An observation leaves the
     number alone; a unit confirmed again gets a new, higher one. Another handle on the file
@@ -583,7 +610,7 @@ def test_confirmations_are_numbered_in_the_order_they_are_written_never_by_their
     assert seqs(store) == {(JOB_A, "job"): 1, (JOB_B, "job"): 2, (JOB_A, "client"): 3}
     store.record_outcomes("r1", [(3, FULL, observe(job=JOB_B))])
     assert seqs(store)[(JOB_B, "job")] == 2
-    with StateStore.open(store_path) as other:
+    with open_store(location) as other:
         other.record_outcomes("r1", [(0, FULL, confirm(other, job=JOB_A, state=True))])
     assert seqs(store) == {(JOB_A, "job"): 4, (JOB_B, "job"): 2, (JOB_A, "client"): 3}
     store.record_outcomes("r1", [(4, FULL, observe(job=CLIENT_1))])  # observed only: no number
@@ -675,13 +702,13 @@ def test_ledger_update_refuses_anything_but_a_hash() -> None:
 # --- secrets ---------------------------------------------------------------------------------
 
 def test_review_key_hash_is_stable_per_store_and_differs_between_stores(
-        store: StateStore, store_path: Path, tmp_path: Path) -> None:
+        store: StateStore, location: Path | str, tmp_path: Path) -> None:
     h = store.review_key_hash(REVIEW_KEY)
     assert len(h) == 32 and int(h, 16) >= 0
     assert h == store.review_key_hash(REVIEW_KEY)
     assert h != store.review_key_hash(REVIEW_KEY.replace("d3b0", "d3b1"))
     assert store.review_key_hashes([REVIEW_KEY, "x"]) == [h, store.review_key_hash("x")]
-    with StateStore.open(store_path, readonly=True) as again:
+    with open_store(location, readonly=True) as again:
         assert again.review_key_hash(REVIEW_KEY) == h
     with StateStore.open(tmp_path / "other.sqlite") as other:
         assert other.review_key_hash(REVIEW_KEY) != h
@@ -756,10 +783,10 @@ def test_readonly_open_reads_without_modifying(store: StateStore, store_path: Pa
 
 
 def test_readonly_view_sees_what_a_live_writer_committed(store: StateStore,
-                                                         store_path: Path) -> None:
+                                                         location: Path | str) -> None:
     store.create_run("r1", **RUN_ARGS)
     store.record_outcomes("r1", [(0, FULL, confirm(store))])
-    with StateStore.open(store_path, readonly=True) as view:
+    with open_store(location, readonly=True) as view:
         assert view.load_outcomes("r1") == {0: FULL}
         store.record_outcomes("r1", [(1, FAILED, None)])
         assert view.load_outcomes("r1") == {0: FULL, 1: FAILED}

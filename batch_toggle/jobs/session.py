@@ -197,10 +197,17 @@ def lock_store(store: Store, prepared: Prepared, command: str) -> None:
     empty report behind)."""
     try:
         store.acquire_lock(prepared.run_id,
-                           owner=f"batch-toggle {command} {' '.join(prepared.config.inputs)}")
+                           owner=f"batch-toggle {command} {' '.join(prepared.config.inputs)}",
+                           scope=lock_scope(prepared.config, command))
     except BaseException:
         release_reservation(prepared.report_path)
         raise
+
+
+def lock_scope(config: JobConfig, command: str) -> str:
+    """The work a run lock keeps to one run: the command, its inputs (by name, in order) and
+    its plan options, what `--resume` matches a run by."""
+    return json.dumps([command, input_names(config), plan_key(config)])
 
 
 def record_start(config: JobConfig, store: Store, prepared: Prepared,

@@ -113,7 +113,8 @@ def store_status(path: str | os.PathLike[str] | None = None, *, limit: int = 20,
         if not store.exists:
             return StoreStatus(store_path, False, None, ())
         holder = store.lock_holder()
-        runs = tuple(_describe(store, record, holder, check_inputs,
+        holders = {h.get("run_id"): h for h in store.lock_holders()}  # several on PostgreSQL
+        runs = tuple(_describe(store, record, holders.get(record.run_id, holder), check_inputs,
                                store_path if given else None)
                      for record in store.list_runs(limit))
     return StoreStatus(store_path, True, holder, runs)

@@ -34,11 +34,13 @@ def open_store(location: StateLocation | None = None, *, readonly: bool = False)
     where = normalise(location)
     if isinstance(where, str):
         try:
-            import psycopg  # noqa: F401 - only to say what to install when it is missing
-        except ImportError:
-            raise StoreError(f"a PostgreSQL state store needs its client: "
-                             f"{POSTGRES_EXTRA}") from None
-        raise StoreError("this batch-toggle cannot open a PostgreSQL state store yet")
+            from batch_toggle.state.postgres import PostgresStore
+        except ImportError as exc:
+            if exc.name is not None and exc.name.split(".")[0] == "psycopg":
+                raise StoreError(f"a PostgreSQL state store needs its client: "
+                                 f"{POSTGRES_EXTRA}") from None
+            raise
+        return PostgresStore.open(where, readonly=readonly)
     from batch_toggle.state.records import default_state_path
     from batch_toggle.state.sqlite import SqliteStore
     return SqliteStore.open(where if where is not None else default_state_path(),

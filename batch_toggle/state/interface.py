@@ -47,8 +47,19 @@ class Store(Protocol):
     def review_key_hashes(self, keys: Iterable[str]) -> list[str]: ...
 
     # the run lock
-    def acquire_lock(self, run_id: str, owner: str = "") -> None: ...
-    def lock_holder(self) -> dict[str, Any] | None: ...
+    def acquire_lock(self, run_id: str, owner: str = "", *, scope: str = "") -> None:
+        """Hold the run lock for `run_id` until `release_lock` or `close`; StoreLocked naming
+        the holder otherwise. `scope` names the work (command, inputs, plan options): a store
+        that runs several at once (PostgreSQL) keeps out only the same scope; the SQLite
+        store keeps one run at a time whatever the scope."""
+
+    def lock_holder(self) -> dict[str, Any] | None:
+        """Who holds a run lock now (run_id, owner, pid, host, since, alive_at), or None; the
+        newest holder where several runs may hold one."""
+
+    def lock_holders(self) -> list[dict[str, Any]]:
+        """Every current holder, newest first (one at most on the SQLite store)."""
+
     def heartbeat(self) -> None: ...
     def release_lock(self) -> None: ...
 

@@ -391,8 +391,9 @@ class SqliteStore:
     # --- the run lock -----------------------------------------------------------------------
 
     @_translated
-    def acquire_lock(self, run_id: str, owner: str = "") -> None:
+    def acquire_lock(self, run_id: str, owner: str = "", *, scope: str = "") -> None:
         """Take the one-run-at-a-time lock for `run_id` until `release_lock` or `close`.
+        The whole file is one scope: `scope` (the work, see Store.acquire_lock) is ignored.
 
         `owner` (e.g. the user name) is shown to whoever finds the store locked. Raises
         StoreLocked naming the holder when another process (or another handle in this one)
@@ -464,6 +465,11 @@ class SqliteStore:
             return holder
         finally:
             os.close(fd)
+
+    def lock_holders(self) -> list[dict[str, Any]]:
+        """[lock_holder()] when the lock is held, else []: one run at a time on this store."""
+        holder = self.lock_holder()
+        return [] if holder is None else [holder]
 
     def heartbeat(self) -> None:
         """Mark the run that holds the lock as alive now (the sidecar's mtime): `status` tells a

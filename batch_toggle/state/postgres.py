@@ -1,0 +1,902 @@
+"""The state store on PostgreSQL: one database shared by a team's hosts (state/interface.py).
+
+Opened by `state.open_store("postgresql://USER@HOST:PORT/DB")`. libpq finds the password itself
+(PGPASSWORD, ~/.pgpass, PGPASSFILE, a service file) and TLS follows its `sslmode`; a URL with a
+password in it never gets here (state/location.py refuses it). Every table lives in the schema
+`batch_toggle`, so the database may hold other things.
+
+What it promises, as the SQLite store does:
+
+* Durability. `record_outcomes` commits one transaction; with PostgreSQL's default
+  `synchronous_commit=on` the commit is flushed to the server's WAL when it returns.
+* Secrecy. Review keys only as keyed hashes (state/keys.py) under a random secret kept in
+  `meta`; the API key never reaches the database (the budget knows a key by its fingerprint).
+* Versioning. `meta` holds the application's mark and the schema version: a `batch_toggle`
+  schema that lacks the mark is someone else's and is refused, as is a newer version.
+* Order without clocks. Runs by `runs.seq`; confirmations by the counter `meta.ledger_seq`,
+  advanced in the writing transaction under the counter's row lock, so the order of the
+  numbers is the order of the commits, whichever host wrote them.
+* Locks by session. `acquire_lock` takes a session-level advisory lock keyed by the work's
+  scope (command, inputs, plan options) on a connection of its own: different inputs run side
+  by side, the same ones are refused naming the holder, and a holder that dies (a killed
+  process, a host gone) loses the lock when its session ends: the database decides, not a
+  timeout that guesses.
+
+Connections: one for the store's reads and writes, one for the lock and the heartbeat (so that
+the watchdog's thread never waits on a write). A connection the server dropped (an outage) is
+replaced on the next call; the call that met the drop raises StoreError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import secrets
+import socket
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pcsv
+
+from batch_toggle.clock import utc_text
+from batch_toggle.errors import ExitCode, StoreError, StoreLocked
+from batch_toggle.outcome import Outcome
+from batch_toggle.state.keys import KeyHasher
+from batch_toggle.state.location import redact
+from batch_toggle.state.records import RESUMABLE_EXIT_CODES, LedgerUpdates, RunRecord
+from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry
+
+SCHEMA = "batch_toggle"
+SCHEMA_VERSION = 1
+APPLICATION = b"batch-toggle state store"
+LOCK_CLASS = 0x4254  # the advisory locks' first key: 'BT', so that ours never meet another's
+_CREATE_LOCK = 0  # the advisory lock (LOCK_CLASS, 0) serialises creating the schema
+CONNECT_TIMEOUT = 10  # seconds
+
+_TABLES = f"""
+CREATE TABLE {SCHEMA}.meta (
+    key   TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
+);
+CREATE TABLE {SCHEMA}.runs (
+    seq          BIGSERIAL PRIMARY KEY,
+    run_id       TEXT NOT NULL UNIQUE,
+    command      TEXT NOT NULL,
+    inputs       TEXT NOT NULL,
+    input_names  TEXT NOT NULL,
+    plan_key     TEXT NOT NULL,
+    options      TEXT NOT NULL,
+    total_rows   BIGINT NOT NULL,
+    started_at   TEXT NOT NULL,
+    finished_at  TEXT,
+    exit_code    INTEGER,
+    counts       TEXT,
+    pid          INTEGER,
+    host         TEXT,
+    resumes      INTEGER NOT NULL DEFAULT 0,
+    resumed_at   TEXT,
+    units        BIGINT,
+    resume_after TEXT,
+    stopped      TEXT
+);
+CREATE INDEX runs_by_inputs ON {SCHEMA}.runs (command, input_names, plan_key);
+CREATE TABLE {SCHEMA}.outcomes (
+    run                     BIGINT NOT NULL REFERENCES {SCHEMA}.runs (seq),
+    row                     BIGINT NOT NULL,
+    status                  TEXT NOT NULL,
+    error_code              TEXT,
+    error_message           TEXT,
+    retryable               BOOLEAN,
+    http_status             INTEGER,
+    attempts                INTEGER NOT NULL,
+    entity_id               TEXT,
+    confirmed_do_notify_sms BOOLEAN,
+    sent_at                 TEXT,
+    latency_ms              DOUBLE PRECISION,
+    PRIMARY KEY (run, row)
+);
+CREATE TABLE {SCHEMA}.endpoints (
+    endpoint          TEXT PRIMARY KEY,
+    first_answered_at TEXT NOT NULL,
+    last_answered_at  TEXT NOT NULL
+);
+CREATE TABLE {SCHEMA}.sends (
+    send_id   TEXT PRIMARY KEY,
+    sent      DOUBLE PRECISION NOT NULL,
+    done      DOUBLE PRECISION,
+    boot      TEXT,
+    sent_mono DOUBLE PRECISION,
+    done_mono DOUBLE PRECISION
+);
+CREATE INDEX sends_by_time ON {SCHEMA}.sends (sent);
+CREATE TABLE {SCHEMA}.ledger (
+    id            BIGSERIAL PRIMARY KEY,
+    job_id        TEXT NOT NULL,
+    update_target TEXT NOT NULL,
+    client_id     TEXT,
+    conf_state    BOOLEAN,
+    conf_hash     TEXT,
+    conf_entity   TEXT,
+    conf_at       TEXT,
+    conf_run      TEXT,
+    conf_seq      BIGINT,
+    obs_state     BOOLEAN,
+    obs_entity    TEXT,
+    obs_at        TEXT,
+    obs_run       TEXT,
+    UNIQUE (job_id, update_target)
+);
+CREATE INDEX ledger_by_job ON {SCHEMA}.ledger (job_id);
+-- Who holds each run lock (the lock itself is an advisory lock of the holder's session: a row
+-- here counts only while that lock is granted, see _LIVE_HOLDER).
+CREATE TABLE {SCHEMA}.locks (
+    scope_key INTEGER PRIMARY KEY,
+    run_id    TEXT NOT NULL,
+    owner     TEXT NOT NULL,
+    pid       INTEGER,
+    host      TEXT,
+    since     TEXT NOT NULL,
+    alive_at  TEXT NOT NULL
+);
+"""
+
+_OUTCOME_FIELDS = (
+    "status", "error_code", "error_message", "retryable", "http_status", "attempts", "entity_id",
+    "confirmed_do_notify_sms", "sent_at", "latency_ms",
+)
+_OUTCOME_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
+    ("row", "row", pa.int64()),
+    ("status", "status", pa.string()),
+    ("error_code", "error_code", pa.string()),
+    ("error_message", "error_message", pa.string()),
+    ("retryable", "retryable", pa.bool_()),
+    ("http_status", "http_status", pa.int64()),
+    ("attempts", "attempts", pa.int64()),
+    ("entity_id", "entity_id", pa.string()),
+    ("confirmed_do_notify_sms", "confirmed_do_notify_sms", pa.bool_()),
+    ("sent_at", "sent_at", pa.string()),
+    ("latency_ms", "latency_ms", pa.float64()),
+)
+_CONFIRMED = "l.conf_at IS NOT NULL"
+# The same columns, meanings and order as the SQLite store's LEDGER_COLUMNS.
+LEDGER_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
+    ("job_id", "l.job_id", pa.string()),
+    ("update_target", "l.update_target", pa.string()),
+    ("do_notify_sms", f"CASE WHEN {_CONFIRMED} THEN l.conf_state ELSE l.obs_state END",
+     pa.bool_()),
+    ("review_key_hash", "l.conf_hash", pa.string()),
+    ("entity_id", f"CASE WHEN {_CONFIRMED} THEN l.conf_entity ELSE l.obs_entity END",
+     pa.string()),
+    ("client_id", "l.client_id", pa.string()),
+    ("confirmed_at", "COALESCE(l.conf_at, l.obs_at)", pa.string()),
+    ("run_id", f"CASE WHEN {_CONFIRMED} THEN l.conf_run ELSE l.obs_run END", pa.string()),
+    ("observed", "l.conf_at IS NULL", pa.bool_()),
+    ("observed_do_notify_sms", "l.obs_state", pa.bool_()),
+    ("observed_at", "l.obs_at", pa.string()),
+    ("confirmed_seq", f"CASE WHEN {_CONFIRMED} THEN l.conf_seq END", pa.int64()),
+)
+
+_RUN_COLUMNS = ("seq, run_id, command, inputs, plan_key, options, total_rows, started_at,"
+                " finished_at, exit_code, counts, pid, host, resumes, resumed_at, units,"
+                " resume_after, stopped")
+_EXIT = 9  # index of exit_code in _RUN_COLUMNS
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _translated(
+    method: Callable[Concatenate[PostgresStore, _P], _R],
+) -> Callable[Concatenate[PostgresStore, _P], _R]:
+    """Turn psycopg errors into StoreError naming the store (its URL, no password)."""
+
+    @functools.wraps(method)
+    def wrapper(self: PostgresStore, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except psycopg.Error as exc:
+            raise StoreError(f"state store {self.location}: {_said(exc)}") from exc
+
+    return wrapper
+
+
+def _said(exc: psycopg.Error) -> str:
+    """psycopg's message on one line (libpq's run over several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def scope_key(scope: str) -> int:
+    """The advisory lock's second key for a work scope (a signed 32-bit int)."""
+    return int.from_bytes(zlib.crc32(scope.encode("utf-8")).to_bytes(4, "big"), "big",
+                          signed=True)
+
+
+class PostgresStore:
+    """A handle on the state store in one PostgreSQL database. Open with `open`; close it."""
+
+    def __init__(self, url: str, *, readonly: bool, exists: bool, secret: bytes) -> None:
+        self.url = url
+        self.readonly = readonly
+        self.exists = exists
+        self._hasher = KeyHasher(secret)
+        self._lock = threading.RLock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock_conn_lock = threading.RLock()
+        self._lock_conn: psycopg.Connection[Any] | None = None
+        self._held_scope: int | None = None
+        self._run_seqs: dict[str, int] = {}
+
+    @property
+    def location(self) -> str:
+        return redact(self.url)
+
+    # --- opening and closing ----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, *, readonly: bool = False) -> PostgresStore:
+        """Open the store in the database at `url`, creating its schema unless `readonly`.
+
+        Read-only: the session is read-only too, and a database without the schema reads as an
+        empty store (`exists` False). Raises StoreError when the database cannot be reached,
+        its `batch_toggle` schema is someone else's, or a newer batch-toggle wrote it."""
+        shown = redact(url)
+        try:
+            conn = _connect(url, readonly=readonly)
+        except psycopg.Error as exc:
+            raise StoreError(f"state store {shown}: {_said(exc)}") from exc
+        try:
+            if readonly:
+                secret = _read_secret(conn, shown)
+                exists = secret is not None
+                secret = secret if secret is not None else secrets.token_bytes(32)
+            else:
+                secret = _ensure_schema(conn, shown)
+                exists = True
+        except psycopg.Error as exc:
+            conn.close()
+            raise StoreError(f"state store {shown}: {_said(exc)}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        store = cls(url, readonly=readonly, exists=exists, secret=secret)
+        store._conn = conn
+        return store
+
+    def close(self) -> None:
+        """Release the lock (if held) and close the connections. Safe to call twice."""
+        self.release_lock()
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """The store's connection, made again if the server dropped it (an outage)."""
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+            self._conn = None
+            conn = self._conn = _connect(self.url, readonly=self.readonly)
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction():
+                yield conn
+
+    # --- review keys ------------------------------------------------------------------------
+
+    def review_key_hash(self, key: str) -> str:
+        """The keyed hash under which this store knows a (normalised) review key (keys.py)."""
+        return self._hasher.review_key_hash(key)
+
+    def review_key_hashes(self, keys: Iterable[str]) -> list[str]:
+        return self._hasher.review_key_hashes(keys)
+
+    # --- the run lock -----------------------------------------------------------------------
+
+    @_translated
+    def acquire_lock(self, run_id: str, owner: str = "", *, scope: str = "") -> None:
+        """Take the lock on `scope` (the work: command, inputs, plan options) for `run_id`
+        until `release_lock` or `close`. Runs of other scopes are not kept out. StoreLocked
+        naming the holder (run, pid, host) when another session holds it."""
+        self._writable()
+        if self._held_scope is not None:
+            return
+        key = scope_key(scope)
+        with self._lock_conn_lock:
+            conn = self._lock_conn
+            if conn is None or conn.closed or conn.broken:
+                conn = self._lock_conn = _connect(self.url, readonly=False)
+            (got,) = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                  (LOCK_CLASS, key)).fetchone() or (False,)
+            if not got:
+                raise StoreLocked(self._locked_message(conn, key))
+            now = utc_text()
+            conn.execute(
+                f"INSERT INTO {SCHEMA}.locks (scope_key, run_id, owner, pid, host, since,"
+                " alive_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (scope_key) DO"
+                " UPDATE SET run_id = excluded.run_id, owner = excluded.owner,"
+                " pid = excluded.pid, host = excluded.host, since = excluded.since,"
+                " alive_at = excluded.alive_at",
+                (key, run_id, owner, os.getpid(), socket.gethostname(), now, now))
+            self._held_scope = key
+
+    def _locked_message(self, conn: psycopg.Connection[Any], key: int) -> str:
+        row = conn.execute(f"SELECT run_id, owner, pid, host, since FROM {SCHEMA}.locks"
+                           " WHERE scope_key = %s", (key,)).fetchone()
+        if row is None:
+            return (f"state store {self.location}: the same inputs and plan options are in "
+                    "use by another run (holder unknown)")
+        run_id, owner, pid, host, since = row
+        who = f"{owner}, " if owner else ""
+        return (f"state store {self.location}: the same inputs and plan options are in use by "
+                f"run {run_id} ({who}pid {pid} on host {host}, since {since})")
+
+    @_translated
+    def lock_holders(self) -> list[dict[str, Any]]:
+        """Every run that holds a lock now (its session alive), newest first."""
+        if not self.exists:
+            return []
+        with self._lock:
+            rows = self._connection().execute(
+                f"SELECT run_id, owner, pid, host, since, alive_at FROM {SCHEMA}.locks l"
+                f" WHERE {_LIVE_HOLDER} ORDER BY since DESC", (LOCK_CLASS,)).fetchall()
+        names = ("run_id", "owner", "pid", "host", "since", "alive_at")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def lock_holder(self) -> dict[str, Any] | None:
+        """The newest run holding a lock now, or None (see `lock_holders` for all of them)."""
+        holders = self.lock_holders()
+        return holders[0] if holders else None
+
+    def heartbeat(self) -> None:
+        """Mark the holder alive now, on the lock's own connection (the watchdog's thread
+        calls it while the run works); a failure is left to the next write to report."""
+        key = self._held_scope
+        if key is None:
+            return
+        with self._lock_conn_lock, contextlib.suppress(psycopg.Error):
+            if self._lock_conn is not None and not self._lock_conn.broken:
+                self._lock_conn.execute(f"UPDATE {SCHEMA}.locks SET alive_at = %s"
+                                        " WHERE scope_key = %s", (utc_text(), key))
+
+    def release_lock(self) -> None:
+        """Give the lock back (no-op when not held): closing its session frees it."""
+        key, self._held_scope = self._held_scope, None
+        with self._lock_conn_lock:
+            conn, self._lock_conn = self._lock_conn, None
+            if conn is None:
+                return
+            with contextlib.suppress(psycopg.Error):
+                if key is not None and not conn.broken:
+                    conn.execute(f"DELETE FROM {SCHEMA}.locks WHERE scope_key = %s", (key,))
+            conn.close()
+
+    # --- runs -------------------------------------------------------------------------------
+
+    @_translated
+    def create_run(self, run_id: str, *, command: str, inputs: Sequence[tuple[str, str]],
+                   plan_key: str, options: Mapping[str, Any], total_rows: int,
+                   started_at: str, units: int | None = None) -> None:
+        self._writable()
+        names = [name for name, _ in inputs]
+        with self._transaction() as conn:
+            row = conn.execute(
+                f"INSERT INTO {SCHEMA}.runs (run_id, command, inputs, input_names, plan_key,"
+                " options, total_rows, started_at, pid, host, units)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING seq",
+                (run_id, command, json.dumps([list(i) for i in inputs]), json.dumps(names),
+                 plan_key, json.dumps(dict(options), sort_keys=True, default=str), total_rows,
+                 started_at, os.getpid(), socket.gethostname(), units)).fetchone()
+            assert row is not None
+            self._run_seqs[run_id] = int(row[0])
+
+    @_translated
+    def find_unfinished_run(self, input_names: Sequence[str], plan_key: str,
+                            *, command: str = "run",
+                            retry_failed: bool = False) -> RunRecord | None:
+        """As the SQLite store's: the latest matching run, if a resume may continue it."""
+        if not self.exists:
+            return None
+        with self._lock:
+            conn = self._connection()
+            row = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM {SCHEMA}.runs WHERE command = %s AND"
+                " input_names = %s AND plan_key = %s ORDER BY seq DESC LIMIT 1",
+                (command, json.dumps(list(input_names)), plan_key)).fetchone()
+            if row is None:
+                return None
+            if row[_EXIT] is None or row[_EXIT] in RESUMABLE_EXIT_CODES:
+                return self._run_record(conn, row)
+            if retry_failed and row[_EXIT] == int(ExitCode.ROW_PROBLEMS):
+                record = self._run_record(conn, row)
+                return record if record.retryable_failed else None
+            return None
+
+    @_translated
+    def get_run(self, run_id: str) -> RunRecord | None:
+        if not self.exists:
+            return None
+        with self._lock:
+            conn = self._connection()
+            row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM {SCHEMA}.runs WHERE run_id = %s",
+                               (run_id,)).fetchone()
+            return None if row is None else self._run_record(conn, row)
+
+    @_translated
+    def mark_resumed(self, run_id: str, *, resumed_at: str,
+                     options: Mapping[str, Any] | None = None, units: int | None = None) -> None:
+        self._writable()
+        with self._transaction() as conn:
+            cur = conn.execute(
+                f"UPDATE {SCHEMA}.runs SET finished_at = NULL, exit_code = NULL, counts = NULL,"
+                " stopped = NULL, pid = %s, host = %s, resumes = resumes + 1,"
+                " resumed_at = %s, options = COALESCE(%s, options),"
+                " units = COALESCE(%s, units) WHERE run_id = %s",
+                (os.getpid(), socket.gethostname(), resumed_at,
+                 None if options is None else json.dumps(dict(options), sort_keys=True,
+                                                         default=str),
+                 units, run_id))
+            if cur.rowcount != 1:
+                raise StoreError(f"state store {self.location}: no run {run_id}")
+
+    @_translated
+    def finish_run(self, run_id: str, *, exit_code: int, finished_at: str,
+                   counts: Mapping[str, Any], resume_after: str | None = None,
+                   stopped: Mapping[str, Any] | None = None) -> None:
+        self._writable()
+        with self._transaction() as conn:
+            cur = conn.execute(
+                f"UPDATE {SCHEMA}.runs SET exit_code = %s, finished_at = %s, counts = %s,"
+                " resume_after = %s, stopped = %s WHERE run_id = %s",
+                (int(exit_code), finished_at,
+                 json.dumps(dict(counts), sort_keys=True, default=str), resume_after,
+                 None if stopped is None else json.dumps(dict(stopped), sort_keys=True),
+                 run_id))
+            if cur.rowcount != 1:
+                raise StoreError(f"state store {self.location}: no run {run_id}")
+
+    @_translated
+    def list_runs(self, limit: int = 20) -> list[RunRecord]:
+        if not self.exists:
+            return []
+        with self._lock:
+            conn = self._connection()
+            rows = conn.execute(f"SELECT {_RUN_COLUMNS} FROM {SCHEMA}.runs ORDER BY seq DESC"
+                                " LIMIT %s", (limit,)).fetchall()
+            return [self._run_record(conn, row) for row in rows]
+
+    def record_interrupted(self, run_id: str, finished_at: str, timeout: float = 1.0) -> None:
+        """Record `run_id` as interrupted (exit 130) on a connection of its own that gives up
+        after `timeout` seconds; a run that has an exit code already is left alone."""
+        try:
+            with psycopg.connect(self.url, autocommit=True,
+                                 connect_timeout=max(1, round(timeout)),
+                                 options=f"-c statement_timeout={int(timeout * 1000)}",
+                                 application_name="batch-toggle") as conn:
+                conn.execute(f"UPDATE {SCHEMA}.runs SET exit_code = %s, finished_at = %s"
+                             " WHERE run_id = %s AND exit_code IS NULL",
+                             (int(ExitCode.INTERRUPTED), finished_at, run_id))
+        except psycopg.Error as exc:
+            raise StoreError(f"state store {self.location}: {_said(exc)}") from exc
+
+    def _run_record(self, conn: psycopg.Connection[Any], row: tuple[Any, ...]) -> RunRecord:
+        seq = row[0]
+        by_status = conn.execute(
+            f"SELECT status, count(*), count(*) FILTER (WHERE retryable) FROM {SCHEMA}.outcomes"
+            " WHERE run = %s GROUP BY status", (seq,)).fetchall()
+        counts = {status: int(n) for status, n, _ in by_status}
+        retryable = sum(int(r or 0) for status, _, r in by_status if status == "failed")
+        (_, run_id, command, inputs, plan_key, options, total_rows, started_at, finished_at,
+         exit_code, finish_counts, pid, host, resumes, resumed_at, units, resume_after,
+         stopped) = row
+        return RunRecord(
+            run_id=run_id, command=command,
+            inputs=tuple((str(n), str(h)) for n, h in json.loads(inputs)),
+            plan_key=plan_key, options=json.loads(options), total_rows=int(total_rows),
+            started_at=started_at, finished_at=finished_at, exit_code=exit_code,
+            counts=None if finish_counts is None else json.loads(finish_counts),
+            pid=pid, host=host, resumes=resumes, resumed_at=resumed_at,
+            outcome_counts=counts,
+            final_outcomes=sum(n for s, n in counts.items() if s != "not_attempted"),
+            units=None if units is None else int(units), retryable_failed=retryable,
+            resume_after=resume_after,
+            stopped=None if stopped is None else json.loads(stopped))
+
+    def _run_seq(self, conn: psycopg.Connection[Any], run_id: str) -> int | None:
+        seq = self._run_seqs.get(run_id)
+        if seq is None:
+            row = conn.execute(f"SELECT seq FROM {SCHEMA}.runs WHERE run_id = %s",
+                               (run_id,)).fetchone()
+            if row is None:
+                return None
+            seq = self._run_seqs[run_id] = int(row[0])
+        return seq
+
+    # --- outcomes and the ledger ------------------------------------------------------------
+
+    @_translated
+    def record_outcomes(self, run_id: str,
+                        items: Sequence[tuple[int, Outcome, LedgerUpdates]],
+                        sends: Sequence[SendEntry | tuple[Any, ...]] = ()) -> None:
+        """Commit a batch of outcomes, what they taught the ledger, and `sends`, in ONE
+        transaction (see the SQLite store's for the rules; they are the same)."""
+        self._writable()
+        if not items:
+            self.record_sends(sends)
+            return
+        outcome_rows = []
+        ledger_rows: list[dict[str, Any]] = []
+        for row, o, learnt in items:
+            outcome_rows.append((
+                row, o.status, o.error_code, o.error_message, o.retryable, o.http_status,
+                o.attempts, o.entity_id, o.confirmed_do_notify_sms, o.sent_at, o.latency_ms))
+            for upd in (() if learnt is None else learnt if isinstance(learnt, tuple)
+                        else (learnt,)):
+                ledger_rows.append({
+                    "job_id": upd.job_id, "target": upd.update_target,
+                    "client_id": upd.client_id or None, "state": bool(upd.do_notify_sms),
+                    "hash": upd.review_key_hash, "entity": upd.entity_id,
+                    "at": upd.confirmed_at, "run": upd.run_id, "observed": bool(upd.observed)})
+        with self._transaction() as conn:
+            seq = self._run_seq(conn, run_id)
+            if seq is None:
+                raise StoreError(f"state store {self.location}: no run {run_id}")
+            with conn.cursor() as cur:
+                cur.executemany(
+                    f"INSERT INTO {SCHEMA}.outcomes (run, row, {', '.join(_OUTCOME_FIELDS)})"
+                    f" VALUES ({seq}, %s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                    " ON CONFLICT (run, row) DO UPDATE SET "
+                    + ", ".join(f"{f} = excluded.{f}" for f in _OUTCOME_FIELDS),
+                    outcome_rows)
+                if ledger_rows:
+                    _number_confirmations(conn, ledger_rows)
+                    # In item order: a later update of the same unit wins.
+                    for ledger_row in ledger_rows:
+                        cur.execute(_LEDGER_UPSERT, ledger_row)
+                        if ledger_row["client_id"] is not None:
+                            cur.execute(_LEDGER_CLIENT, ledger_row)
+                if sends:
+                    cur.executemany(_SENDS_UPSERT, _merged(sends))
+
+    @_translated
+    def load_outcomes(self, run_id: str) -> dict[int, Outcome]:
+        if not self.exists:
+            return {}
+        with self._lock:
+            conn = self._connection()
+            seq = self._run_seq(conn, run_id)
+            if seq is None:
+                return {}
+            rows = conn.execute(f"SELECT row, {', '.join(_OUTCOME_FIELDS)} FROM"
+                                f" {SCHEMA}.outcomes WHERE run = %s", (seq,)).fetchall()
+        return {int(r[0]): Outcome(*r[1:]) for r in rows}
+
+    @_translated
+    def outcomes_table(self, run_id: str) -> pa.Table:
+        seq: int | None = None
+        if self.exists:
+            with self._lock:
+                seq = self._run_seq(self._connection(), run_id)
+        if seq is None:
+            return pa.schema([(n, t) for n, _, t in _OUTCOME_COLUMNS]).empty_table()
+        with self._lock:
+            table = _copy_out(self._connection(), _OUTCOME_COLUMNS,
+                              f"{SCHEMA}.outcomes WHERE run = {int(seq)}")
+        return table.sort_by("row")
+
+    @_translated
+    def ledger_table(self, *, confirmed_only: bool = False,
+                     columns: Sequence[str] | None = None) -> pa.Table:
+        """As the SQLite store's `ledger_table`: same columns, same meanings."""
+        wanted = LEDGER_COLUMNS
+        if columns is not None:
+            known = {name for name, _, _ in LEDGER_COLUMNS}
+            unknown = [c for c in columns if c not in known]
+            if unknown:
+                raise ValueError(f"unknown ledger column(s): {', '.join(unknown)}")
+            wanted = tuple(c for c in LEDGER_COLUMNS if c[0] in columns)
+        if not self.exists:
+            return pa.schema([(n, t) for n, _, t in wanted]).empty_table()
+        where = f" WHERE {_CONFIRMED}" if confirmed_only else ""
+        with self._lock:
+            return _copy_out(self._connection(), wanted, f"{SCHEMA}.ledger l{where}")
+
+    @_translated
+    def job_clients(self, job_ids: Iterable[str] | None = None) -> dict[str, str]:
+        if not self.exists:
+            return {}
+        sql = (f"SELECT DISTINCT job_id, client_id FROM {SCHEMA}.ledger"
+               " WHERE client_id IS NOT NULL")
+        with self._lock:
+            conn = self._connection()
+            if job_ids is None:
+                return {str(j): str(c) for j, c in conn.execute(sql)}
+            ids = list(dict.fromkeys(job_ids))
+            rows = conn.execute(f"{sql} AND job_id = ANY(%s)", (ids,)).fetchall()
+            return {str(j): str(c) for j, c in rows}
+
+    # --- endpoints --------------------------------------------------------------------------
+
+    @_translated
+    def has_answered(self, endpoint: str) -> bool:
+        if not self.exists:
+            return False
+        with self._lock:
+            return self._connection().execute(
+                f"SELECT 1 FROM {SCHEMA}.endpoints WHERE endpoint = %s",
+                (endpoint,)).fetchone() is not None
+
+    @_translated
+    def record_answer(self, endpoint: str, at: str) -> None:
+        self._writable()
+        with self._transaction() as conn:
+            conn.execute(
+                f"INSERT INTO {SCHEMA}.endpoints (endpoint, first_answered_at, last_answered_at)"
+                " VALUES (%s, %s, %s) ON CONFLICT (endpoint) DO UPDATE SET"
+                " last_answered_at = excluded.last_answered_at", (endpoint, at, at))
+
+    # --- the send log -----------------------------------------------------------------------
+
+    @_translated
+    def record_sends(self, entries: Sequence[SendEntry | tuple[Any, ...]]) -> None:
+        self._writable()
+        if not entries:
+            return
+        with self._transaction() as conn, conn.cursor() as cur:
+            cur.executemany(_SENDS_UPSERT, _merged(entries))
+
+    @_translated
+    def recent_sends(self, now: Reading, keep: float, timeout: float) -> list[LoggedSend]:
+        if not self.exists:
+            return []
+        with self._lock:
+            rows = self._connection().execute(
+                f"SELECT sent, done, boot, sent_mono, done_mono FROM {SCHEMA}.sends"
+                f" WHERE {_HELD} ORDER BY sent", _held_args(now, keep, timeout)).fetchall()
+        return [LoggedSend(*row) for row in rows]
+
+    @_translated
+    def oldest_send(self, since_wall: float) -> float | None:
+        if not self.exists:
+            return None
+        with self._lock:
+            row = self._connection().execute(
+                f"SELECT min(sent) FROM {SCHEMA}.sends WHERE sent >= %s",
+                (since_wall,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    @_translated
+    def prune_sends(self, now: Reading, keep: float, timeout: float) -> None:
+        self._writable()
+        with self._transaction() as conn:
+            conn.execute(f"DELETE FROM {SCHEMA}.sends WHERE NOT ({_HELD})",
+                         _held_args(now, keep, timeout))
+
+    @_translated
+    def send_log(self) -> list[LoggedSend]:
+        if not self.exists:
+            return []
+        with self._lock:
+            rows = self._connection().execute(
+                f"SELECT sent, done, boot, sent_mono, done_mono FROM {SCHEMA}.sends"
+                " ORDER BY sent").fetchall()
+        return [LoggedSend(*row) for row in rows]
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise StoreError(f"state store {self.location}: opened read-only")
+
+
+# A lock row counts while its session holds the advisory lock (LOCK_CLASS, scope_key).
+_LIVE_HOLDER = ("EXISTS (SELECT 1 FROM pg_locks p WHERE p.locktype = 'advisory' AND p.granted"
+                " AND p.classid::bigint = %s AND p.objsubid = 2"
+                " AND p.objid::bigint = (l.scope_key::bigint & 4294967295))")
+
+# sendlog.still_held in SQL. SQLite's two-argument min() is NULL when either side is;
+# PostgreSQL's LEAST ignores NULLs, hence the explicit CASEs.
+_HELD = (
+    "CASE WHEN %(boot)s::text IS NOT NULL AND boot = %(boot)s::text AND sent_mono IS NOT NULL"
+    " THEN (CASE WHEN done_mono IS NULL THEN LEAST(sent_mono, %(mono)s) + %(timeout)s"
+    "            ELSE LEAST(done_mono, %(mono)s) END) > %(mono)s - %(keep)s"
+    " ELSE (CASE WHEN done IS NULL THEN LEAST(sent, %(wall)s) + %(timeout)s"
+    "            ELSE LEAST(done, %(wall)s) END) > %(wall)s - %(keep)s END")
+
+
+def _held_args(now: Reading, keep: float, timeout: float) -> dict[str, Any]:
+    return {"wall": float(now.wall), "mono": float(now.mono), "boot": now.boot,
+            "keep": float(keep), "timeout": float(timeout)}
+
+
+_SENDS_UPSERT = (
+    f"INSERT INTO {SCHEMA}.sends (send_id, sent, done, boot, sent_mono, done_mono)"
+    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (send_id) DO UPDATE SET sent = excluded.sent,"
+    " done = COALESCE(excluded.done, sends.done), boot = COALESCE(excluded.boot, sends.boot),"
+    " sent_mono = COALESCE(excluded.sent_mono, sends.sent_mono),"
+    " done_mono = COALESCE(excluded.done_mono, sends.done_mono)")
+
+
+def _merged(entries: Sequence[SendEntry | tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """One record per request, as the SQLite store merges them (the same upsert rule)."""
+    merged: dict[str, SendEntry] = {}
+    for entry in map(lambda e: SendEntry(*e), entries):
+        earlier = merged.get(entry.send_id)
+        if earlier is not None:
+            entry = entry._replace(**{
+                name: getattr(earlier, name) for name in ("done", "boot", "sent_mono",
+                                                          "done_mono")
+                if getattr(entry, name) is None})
+        merged[entry.send_id] = entry
+    return [(e.send_id, float(e.sent), None if e.done is None else float(e.done), e.boot,
+             None if e.sent_mono is None else float(e.sent_mono),
+             None if e.done_mono is None else float(e.done_mono)) for e in merged.values()]
+
+
+# A confirmation replaces the unit's confirmation and clears an older observation; an
+# observation only replaces the observation. A new unit inherits its job's known client.
+_LEDGER_UPSERT = f"""
+INSERT INTO {SCHEMA}.ledger AS l (job_id, update_target, client_id,
+                    conf_state, conf_hash, conf_entity, conf_at, conf_run, conf_seq,
+                    obs_state, obs_entity, obs_at, obs_run)
+VALUES (%(job_id)s, %(target)s,
+        COALESCE(%(client_id)s::text, (SELECT client_id FROM {SCHEMA}.ledger
+                 WHERE job_id = %(job_id)s AND client_id IS NOT NULL LIMIT 1)),
+        CASE WHEN %(observed)s THEN NULL ELSE %(state)s::boolean END,
+        CASE WHEN %(observed)s THEN NULL ELSE %(hash)s::text END,
+        CASE WHEN %(observed)s THEN NULL ELSE %(entity)s::text END,
+        CASE WHEN %(observed)s THEN NULL ELSE %(at)s::text END,
+        CASE WHEN %(observed)s THEN NULL ELSE %(run)s::text END,
+        CASE WHEN %(observed)s THEN NULL ELSE %(seq)s::bigint END,
+        CASE WHEN %(observed)s THEN %(state)s::boolean END,
+        CASE WHEN %(observed)s THEN %(entity)s::text END,
+        CASE WHEN %(observed)s THEN %(at)s::text END,
+        CASE WHEN %(observed)s THEN %(run)s::text END)
+ON CONFLICT (job_id, update_target) DO UPDATE SET
+    client_id   = COALESCE(excluded.client_id, l.client_id),
+    conf_state  = CASE WHEN %(observed)s THEN l.conf_state  ELSE excluded.conf_state END,
+    conf_hash   = CASE WHEN %(observed)s THEN l.conf_hash   ELSE excluded.conf_hash END,
+    conf_entity = CASE WHEN %(observed)s THEN l.conf_entity ELSE excluded.conf_entity END,
+    conf_at     = CASE WHEN %(observed)s THEN l.conf_at     ELSE excluded.conf_at END,
+    conf_run    = CASE WHEN %(observed)s THEN l.conf_run    ELSE excluded.conf_run END,
+    conf_seq    = CASE WHEN %(observed)s THEN l.conf_seq    ELSE excluded.conf_seq END,
+    obs_state   = excluded.obs_state,
+    obs_entity  = excluded.obs_entity,
+    obs_at      = excluded.obs_at,
+    obs_run     = excluded.obs_run
+"""
+
+# Keep both units of a job on the job's latest known client.
+_LEDGER_CLIENT = (f"UPDATE {SCHEMA}.ledger SET client_id = %(client_id)s::text"
+                  " WHERE job_id = %(job_id)s AND client_id IS DISTINCT FROM %(client_id)s::text")
+
+
+def _number_confirmations(conn: psycopg.Connection[Any],
+                          ledger_rows: list[dict[str, Any]]) -> None:
+    """Number the confirmations among `ledger_rows` from meta.ledger_seq, advanced in the
+    caller's transaction: the counter's row lock makes every other writer wait for this
+    commit, so the numbers' order is the commits' order across hosts."""
+    confirmations = sum(1 for row in ledger_rows if not row["observed"])
+    (last,) = conn.execute(
+        f"UPDATE {SCHEMA}.meta SET value = convert_to((convert_from(value, 'UTF8')::bigint"
+        " + %s)::text, 'UTF8') WHERE key = 'ledger_seq'"
+        " RETURNING convert_from(value, 'UTF8')::bigint", (confirmations,)).fetchone() or (0,)
+    number = int(last) - confirmations
+    for row in ledger_rows:
+        if row["observed"]:
+            row["seq"] = None
+        else:
+            number += 1
+            row["seq"] = number
+
+
+def _connect(url: str, *, readonly: bool) -> psycopg.Connection[Any]:
+    """A connection in autocommit (transactions are explicit), read-only when asked."""
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                           application_name="batch-toggle")
+    if readonly:
+        conn.execute("SET default_transaction_read_only = on")
+    return conn
+
+
+def _meta(conn: psycopg.Connection[Any]) -> dict[str, bytes] | None:
+    """The store's meta table, or None when the database has no `batch_toggle` schema."""
+    found = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.meta",)).fetchone()
+    if found is None or found[0] is None:
+        return None
+    return {str(k): bytes(v) for k, v in conn.execute(f"SELECT key, value FROM {SCHEMA}.meta")}
+
+
+def _schema_exists(conn: psycopg.Connection[Any]) -> bool:
+    return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                        (SCHEMA,)).fetchone() is not None
+
+
+def _check_ours(meta: dict[str, bytes] | None, shown: str) -> bytes:
+    """The store's secret, when `meta` is a batch-toggle store this version can use."""
+    if meta is None or meta.get("application") != APPLICATION or "hmac_secret" not in meta:
+        raise StoreError(f"state store {shown}: its schema {SCHEMA} is not a batch-toggle "
+                         "state store")
+    version = int(meta.get("schema_version", b"0"))
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"state store {shown}: written by a newer batch-toggle (schema "
+                         f"{version}, this one knows {SCHEMA_VERSION})")
+    return meta["hmac_secret"]
+
+
+def _read_secret(conn: psycopg.Connection[Any], shown: str) -> bytes | None:
+    """The secret of an existing store; None when there is none yet (read-only open)."""
+    if not _schema_exists(conn):
+        return None
+    return _check_ours(_meta(conn), shown)
+
+
+def _ensure_schema(conn: psycopg.Connection[Any], shown: str) -> bytes:
+    """Create the schema on first use (once, however many hosts start together) and return
+    the store's secret; refuse a foreign or newer one."""
+    if _schema_exists(conn):
+        return _check_ours(_meta(conn), shown)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, _CREATE_LOCK))
+        if _schema_exists(conn):  # another host created it while this one waited
+            return _check_ours(_meta(conn), shown)
+        conn.execute(f"CREATE SCHEMA {SCHEMA}")
+        for statement in _TABLES.split(";"):
+            if statement.strip():
+                conn.execute(statement)  # type: ignore[arg-type] # our own constant text
+        secret = secrets.token_bytes(32)
+        conn.execute(f"INSERT INTO {SCHEMA}.meta (key, value) VALUES ('application', %s),"
+                     " ('schema_version', %s), ('hmac_secret', %s), ('ledger_seq', %s)",
+                     (APPLICATION, str(SCHEMA_VERSION).encode(), secret, b"0"))
+    return secret
+
+
+def _copy_out(conn: psycopg.Connection[Any], columns: Sequence[tuple[str, str, pa.DataType]],
+              source: str) -> pa.Table:
+    """`columns` (name, SQL expression, type) of `source` into Arrow through COPY ... CSV and
+    pyarrow's CSV parser: a million rows without a Python object each. One statement: one
+    consistent snapshot."""
+    names = [name for name, _, _ in columns]
+    exprs = [f"({expr})::text" for _, expr, _ in columns]
+    buffer = bytearray()
+    with conn.cursor() as cur, cur.copy(
+            f"COPY (SELECT {', '.join(exprs)} FROM {source}) TO STDOUT"  # type: ignore[arg-type]
+            " (FORMAT csv, NULL '\\N')") as copy:
+        for block in copy:
+            buffer += block
+    schema = pa.schema([(name, typ) for name, _, typ in columns])
+    if not buffer:
+        return schema.empty_table()
+    text = pcsv.read_csv(
+        pa.py_buffer(bytes(buffer)),
+        read_options=pcsv.ReadOptions(column_names=names, block_size=1 << 24),
+        parse_options=pcsv.ParseOptions(newlines_in_values=True),
+        convert_options=pcsv.ConvertOptions(
+            column_types={n: pa.string() for n in names}, null_values=["\\N"],
+            strings_can_be_null=True, quoted_strings_can_be_null=False))
+    arrays = []
+    for (_, _, typ), col in zip(columns, text.columns, strict=True):
+        if pa.types.is_boolean(typ):
+            import pyarrow.compute as pc
+            arrays.append(pc.equal(col, "true"))
+        else:
+            arrays.append(col.cast(typ))
+    return pa.Table.from_arrays(arrays, schema=schema)

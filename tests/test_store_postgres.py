@@ -1,0 +1,207 @@
+"""The PostgreSQL state store's own promises, on a real throwaway server (tests/pg_server.py):
+its schema and versioning, credentials from libpq's sources, locks held by a session, and a
+server that goes away and comes back. The contract both backends share is tests/test_store.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batch_toggle.errors import StoreError, StoreLocked
+from batch_toggle.outcome import Outcome
+from batch_toggle.state import open_store
+from batch_toggle.state.records import LedgerUpdate
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_ARGS: dict[str, Any] = dict(command="run", inputs=[("optouts.csv", "ab" * 32)],
+                                plan_key="plan-1", options={}, total_rows=10,
+                                started_at="2026-11-01T00:00:00Z")
+JOB_A = "6f1c9a52-3b7e-4d1a-9c2e-1a2b3c4d5e6f"
+REVIEW_KEY = "d3b07384-d9a0-4c9b-8e4f-1234deadbeef"
+API_KEY = "LK-live-7f3e9a1b2c4d5e6f-SECRET-API-KEY"
+FULL = Outcome("updated", attempts=1, entity_id=JOB_A, confirmed_do_notify_sms=False)
+
+
+@pytest.fixture
+def url(pg_database: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("PGPASSWORD", pg_database.password)
+    return str(pg_database.dsn)
+
+
+def tables(pg_database: Any) -> list[str]:
+    return [name for (name,) in pg_database.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'batch_toggle'"
+        " ORDER BY 1")]
+
+
+# --- schema and versioning -------------------------------------------------------------------
+
+def test_the_schema_is_created_once_in_its_own_namespace(url: str, pg_database: Any) -> None:
+    with open_store(url) as first, open_store(url) as second:
+        assert first.review_key_hash(REVIEW_KEY) == second.review_key_hash(REVIEW_KEY)
+    assert tables(pg_database) == ["endpoints", "ledger", "locks", "meta", "outcomes", "runs",
+                                   "sends"]
+    assert pg_database.execute("SELECT count(*) FROM information_schema.tables"
+                               " WHERE table_schema = 'public'") == [(0,)]
+
+
+def test_a_read_only_open_of_a_database_without_the_store_creates_nothing(
+        url: str, pg_database: Any) -> None:
+    with open_store(url, readonly=True) as view:
+        assert not view.exists and view.readonly
+        assert view.list_runs() == [] and view.send_log() == []
+        assert view.ledger_table(confirmed_only=True).num_rows == 0
+        assert view.find_unfinished_run(["a.csv"], "k") is None
+        assert view.lock_holder() is None
+        with pytest.raises(StoreError, match="read-only"):
+            view.create_run("r1", **RUN_ARGS)
+    assert pg_database.execute("SELECT count(*) FROM pg_namespace"
+                               " WHERE nspname = 'batch_toggle'") == [(0,)]
+
+
+def test_a_read_only_view_cannot_write_even_around_the_store(url: str) -> None:
+    with open_store(url) as store:
+        store.create_run("r1", **RUN_ARGS)
+    with open_store(url, readonly=True) as view:
+        assert view.exists
+        assert [r.run_id for r in view.list_runs()] == ["r1"]
+        with pytest.raises(StoreError, match="read-only"):
+            view.finish_run("r1", exit_code=0, finished_at="t", counts={})
+
+
+def test_someone_elses_schema_of_that_name_is_refused(url: str, pg_database: Any) -> None:
+    pg_database.execute("CREATE SCHEMA batch_toggle AUTHORIZATION batch_toggle")
+    pg_database.execute("CREATE TABLE batch_toggle.things (id int)")
+    for readonly in (False, True):
+        with pytest.raises(StoreError, match="is not a batch-toggle state store"):
+            open_store(url, readonly=readonly)
+
+
+def test_a_store_from_a_newer_version_is_refused(url: str, pg_database: Any) -> None:
+    open_store(url).close()
+    pg_database.execute("UPDATE batch_toggle.meta SET value = convert_to('99', 'UTF8')"
+                        " WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=r"newer batch-toggle \(schema 99, this one knows 1\)"):
+        open_store(url)
+
+
+# --- credentials -----------------------------------------------------------------------------
+
+def test_a_wrong_password_is_a_store_error_that_shows_no_password(
+        pg_database: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGPASSWORD", "wrong-" + pg_database.password)
+    with pytest.raises(StoreError) as caught:
+        open_store(pg_database.dsn)
+    message = str(caught.value)
+    assert message.startswith(f"state store {pg_database.dsn}: ")
+    assert "password authentication failed" in message
+    assert pg_database.password not in message
+
+
+def test_the_password_comes_from_a_pgpass_file(pg_database: Any, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{pg_database.server.port}:*:batch_toggle:"
+                        f"{pg_database.password}\n", encoding="utf-8")
+    passfile.chmod(0o600)  # libpq ignores a password file others can read
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    with open_store(pg_database.dsn) as store:
+        store.create_run("r1", **RUN_ARGS)
+        assert store.location == pg_database.dsn
+
+
+def test_the_database_never_holds_the_api_key_or_a_review_key(url: str,
+                                                              pg_database: Any) -> None:
+    with open_store(url) as store:
+        store.acquire_lock("r1", "alice", scope="s")
+        store.create_run("r1", **{**RUN_ARGS, "options": {"rate": "2500/h"}})
+        store.record_outcomes("r1", [(0, FULL, LedgerUpdate(
+            JOB_A, "job", False, store.review_key_hash(REVIEW_KEY), JOB_A, None, "t", "r1"))])
+        store.record_sends([("s1", 1.0, 2.0)])
+        text = "\n".join(str(row) for table in tables(pg_database)
+                         for row in pg_database.execute(
+                             f"SELECT t::text FROM batch_toggle.{table} t"))
+    assert JOB_A in text  # the scan sees what was written
+    for secret in (REVIEW_KEY, REVIEW_KEY.replace("-", ""), REVIEW_KEY.upper(), API_KEY):
+        assert secret not in text
+
+
+# --- locks by session ------------------------------------------------------------------------
+
+def test_the_same_work_is_refused_naming_its_holder_and_other_work_runs_beside_it(
+        url: str) -> None:
+    with open_store(url) as first, open_store(url) as second, open_store(url) as third:
+        first.acquire_lock("r1", "alice", scope="run a.csv plan-1")
+        first.acquire_lock("r1", "alice", scope="run a.csv plan-1")  # again: no-op
+        with pytest.raises(StoreLocked) as caught:
+            second.acquire_lock("r2", "bob", scope="run a.csv plan-1")
+        message = str(caught.value)
+        assert "in use by run r1 (alice, " in message
+        assert f"pid {os.getpid()} on host {socket.gethostname()}" in message
+        third.acquire_lock("r3", "carol", scope="run b.csv plan-1")  # other inputs: runs too
+        assert {h["run_id"] for h in first.lock_holders()} == {"r1", "r3"}
+        first.release_lock()
+        second.acquire_lock("r2", "bob", scope="run a.csv plan-1")
+        assert {h["run_id"] for h in third.lock_holders()} == {"r2", "r3"}
+
+
+HOLDER = """
+    import sys, time
+    from batch_toggle.state import open_store
+    store = open_store(sys.argv[1])
+    store.acquire_lock("run-held", "alice", scope="the work")
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_holders_lock_is_freed_by_the_database_when_its_session_ends(
+        url: str) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLDER), url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=REPO)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked", holder.stderr
+        with open_store(url) as store:
+            with pytest.raises(StoreLocked, match=f"run run-held \\(alice, pid {holder.pid} "):
+                store.acquire_lock("run-2", "bob", scope="the work")
+            assert store.lock_holder() is not None
+            holder.send_signal(signal.SIGKILL)
+            holder.communicate(timeout=10)
+            # The server ends the session when it reads the closed socket: at once, but in
+            # its own process, so wait (boundedly) for that to show.
+            deadline = time.monotonic() + 10
+            while store.lock_holder() is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert store.lock_holder() is None  # its row stays, but counts no more
+            store.acquire_lock("run-2", "bob", scope="the work")
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.communicate(timeout=10)
+
+
+# --- the server going away ---------------------------------------------------------------------
+
+def test_a_server_that_went_away_is_a_store_error_then_reconnected(
+        url: str, pg_server: Any) -> None:
+    with open_store(url) as store:
+        store.create_run("r1", **RUN_ARGS)
+        pg_server.stop()
+        with pytest.raises(StoreError) as caught:
+            store.record_outcomes("r1", [(0, FULL, None)])
+        assert caught.value.args[0].startswith(f"state store {url}: ")
+        pg_server.start()
+        store.record_outcomes("r1", [(0, FULL, None)])  # a new connection, same store
+        assert store.load_outcomes("r1") == {0: FULL}
