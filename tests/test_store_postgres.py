@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def test_the_schema_is_created_once_in_its_own_namespace(url: str, pg_database: 
     with open_store(url) as first, open_store(url) as second:
         assert first.review_key_hash(REVIEW_KEY) == second.review_key_hash(REVIEW_KEY)
     assert tables(pg_database) == ["endpoints", "ledger", "locks", "meta", "outcomes", "runs",
-                                   "sends"]
+                                   "sends", "slots"]
     assert pg_database.execute("SELECT count(*) FROM information_schema.tables"
                                " WHERE table_schema = 'public'") == [(0,)]
 
@@ -205,3 +206,57 @@ def test_a_server_that_went_away_is_a_store_error_then_reconnected(
         pg_server.start()
         store.record_outcomes("r1", [(0, FULL, None)])  # a new connection, same store
         assert store.load_outcomes("r1") == {0: FULL}
+
+
+# --- the budget shared live ------------------------------------------------------------------
+
+def test_one_keys_slots_are_reserved_atomically_across_handles_and_keys_are_apart(
+        url: str, pg_database: Any) -> None:
+    with open_store(url) as a, open_store(url) as b:
+        gate_a = a.slot_gate(API_KEY, timeout=5.0)
+        gate_b = b.slot_gate(API_KEY, timeout=5.0)
+        other = b.slot_gate(API_KEY + "-other", timeout=5.0)
+        assert gate_a is not None and gate_b is not None and other is not None
+        window = [(3, 60.0)]
+        granted = [gate_a.reserve(window), gate_b.reserve(window), gate_a.reserve(window)]
+        assert all(slot is not None for slot, _ in granted)
+        slot, wait = gate_b.reserve(window)
+        assert slot is None and 55.0 < wait <= 60.0  # an in-flight slot: a full hold at most
+        assert other.reserve(window)[0] is not None  # another key: its own budget
+        # Released now: its slot frees `hold` after the release, on the server's clock.
+        gate_a.release(granted[0][0])
+        slot, wait = gate_b.reserve(window)
+        assert slot is None and wait <= 60.0
+        assert gate_b.reserve([(5, 60.0)])[0] is not None  # a wider window has room
+    stored = pg_database.execute("SELECT DISTINCT key_fp FROM batch_toggle.slots")
+    assert len(stored) == 2 and all(API_KEY not in fp for (fp,) in stored)
+
+
+def test_a_waiter_is_woken_by_a_release_on_another_connection(url: str) -> None:
+    with open_store(url) as a, open_store(url) as b:
+        gate_a = a.slot_gate(API_KEY, timeout=5.0)
+        gate_b = b.slot_gate(API_KEY, timeout=5.0)
+        assert gate_a is not None and gate_b is not None
+        held, _ = gate_a.reserve([(1, 0.2)])
+        assert held is not None
+        slot, wait = gate_b.reserve([(1, 0.2)])
+        assert slot is None and wait > 0.1  # in flight: held until its reply plus 0.2 s
+        released = threading.Timer(0.3, gate_a.release, (held,))
+        started = time.monotonic()
+        released.start()
+        gate_b.wait(30.0)  # woken by the release's NOTIFY, not by the 30 s timeout
+        assert time.monotonic() - started < 10.0
+        released.join()
+
+
+def test_a_slot_never_released_counts_until_its_deadline_then_its_hold(
+        url: str, pg_database: Any) -> None:
+    with open_store(url) as store:
+        gate = store.slot_gate(API_KEY, timeout=2.0)
+        assert gate is not None
+        slot, _ = gate.reserve([(1, 10.0)])
+        assert slot is not None  # its process dies here: no release ever comes
+        pg_database.execute("UPDATE batch_toggle.slots SET sent = sent - 5,"
+                            " deadline = deadline - 5")  # reserved 5 s ago, deadline passed
+        slot, wait = gate.reserve([(1, 10.0)])
+        assert slot is None and 6.0 < wait <= 7.0  # deadline (3 s ago) + 10 s hold

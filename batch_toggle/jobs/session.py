@@ -278,6 +278,12 @@ def seeded_budget(config: JobConfig, store: Store | None, hooks: Hooks = SILENT)
         timeout = config.send.timeout
         now = Reading.now()
         store.prune_sends(now, max(SEND_LOG_KEEP, budget.hold), timeout)
+        gate = store.slot_gate(config.api_key, timeout=timeout) if config.api_key else None
+        if gate is not None:
+            # A store shared live (PostgreSQL): every process using the key reserves its
+            # slots there, so the gate knows what the send log would tell, key by key.
+            budget.share(gate)
+            return budget
         sends = store.recent_sends(now, budget.hold, timeout)
         moved = wall_clock_moved(sends, now)
         if moved > 0:

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from batch_toggle.config import Rate, SendOptions
+from batch_toggle.errors import StoreError
 from batch_toggle.send.cost import (
     ASSUMED,
     EARLIER_REPLIES,
@@ -43,9 +44,11 @@ from batch_toggle.send.cost import (
     Pace,
     finish_after,
 )
+from batch_toggle.state.interface import SlotGate
 from batch_toggle.state.sendlog import LoggedSend, Reading, held_expiries
 
 DAY = 86400.0
+SHARED_WAIT_MAX = 5.0  # seconds: the longest one wait on the shared budget sleeps
 MIN_MARGIN = 0.05  # seconds
 MARGIN_FRACTION = 0.02  # of PERIOD
 
@@ -169,6 +172,7 @@ class Ticket:
     slot: int
     daily_slot: int | None
     sent_at: float
+    shared: int | None = None  # its slot in the key's shared budget (SlotGate), if any
 
 
 class Budget:
@@ -212,6 +216,7 @@ class Budget:
         self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._expected_latency: float | None = None
         self._eta_cache: tuple[float, float] | None = None  # (computed at, finish), clock
+        self._shared: SlotGate | None = None
 
     @classmethod
     def from_options(
@@ -229,15 +234,47 @@ class Budget:
             concurrency=options.concurrency, clock=clock, sleep=sleep, on_wait=on_wait,
         )
 
+    def share(self, gate: SlotGate) -> None:
+        """Also reserve every request's slot in `gate`, the key's budget shared live with
+        other processes and hosts (state/postgres_budget.py): this budget still paces this
+        process; the gate keeps all of them together inside the key's windows."""
+        self._shared = gate
+
     async def acquire(self) -> Ticket:
         """Wait until every constraint allows one more request, then take its slots."""
         async with self._turn:
             while True:
                 now = self._clock()
                 at, reason = self._ready_at(now)
-                if at <= now:
-                    return self._take(now)  # synchronous: no await between take and return
-                await self._wait(at, now, reason)
+                if at > now:
+                    await self._wait(at, now, reason)
+                    continue
+                shared = None
+                if self._shared is not None:
+                    shared = await self._reserve_shared(self._shared)
+                    if shared is None:
+                        continue  # another process took the window: waited, check again
+                    now = self._clock()
+                return self._take(now, shared)  # synchronous: no await between take and return
+
+    async def _reserve_shared(self, gate: SlotGate) -> int | None:
+        """A slot of the shared budget, or None after waiting for one to free (a release by
+        any process wakes the wait: no polling). StoreError when the database is away."""
+        windows = [(w.limit, w.hold) for w in self.windows]
+        slot, wait = await asyncio.to_thread(gate.reserve, windows)
+        if slot is not None:
+            return slot
+        now = self._clock()
+        self.waiting = WAIT_BUDGET
+        if self._on_wait is not None:
+            self._on_wait(WAIT_BUDGET, now + wait, now)
+        try:
+            # Woken by any release of the key's slots; at the latest after SHARED_WAIT_MAX, so
+            # that a run told to stop is never kept by a thread asleep in the wait.
+            await asyncio.to_thread(gate.wait, min(wait, SHARED_WAIT_MAX))
+        finally:
+            self.waiting = None
+        return None
 
     def release(self, ticket: Ticket) -> None:
         """The response (or timeout/error) for `ticket` arrived now. Idempotent."""
@@ -247,7 +284,21 @@ class Budget:
         self.hourly.release(ticket.slot, now)
         if self.daily is not None and ticket.daily_slot is not None:
             self.daily.release(ticket.daily_slot, now)
+        if self._shared is not None and ticket.shared is not None:
+            self._release_shared(self._shared, ticket.shared)
         self._freed.set()
+
+    def _release_shared(self, gate: SlotGate, slot: int) -> None:
+        """Tell the shared budget, off the event loop. If the database cannot hear it, the
+        slot counts until its deadline: the budget only waits longer, it never overruns."""
+        def release() -> None:
+            with contextlib.suppress(StoreError):
+                gate.release(slot)
+
+        try:
+            asyncio.get_running_loop().run_in_executor(None, release)
+        except RuntimeError:  # no loop (a synchronous caller): tell it here
+            release()
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[Ticket]:
@@ -394,9 +445,9 @@ class Budget:
             candidates.append((self._last_send + self._interval, WAIT_RPS))
         return max(candidates, key=lambda c: c[0])
 
-    def _take(self, now: float) -> Ticket:
+    def _take(self, now: float, shared: int | None = None) -> Ticket:
         daily_slot = self.daily.acquire(now) if self.daily is not None else None
-        ticket = Ticket(self.hourly.acquire(now), daily_slot, now)
+        ticket = Ticket(self.hourly.acquire(now), daily_slot, now, shared)
         self._last_send = self._paced_from(now)
         self.sent += 1
         return ticket

@@ -27,6 +27,27 @@ if TYPE_CHECKING:  # pyarrow stays out of `import batch_toggle` (tests/test_impo
     from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry
 
 
+class SlotGate(Protocol):
+    """A request budget shared live by every process that sends with one API key through one
+    store (state/postgres_budget.py). The process's own Budget still paces its sends; this is
+    what keeps several processes, on several hosts, inside one key's windows together."""
+
+    def reserve(self, windows: Sequence[tuple[int, float]]) -> tuple[int | None, float]:
+        """Reserve one slot in every window (limit, hold seconds): (its id, 0.0), atomically
+        against every other process using the key; or (None, seconds) when a window is full,
+        with how long until its first slot frees at the latest. StoreError when the database
+        cannot be reached (nothing is sent without a reservation)."""
+
+    def wait(self, seconds: float) -> None:
+        """Block until a slot of the key is released anywhere, or `seconds` pass."""
+
+    def release(self, slot: int) -> None:
+        """The request of `slot` was answered now: its slots expire `hold` from now. A slot
+        never released (a process killed) counts as answered at its deadline."""
+
+    def close(self) -> None: ...
+
+
 class Store(Protocol):
     """One open state store. Close it (or use `with`); every write method of a read-only one
     raises StoreError, as does any database failure (its message names the store)."""
@@ -97,6 +118,12 @@ class Store(Protocol):
     # endpoints that answered before
     def has_answered(self, endpoint: str) -> bool: ...
     def record_answer(self, endpoint: str, at: str) -> None: ...
+
+    def slot_gate(self, api_key: str, *, timeout: float) -> SlotGate | None:
+        """The budget shared live by every process using `api_key` with this store (the key is
+        known only by its keyed fingerprint), or None where the store shares none (SQLite: one
+        run at a time, whose send log seeds the next). `timeout`: the longest a request may
+        take; a slot never released counts as answered then."""
 
     # the send log (the budget's memory across processes)
     def record_sends(self, entries: Sequence[SendEntry | tuple[Any, ...]]) -> None: ...

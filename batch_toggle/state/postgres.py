@@ -49,6 +49,7 @@ from batch_toggle.errors import ExitCode, StoreError, StoreLocked
 from batch_toggle.outcome import Outcome
 from batch_toggle.state.keys import KeyHasher
 from batch_toggle.state.location import redact
+from batch_toggle.state.postgres_budget import PostgresSlotGate, schema_statements
 from batch_toggle.state.records import RESUMABLE_EXIT_CODES, LedgerUpdates, RunRecord
 from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry
 
@@ -231,6 +232,7 @@ class PostgresStore:
         self._lock_conn: psycopg.Connection[Any] | None = None
         self._held_scope: int | None = None
         self._run_seqs: dict[str, int] = {}
+        self._gates: list[PostgresSlotGate] = []
 
     @property
     def location(self) -> str:
@@ -271,6 +273,8 @@ class PostgresStore:
     def close(self) -> None:
         """Release the lock (if held) and close the connections. Safe to call twice."""
         self.release_lock()
+        for gate in self._gates:
+            gate.close()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -653,6 +657,16 @@ class PostgresStore:
                 " VALUES (%s, %s, %s) ON CONFLICT (endpoint) DO UPDATE SET"
                 " last_answered_at = excluded.last_answered_at", (endpoint, at, at))
 
+    def slot_gate(self, api_key: str, *, timeout: float) -> PostgresSlotGate | None:
+        """The key's budget, shared live with every process using it on this database
+        (postgres_budget.py); None for a read-only view."""
+        if self.readonly:
+            return None
+        gate = PostgresSlotGate(self.url, self.location, SCHEMA,
+                                self._hasher.api_key_fingerprint(api_key), timeout)
+        self._gates.append(gate)  # closed with the store
+        return gate
+
     # --- the send log -----------------------------------------------------------------------
 
     @_translated
@@ -862,6 +876,8 @@ def _ensure_schema(conn: psycopg.Connection[Any], shown: str) -> bytes:
         for statement in _TABLES.split(";"):
             if statement.strip():
                 conn.execute(statement)  # type: ignore[arg-type] # our own constant text
+        for statement in schema_statements(SCHEMA):
+            conn.execute(statement)  # type: ignore[arg-type] # our own constant text
         secret = secrets.token_bytes(32)
         conn.execute(f"INSERT INTO {SCHEMA}.meta (key, value) VALUES ('application', %s),"
                      " ('schema_version', %s), ('hmac_secret', %s), ('ledger_seq', %s)",

@@ -780,6 +780,10 @@ class SqliteStore:
                 " VALUES (?, ?, ?) ON CONFLICT (endpoint) DO UPDATE SET"
                 " last_answered_at = excluded.last_answered_at", (endpoint, at, at))
 
+    def slot_gate(self, api_key: str, *, timeout: float) -> None:
+        """None: one run at a time on a file; the send log carries the budget between runs."""
+        return None
+
     # --- the send log -----------------------------------------------------------------------
 
     @_translated
