@@ -12,7 +12,8 @@ import csv
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,109 @@ def test_two_hosts_with_one_key_share_its_window_and_never_meet_a_429(
         assert sorted(r.input_names[0] for r in runs) == [str(a), str(b)]
         assert {r.exit_code for r in runs} == {0}
         assert store.ledger_table(confirmed_only=True).num_rows == 2 * rows
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def run_host(srv: Any, tmp: Path, url: str, password: str, source: Path,
+             *extra: str) -> tuple[int, str, list[dict[str, str]]]:
+    code, err = finish(start_host(srv, tmp, url, password, source, *extra))
+    report = tmp / f"{source.stem}.report.csv"
+    return code, err, read_report(report) if report.exists() else []
+
+
+def same_client_jobs(srv: Any) -> tuple[Any, Any]:
+    by_client: dict[str, list[Any]] = {}
+    for job in srv.jobs:
+        by_client.setdefault(job.client_id, []).append(job)
+    first, second = next(jobs for jobs in by_client.values() if len(jobs) >= 2)[:2]
+    return first, second
+
+
+def test_an_opt_out_confirmed_on_one_host_blocks_a_resubscribe_from_another(
+        sandbox_server: Any, pg_database: Any, tmp_path: Path) -> None:
+    srv = sandbox_server
+    j1, j2 = same_client_jobs(srv)
+    host_a, host_b = tmp_path / "a", tmp_path / "b"  # nothing on disk shared: only the store
+    host_a.mkdir()
+    host_b.mkdir()
+    # Host A opts the client out through J1, and J2 out too (so the ledger knows that J2
+    # belongs to the client: a job never seen cannot be tied to one without asking Logis).
+    optout = write_input(host_a / "optout.csv", [[j1.job_id, j1.review_key, "false", "client"],
+                                                 [j2.job_id, j2.review_key, "false", "job"]])
+    code, err, rows = run_host(srv, host_a, pg_database.dsn, pg_database.password, optout)
+    assert code == 0, err
+    assert [r["status"] for r in rows] == ["updated", "updated"]
+    sent = len(srv.requests())
+
+    optin = write_input(host_b / "optin.csv", [[j2.job_id, j2.review_key, "true", "client"]])
+    code, err, rows = run_host(srv, host_b, pg_database.dsn, pg_database.password, optin)
+    assert code == 1, err
+    assert [(r["status"], r["error_code"]) for r in rows] == [
+        ("conflict", "resubscribe_blocked")]
+    assert f"through job {j1.job_id}" in rows[0]["error_message"]
+    assert [r for r in srv.requests(sent) if r["method"] == "PUT"] == []
+    assert srv.client_state(j1.client_id) is False
+
+
+def test_the_same_file_twice_is_refused_naming_the_holder_and_other_files_run_beside_it(
+        sandbox_server: Any, pg_database: Any, tmp_path: Path) -> None:
+    srv = sandbox_server
+    slow = ("--rate", "3/1s", "--timeout", "2")
+    a = write_input(tmp_path / "a.csv", flip_rows(srv.jobs[:24]))  # about 8 s
+    b = write_input(tmp_path / "b.csv", flip_rows(srv.jobs[24:27]))
+    before = len(srv.requests())
+    first = start_host(srv, tmp_path, pg_database.dsn, pg_database.password, a, *slow)
+    try:
+        # It holds its lock once it sends (a helper's wait on the server's log, as elsewhere).
+        wait_until(lambda: len(srv.requests(before)) > 0, 30, "the first run to send")
+        code, err, _ = run_host(srv, tmp_path, pg_database.dsn, pg_database.password, a,
+                                *slow, "--report", str(tmp_path / "second.csv"))
+        assert code == 2, err
+        assert f"pid {first.pid} on host " in err and "in use by run " in err
+        code, err, rows = run_host(srv, tmp_path, pg_database.dsn, pg_database.password, b,
+                                   *slow)
+        assert code == 0, err  # other inputs: the same store, the same key, at the same time
+        assert {r["status"] for r in rows} == {"updated"}
+    finally:
+        code, err = finish(first)
+    assert code == 0, err
+
+
+def test_a_run_killed_beside_another_leaves_it_going_and_resumes_without_resending(
+        sandbox_server: Any, pg_database: Any, tmp_path: Path) -> None:
+    srv = sandbox_server
+    pace = ("--rate", "8/1s", "--timeout", "2", "--concurrency", "2")
+    a = write_input(tmp_path / "a.csv", flip_rows(srv.jobs[:24]))
+    b = write_input(tmp_path / "b.csv", flip_rows(srv.jobs[24:40]))
+    a_jobs = {j.job_id for j in srv.jobs[:24]}
+    before = len(srv.requests())
+    killed = start_host(srv, tmp_path, pg_database.dsn, pg_database.password, a, *pace)
+    survivor = start_host(srv, tmp_path, pg_database.dsn, pg_database.password, b, *pace)
+    try:
+        wait_until(lambda: sum(r["job_id"] in a_jobs for r in srv.requests(before)) >= 6, 30,
+                   "the first run to be under way")
+    finally:
+        killed.kill()  # SIGKILL: no handler, no goodbye to the database
+        killed.communicate(timeout=10)
+    code, err = finish(survivor)
+    assert code == 0, err
+    assert {r["status"] for r in read_report(tmp_path / "b.report.csv")} == {"updated"}
+
+    # The killed run's session is gone, so is its lock: the resume takes it at once.
+    code, err, rows = run_host(srv, tmp_path, pg_database.dsn, pg_database.password, a, *pace,
+                               "--resume")
+    assert code == 0, err
+    assert len(rows) == 24 and {r["status"] for r in rows} == {"updated"}
+    puts_a = [r["job_id"] for r in srv.requests(before)
+              if r["method"] == "PUT" and r["job_id"] in a_jobs]
+    resent = [job for job in a_jobs if puts_a.count(job) > 1]
+    assert set(puts_a) == a_jobs
+    assert len(resent) <= 2 and all(puts_a.count(job) == 2 for job in resent)  # in flight
+    assert sum(1 for r in srv.requests(before) if r["status"] == 429) == 0
