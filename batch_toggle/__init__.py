@@ -40,6 +40,7 @@ from batch_toggle.errors import (
     ReportError,
     StoreError,
     StoreLocked,
+    StoreUnavailable,
     TooManyInvalid,
     UsageError,
 )
@@ -366,5 +367,6 @@ _PUBLIC_FUNCTIONS = frozenset({"validate", "run", "audit"})
 sys.modules[__name__].__class__ = _Package
 
 __all__ = ["BatchToggleError", "EventKind", "EventSink", "ExitCode", "InputError", "Options",
-           "ProxyRefused", "Rate", "ReportError", "Result", "StoreError", "StoreLocked", "Summary",
-           "TooManyInvalid", "UsageError", "__version__", "audit", "run", "validate"]
+           "ProxyRefused", "Rate", "ReportError", "Result", "StoreError", "StoreLocked",
+           "StoreUnavailable", "Summary", "TooManyInvalid", "UsageError", "__version__", "audit",
+           "run", "validate"]

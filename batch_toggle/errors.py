@@ -82,6 +82,12 @@ class StoreLocked(StoreError):
     """Another run holds the state store's lock."""
 
 
+class StoreUnavailable(StoreError):
+    """The store's database cannot be reached now (a PostgreSQL server down or out of reach):
+    the same write may succeed later, so a run pauses rather than stops (up to its outage
+    limit)."""
+
+
 class TooManyInvalid(BatchToggleError):
     """More than --max-invalid percent of rows are invalid: likely a wrong file or --map.
 

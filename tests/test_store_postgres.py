@@ -4,6 +4,7 @@ server that goes away and comes back. The contract both backends share is tests/
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -260,3 +261,55 @@ def test_a_slot_never_released_counts_until_its_deadline_then_its_hold(
                             " deadline = deadline - 5")  # reserved 5 s ago, deadline passed
         slot, wait = gate.reserve([(1, 10.0)])
         assert slot is None and 6.0 < wait <= 7.0  # deadline (3 s ago) + 10 s hold
+
+
+# --- the committer while the database is away ------------------------------------------------
+
+def _finished(unit: int) -> Any:
+    from batch_toggle.state.committer import Finished
+    return Finished(unit, unit, FULL, None)
+
+
+def test_outcomes_wait_out_an_outage_and_are_committed_when_the_server_is_back(
+        url: str, pg_server: Any) -> None:
+    from batch_toggle.state.committer import Committer
+
+    async def main(store: Any) -> None:
+        committer = Committer(store, "r1", outage_limit=120.0)
+        committer.start()
+        committer.put(_finished(0))
+        await committer.durable(0)
+        await asyncio.to_thread(pg_server.stop)
+        committer.put(_finished(1))
+        waiter = asyncio.ensure_future(committer.durable(1))
+        while committer.unavailable_since is None:  # the round met the outage
+            await asyncio.sleep(0.01)
+        assert not waiter.done()  # the worker waits: it takes no next unit meanwhile
+        await asyncio.to_thread(pg_server.start)
+        await asyncio.wait_for(waiter, 30)
+        await committer.close()
+        assert committer.error is None and committer.unavailable_since is None
+
+    with open_store(url) as store:
+        store.create_run("r1", **RUN_ARGS)
+        asyncio.run(main(store))
+        assert sorted(store.load_outcomes("r1")) == [0, 1]
+
+
+def test_an_outage_longer_than_the_limit_fails_the_committer_and_lets_workers_go(
+        url: str, pg_server: Any) -> None:
+    from batch_toggle.state.committer import Committer
+
+    async def main(store: Any) -> None:
+        committer = Committer(store, "r1", outage_limit=0.0)
+        committer.start()
+        pg_server.stop()
+        committer.put(_finished(0))
+        await asyncio.wait_for(committer.durable(0), 30)  # released: the runner stops the run
+        await committer.close()
+        assert isinstance(committer.error, StoreError)
+        assert "outage limit" in str(committer.error)
+
+    with open_store(url) as store:
+        store.create_run("r1", **RUN_ARGS)
+        asyncio.run(main(store))

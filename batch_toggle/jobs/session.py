@@ -336,7 +336,8 @@ async def send_units(config: JobConfig, hooks: Hooks, store: Store | None, prepa
             shown[0] = now
             hooks.progress(runner.progress_snapshot())
 
-    committer = Committer(store, prepared.run_id, on_committed=committed)
+    committer = Committer(store, prepared.run_id, on_committed=committed,
+                          outage_limit=config.send.outage_limit)
     route = _route_or_sandbox(config)
     async with make_client(config, transport) as client:
         runner = Runner(sent, client=client,

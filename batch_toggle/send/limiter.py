@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from batch_toggle.config import Rate, SendOptions
-from batch_toggle.errors import StoreError
+from batch_toggle.errors import StoreError, StoreUnavailable
 from batch_toggle.send.cost import (
     ASSUMED,
     EARLIER_REPLIES,
@@ -49,6 +49,7 @@ from batch_toggle.state.sendlog import LoggedSend, Reading, held_expiries
 
 DAY = 86400.0
 SHARED_WAIT_MAX = 5.0  # seconds: the longest one wait on the shared budget sleeps
+SHARED_RETRY = 1.0  # seconds between two tries to reserve while its database is away
 MIN_MARGIN = 0.05  # seconds
 MARGIN_FRACTION = 0.02  # of PERIOD
 
@@ -59,6 +60,7 @@ OnWait = Callable[[str, float, float], object]  # (why, until when, now): the bu
 # Why the head of the queue waits (Budget.waiting, on_wait): the hourly budget, the daily budget,
 # the --max-rps smoothing, or a 429 pause.
 WAIT_BUDGET, WAIT_DAILY, WAIT_RPS, WAIT_PAUSE = "budget", "daily", "rps", "pause"
+WAIT_STORE = "store"  # the shared budget's database is away: nothing can be reserved
 
 
 # The ETA's latency is the mean of the last this many replies.
@@ -197,6 +199,7 @@ class Budget:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         on_wait: OnWait | None = None,
+        store_outage_limit: float = 15 * 60.0,
     ) -> None:
         self.rate = rate
         self.hourly = SlidingWindow(rate.limit, rate.period, margin)
@@ -217,6 +220,8 @@ class Budget:
         self._expected_latency: float | None = None
         self._eta_cache: tuple[float, float] | None = None  # (computed at, finish), clock
         self._shared: SlotGate | None = None
+        self.store_outage_limit = store_outage_limit
+        self._store_away_since: float | None = None  # the shared budget's database is away
 
     @classmethod
     def from_options(
@@ -232,6 +237,7 @@ class Budget:
         return cls(
             options.rate, max_rps=options.max_rps, daily_limit=options.daily_limit,
             concurrency=options.concurrency, clock=clock, sleep=sleep, on_wait=on_wait,
+            store_outage_limit=options.outage_limit,
         )
 
     def share(self, gate: SlotGate) -> None:
@@ -261,7 +267,23 @@ class Budget:
         """A slot of the shared budget, or None after waiting for one to free (a release by
         any process wakes the wait: no polling). StoreError when the database is away."""
         windows = [(w.limit, w.hold) for w in self.windows]
-        slot, wait = await asyncio.to_thread(gate.reserve, windows)
+        try:
+            slot, wait = await asyncio.to_thread(gate.reserve, windows)
+        except StoreUnavailable:
+            # No slot can be reserved while the database is away: nothing is sent; try again
+            # until it is back, or stop (StoreError) after the outage limit.
+            now = self._clock()
+            if self._store_away_since is None:
+                self._store_away_since = now
+            if now - self._store_away_since >= self.store_outage_limit:
+                raise
+            self.waiting = WAIT_STORE
+            try:
+                await self._sleep(SHARED_RETRY)
+            finally:
+                self.waiting = None
+            return None
+        self._store_away_since = None
         if slot is not None:
             return slot
         now = self._clock()

@@ -797,7 +797,11 @@ class Runner:
         """A budget ticket, or None when the run stops first (a ticket granted at the same
         moment as the stop is given back unused)."""
         asked = self.clocks.mono()
-        ticket = await self._race(self.budget.acquire())
+        try:
+            ticket = await self._race(self.budget.acquire())
+        except StoreError as exc:  # a shared budget's database away beyond the outage limit
+            self._store_failed(exc)
+            return None
         got = self.clocks.mono()
         if got - asked >= self._wait_min and got > self._waited_until:
             self.timeline.waited(max(asked, self._waited_until), got)

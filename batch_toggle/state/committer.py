@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from batch_toggle.errors import StoreError, StoreUnavailable
 from batch_toggle.outcome import Outcome
 from batch_toggle.state.interface import Store
 from batch_toggle.state.records import LedgerUpdates
@@ -49,6 +50,8 @@ from batch_toggle.state.sendlog import SendEntry, boot_id
 MIN_ROUND = 0.001
 # How long a queued send-log record may wait for a round of outcomes to carry it.
 SEND_LOG_DELAY = 0.05
+STORE_RETRY_DELAY = 1.0  # seconds between two tries of a round while the store is away
+DEFAULT_OUTAGE_LIMIT = 15 * 60.0  # as SendOptions.outage_limit
 _log = logging.getLogger(__name__)
 
 
@@ -67,8 +70,13 @@ class Committer:
 
     def __init__(self, store: Store | None, run_id: str,
                  on_committed: Callable[[Finished], None] = lambda _f: None, *,
-                 mono: Callable[[], float] = time.monotonic, boot: str | None = None) -> None:
+                 mono: Callable[[], float] = time.monotonic, boot: str | None = None,
+                 outage_limit: float = DEFAULT_OUTAGE_LIMIT) -> None:
         self.store = store
+        # A database that cannot be reached (StoreUnavailable) is retried this long: the
+        # workers wait on their outcomes meanwhile, so sending pauses; then the run stops.
+        self.outage_limit = outage_limit
+        self.unavailable_since: float | None = None  # monotonic, while the store is away
         self.run_id = run_id
         self.outcomes: dict[int, Outcome] = {}  # by unit index, for the report
         self._on_committed = on_committed
@@ -131,6 +139,11 @@ class Committer:
             pending, self._sends = self._sends, []
             try:
                 self.store.record_sends([*pending, entry])
+            except StoreUnavailable:
+                # The database is away but the request's slot is reserved in it already (a
+                # store that can be away shares its budget live): queue the record instead.
+                self._sends[:0] = [*pending, entry]
+                self._send_log_soon()
             except BaseException:
                 self._sends[:0] = pending
                 del self._sent_mono[send_id]  # never sent
@@ -193,8 +206,15 @@ class Committer:
                 self._send_log_timer = None
             sends, self._sends = self._sends, []
             batch, self._queue = self._queue, []
-            if sends or batch:
-                self._commit(sends, batch)
+            if (sends or batch) and not self._commit(sends, batch):
+                # The store is away: everything goes back to the front of the queues, and the
+                # workers keep waiting on their outcomes (nothing more is sent) until a retry
+                # commits them, or the outage limit stops the run.
+                self._sends[:0] = sends
+                self._queue[:0] = batch
+                await asyncio.sleep(STORE_RETRY_DELAY)
+                self._wake.set()
+                continue
             self._idle.set()
             if self._closed and not self._queue and not self._sends:
                 return
@@ -214,27 +234,47 @@ class Committer:
             timer.cancel()
             self._quiet = None
 
-    def _commit(self, sends: list[SendEntry], batch: list[Finished]) -> None:
+    def _commit(self, sends: list[SendEntry], batch: list[Finished]) -> bool:
         """One round: the outcomes and the queued send log in one transaction (one commit,
-        one fsync), on the event loop (see the module docstring)."""
+        one fsync), on the event loop (see the module docstring). False when the store is
+        away (StoreUnavailable) within the outage limit: the round is to be tried again."""
         if self.store is None or self.error is not None:
             self._committed(batch)
-            return
+            return True
         items = [(f.row, f.outcome, f.ledger) for f in batch]
         try:
             try:
                 self.store.record_outcomes(self.run_id, items, sends)
+            except StoreUnavailable:
+                raise
             except Exception:
                 # Those requests were sent: their records must not go down with the outcomes'
                 # transaction (a later run sharing the store counts them).
                 with contextlib.suppress(Exception):
                     self.store.record_sends(sends)
                 raise
+        except StoreUnavailable as exc:
+            if self._still_waiting(exc):
+                return False
+            self.error = StoreError(f"{exc} (away longer than the outage limit, "
+                                    f"{self.outage_limit:g} s)")
+            self._release(batch)
+            return True
         except Exception as exc:  # noqa: BLE001 - reported by the runner, run stops
             self.error = exc
             self._release(batch)
-            return
+            return True
+        self.unavailable_since = None
         self._committed(batch)
+        return True
+
+    def _still_waiting(self, exc: StoreUnavailable) -> bool:
+        """Whether an outage of the store is still within the outage limit."""
+        now = self._mono()
+        if self.unavailable_since is None:
+            self.unavailable_since = now
+            _log.info("the state store is away (%s); sending pauses until it is back", exc)
+        return now - self.unavailable_since < self.outage_limit
 
     def _committed(self, batch: list[Finished]) -> None:
         self._release(batch)

@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from batch_toggle.clock import utc_text
-from batch_toggle.errors import ExitCode, StoreError, StoreLocked
+from batch_toggle.errors import ExitCode, StoreError, StoreLocked, StoreUnavailable
 from batch_toggle.outcome import Outcome
 from batch_toggle.state.keys import KeyHasher
 from batch_toggle.state.location import redact
@@ -201,6 +201,8 @@ def _translated(
     def wrapper(self: PostgresStore, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(self, *args, **kwargs)
+        except psycopg.OperationalError as exc:  # the server is away: try again later
+            raise StoreUnavailable(f"state store {self.location}: {_said(exc)}") from exc
         except psycopg.Error as exc:
             raise StoreError(f"state store {self.location}: {_said(exc)}") from exc
 
@@ -377,9 +379,15 @@ class PostgresStore:
         if key is None:
             return
         with self._lock_conn_lock, contextlib.suppress(psycopg.Error):
-            if self._lock_conn is not None and not self._lock_conn.broken:
-                self._lock_conn.execute(f"UPDATE {SCHEMA}.locks SET alive_at = %s"
-                                        " WHERE scope_key = %s", (utc_text(), key))
+            conn = self._lock_conn
+            if conn is None or conn.closed or conn.broken:
+                # The server went away and took the session's lock with it: take it again.
+                # (Should another run have taken it meanwhile, that run holds it now; the
+                # heartbeat cannot stop this one, `status` shows the other as the holder.)
+                conn = self._lock_conn = _connect(self.url, readonly=False)
+                conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, key))
+            conn.execute(f"UPDATE {SCHEMA}.locks SET alive_at = %s WHERE scope_key = %s",
+                         (utc_text(), key))
 
     def release_lock(self) -> None:
         """Give the lock back (no-op when not held): closing its session frees it."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from batch_toggle.errors import StoreError
+from batch_toggle.errors import StoreError, StoreUnavailable
 
 # Slots are kept this long after their reply (the longest hold, a day, and a margin).
 KEEP = 86400.0 + 3600.0
@@ -124,6 +124,13 @@ class PostgresSlotGate:
                 listener = self._listening()
                 for _ in listener.notifies(timeout=max(0.0, seconds), stop_after=1):
                     break
+            except psycopg.OperationalError:
+                # The server went away (its restart ends every session): the wait ends, and
+                # the next reservation says whether it is back (and listens anew).
+                with contextlib.suppress(psycopg.Error):
+                    if self._listener is not None:
+                        self._listener.close()
+                self._listener = None
             except psycopg.Error as exc:
                 raise self._error(exc) from exc
 
@@ -163,7 +170,8 @@ class PostgresSlotGate:
 
     def _error(self, exc: psycopg.Error) -> StoreError:
         said = " ".join(str(exc).split()) or type(exc).__name__
-        return StoreError(f"state store {self._location}: the shared budget: {said}")
+        kind = StoreUnavailable if isinstance(exc, psycopg.OperationalError) else StoreError
+        return kind(f"state store {self._location}: the shared budget: {said}")
 
 
 def _connect(url: str) -> psycopg.Connection[Any]:

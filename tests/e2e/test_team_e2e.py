@@ -221,3 +221,44 @@ def test_a_run_killed_beside_another_leaves_it_going_and_resumes_without_resendi
     assert set(puts_a) == a_jobs
     assert len(resent) <= 2 and all(puts_a.count(job) == 2 for job in resent)  # in flight
     assert sum(1 for r in srv.requests(before) if r["status"] == 429) == 0
+
+
+def test_a_database_outage_of_20_s_pauses_the_run_which_then_finishes(
+        sandbox_server: Any, pg_database: Any, pg_server: Any, tmp_path: Path) -> None:
+    srv = sandbox_server
+    rows, concurrency = 30, 2
+    pace = ("--rate", "10/1s", "--timeout", "2", "--concurrency", str(concurrency))
+    source = write_input(tmp_path / "a.csv", flip_rows(srv.jobs[:rows]))
+    jobs = {j.job_id for j in srv.jobs[:rows]}
+    before = len(srv.requests())
+    run = start_host(srv, tmp_path, pg_database.dsn, pg_database.password, source, *pace)
+    try:
+        wait_until(lambda: len(srv.requests(before)) >= 8, 30, "the run to be under way")
+        stopped_at = time.time()
+        outage = pg_server.outage(20.0)
+        outage.wait()
+        back_at = time.time()
+        code, err = finish(run)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate(timeout=10)
+    assert code == 0, err
+    report = read_report(tmp_path / "a.report.csv")
+    assert len(report) == rows and {r["status"] for r in report} == {"updated"}
+    puts = [r for r in srv.requests(before) if r["method"] == "PUT"]
+    # Paused: nothing left while the database was away, beyond what was already on its way.
+    during = [r for r in puts if stopped_at + 1.0 < r["at"] < back_at]
+    assert during == []
+    sent = [r["job_id"] for r in puts]
+    assert set(sent) == jobs
+    twice = [job for job in jobs if sent.count(job) > 1]
+    assert len(twice) <= concurrency  # at most the units in flight when it went away
+    assert sum(1 for r in srv.requests(before) if r["status"] == 429) == 0
+    os.environ["PGPASSWORD"] = pg_database.password
+    try:
+        with open_store(pg_database.dsn, readonly=True) as store:
+            (record,) = store.list_runs()
+            assert record.exit_code == 0 and record.final_outcomes == rows  # none lost
+    finally:
+        del os.environ["PGPASSWORD"]
