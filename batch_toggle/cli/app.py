@@ -359,7 +359,7 @@ Guides (docs/ in the repository):
 
 # `sandbox` is a test tool with options of its own (its --daily-limit is the simulated API's):
 # neither the config file nor BATCH_TOGGLE_ variables reach it.
-NOT_CONFIGURED = frozenset({"sandbox"})
+NOT_CONFIGURED = frozenset({"sandbox", "state"})
 
 
 class LazyGroup(click.Group):
@@ -373,6 +373,7 @@ class LazyGroup(click.Group):
         "audit": "batch_toggle.cli.audit_cmd:audit_command",
         "doctor": "batch_toggle.cli.doctor_cmd:doctor_command",
         "sandbox": "batch_toggle.cli.sandbox_cmd:sandbox_command",
+        "state": "batch_toggle.cli.state_cmd:state_group",
         "status": "batch_toggle.cli.status_cmd:status_command",
     }
 

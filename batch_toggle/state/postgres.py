@@ -47,6 +47,14 @@ import pyarrow.csv as pcsv
 from batch_toggle.clock import utc_text
 from batch_toggle.errors import ExitCode, StoreError, StoreLocked, StoreUnavailable
 from batch_toggle.outcome import Outcome
+from batch_toggle.state.dump import (
+    ENDPOINT_FIELDS,
+    LEDGER_FIELDS,
+    OUTCOME_FIELDS,
+    RUN_FIELDS,
+    SEND_FIELDS,
+    StoreDump,
+)
 from batch_toggle.state.keys import KeyHasher
 from batch_toggle.state.location import redact
 from batch_toggle.state.postgres_budget import PostgresSlotGate, schema_statements
@@ -721,6 +729,88 @@ class PostgresStore:
                 f"SELECT sent, done, boot, sent_mono, done_mono FROM {SCHEMA}.sends"
                 " ORDER BY sent").fetchall()
         return [LoggedSend(*row) for row in rows]
+
+    # --- migration --------------------------------------------------------------------------
+
+    @_translated
+    def load_dump(self, dump: StoreDump) -> dict[str, int]:
+        """Add `dump`'s history (another store's, state/dump.py) to this one, in one
+        transaction, and return how many of its rows of each kind this store now holds.
+
+        Idempotent: what is here already (a run by its id, an outcome by run and row, a unit of
+        the ledger, a send by its id, an endpoint) is left as it is, so a second migration
+        adds nothing. The review keys' hashes mean something only under the secret they were
+        made with: this store takes the dump's secret when it holds no history of its own yet,
+        and refuses a dump made under another secret once it does."""
+        self._writable()
+        with self._transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, _CREATE_LOCK))
+            self._adopt_secret(conn, dump.secret)
+            with conn.cursor() as cur:
+                cur.executemany(
+                    f"INSERT INTO {SCHEMA}.runs ({', '.join(RUN_FIELDS)}) VALUES"
+                    f" ({', '.join(['%s'] * len(RUN_FIELDS))}) ON CONFLICT (run_id) DO NOTHING",
+                    dump.runs)
+                seqs = dict(conn.execute(f"SELECT run_id, seq FROM {SCHEMA}.runs").fetchall())
+                cur.executemany(
+                    f"INSERT INTO {SCHEMA}.outcomes (run, {', '.join(OUTCOME_FIELDS[1:])})"
+                    f" VALUES ({', '.join(['%s'] * len(OUTCOME_FIELDS))})"
+                    " ON CONFLICT (run, row) DO NOTHING",
+                    [(seqs[o[0]], *o[1:]) for o in dump.outcomes])
+                cur.executemany(
+                    f"INSERT INTO {SCHEMA}.ledger ({', '.join(LEDGER_FIELDS)}) VALUES"
+                    f" ({', '.join(['%s'] * len(LEDGER_FIELDS))})"
+                    " ON CONFLICT (job_id, update_target) DO NOTHING", dump.ledger)
+                cur.executemany(
+                    f"INSERT INTO {SCHEMA}.sends ({', '.join(SEND_FIELDS)}) VALUES"
+                    f" ({', '.join(['%s'] * len(SEND_FIELDS))}) ON CONFLICT (send_id) DO NOTHING",
+                    dump.sends)
+                cur.executemany(
+                    f"INSERT INTO {SCHEMA}.endpoints ({', '.join(ENDPOINT_FIELDS)}) VALUES"
+                    " (%s, %s, %s) ON CONFLICT (endpoint) DO NOTHING", dump.endpoints)
+            # Confirmations made here later must number above every migrated one.
+            conn.execute(f"UPDATE {SCHEMA}.meta SET value = convert_to(GREATEST("
+                         "convert_from(value, 'UTF8')::bigint, %s)::text, 'UTF8')"
+                         " WHERE key = 'ledger_seq'", (dump.ledger_seq,))
+            return self._holding(conn, dump)
+
+    def _adopt_secret(self, conn: psycopg.Connection[Any], secret: bytes) -> None:
+        row = conn.execute(f"SELECT value FROM {SCHEMA}.meta WHERE key = 'hmac_secret'"
+                           ).fetchone()
+        if row is not None and bytes(row[0]) == secret:
+            return
+        history = conn.execute(f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.runs) OR EXISTS"
+                               f" (SELECT 1 FROM {SCHEMA}.ledger)").fetchone()
+        if history is not None and history[0]:
+            raise StoreError(f"state store {self.location} already holds another store's "
+                             "history (its review keys are hashed under another secret): "
+                             "migrate into a database that no run has used yet")
+        conn.execute(f"UPDATE {SCHEMA}.meta SET value = %s WHERE key = 'hmac_secret'",
+                     (secret,))
+        self._hasher = KeyHasher(secret)
+
+    def _holding(self, conn: psycopg.Connection[Any], dump: StoreDump) -> dict[str, int]:
+        """How many of `dump`'s rows, by their keys, this store holds (in the same
+        transaction as the copy: the count verifies the copy, not a later state)."""
+        def count(sql: str, keys: list[Any]) -> int:
+            row = conn.execute(sql, (keys,)).fetchone()
+            return int(row[0]) if row is not None else 0
+
+        run_ids = [r[0] for r in dump.runs]
+        return {
+            "runs": count(f"SELECT count(*) FROM {SCHEMA}.runs WHERE run_id = ANY(%s)", run_ids),
+            "outcomes": count(
+                f"SELECT count(*) FROM {SCHEMA}.outcomes o JOIN {SCHEMA}.runs r ON r.seq = o.run"
+                " WHERE (r.run_id || ' ' || o.row) = ANY(%s)",
+                [f"{o[0]} {o[1]}" for o in dump.outcomes]),
+            "ledger": count(f"SELECT count(*) FROM {SCHEMA}.ledger"
+                            " WHERE (job_id || ' ' || update_target) = ANY(%s)",
+                            [f"{u[0]} {u[1]}" for u in dump.ledger]),
+            "sends": count(f"SELECT count(*) FROM {SCHEMA}.sends WHERE send_id = ANY(%s)",
+                           [s[0] for s in dump.sends]),
+            "endpoints": count(f"SELECT count(*) FROM {SCHEMA}.endpoints"
+                               " WHERE endpoint = ANY(%s)", [e[0] for e in dump.endpoints]),
+        }
 
     # --- helpers ----------------------------------------------------------------------------
 

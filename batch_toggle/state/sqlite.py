@@ -67,6 +67,13 @@ import pyarrow.csv as pcsv
 from batch_toggle.clock import utc_text
 from batch_toggle.errors import ExitCode, StoreError, StoreLocked
 from batch_toggle.outcome import Outcome
+from batch_toggle.state.dump import (
+    ENDPOINT_FIELDS,
+    LEDGER_FIELDS,
+    RUN_FIELDS,
+    SEND_FIELDS,
+    StoreDump,
+)
 from batch_toggle.state.keys import KeyHasher
 from batch_toggle.state.records import (  # noqa: F401 - re-exported: tests name them here
     LedgerUpdate,
@@ -838,6 +845,44 @@ class SqliteStore:
             rows = self._sends_conn.execute(
                 f"SELECT {self._send_columns} FROM sends ORDER BY sent").fetchall()
         return [LoggedSend(*row) for row in rows]
+
+    # --- migration --------------------------------------------------------------------------
+
+    @_translated
+    def dump(self) -> StoreDump:
+        """Everything this store holds, for `state migrate` (state/dump.py), read in one
+        transaction: one consistent snapshot even while a run writes."""
+        def as_bool(value: Any) -> bool | None:
+            return None if value is None else bool(value)
+
+        with self._lock:
+            began = not self._conn.in_transaction
+            if began:
+                self._conn.execute("BEGIN")
+            try:
+                conn = self._conn
+                (seq,) = conn.execute(
+                    "SELECT value FROM meta WHERE key = 'ledger_seq'").fetchone() or (0,)
+                runs = [tuple(r[1:]) for r in conn.execute(
+                    f"SELECT seq, {', '.join(RUN_FIELDS)} FROM runs ORDER BY seq")]
+                outcomes = [(r[0], r[1], r[2], r[3], r[4], as_bool(r[5]), *r[6:9],
+                             as_bool(r[9]), *r[10:]) for r in conn.execute(
+                    "SELECT r.run_id, o.row, o.status, o.error_code, o.error_message,"
+                    " o.retryable, o.http_status, o.attempts, o.entity_id,"
+                    " o.confirmed_do_notify_sms, o.sent_at, o.latency_ms"
+                    " FROM outcomes o JOIN runs r ON r.seq = o.run ORDER BY o.run, o.row")]
+                ledger = [(*r[:3], as_bool(r[3]), *r[4:9], as_bool(r[9]), *r[10:])
+                          for r in conn.execute(
+                              f"SELECT {', '.join(LEDGER_FIELDS)} FROM ledger ORDER BY rowid")]
+                sends = [tuple(r) for r in conn.execute(
+                    f"SELECT {', '.join(SEND_FIELDS)} FROM sends ORDER BY sent")]
+                endpoints = [tuple(r) for r in conn.execute(
+                    f"SELECT {', '.join(ENDPOINT_FIELDS)} FROM endpoints ORDER BY endpoint")]
+            finally:
+                if began:
+                    self._conn.execute("COMMIT")
+        return StoreDump(self._load_secret(), int(seq), runs, outcomes, ledger, sends,
+                         endpoints)
 
     # --- helpers ----------------------------------------------------------------------------
 

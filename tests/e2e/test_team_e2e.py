@@ -262,3 +262,69 @@ def test_a_database_outage_of_20_s_pauses_the_run_which_then_finishes(
             assert record.exit_code == 0 and record.final_outcomes == rows  # none lost
     finally:
         del os.environ["PGPASSWORD"]
+
+
+def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "batch_toggle", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT,
+                          stdin=subprocess.DEVNULL)
+
+
+STATUS_FIELDS = ("run_id", "command", "state", "exit_code", "inputs", "rows", "units",
+                 "units_done", "unit_counts", "row_counts", "retryable_failed", "resumable",
+                 "not_resumable_because", "resume_sends", "stopped")
+
+
+def test_a_migrated_store_tells_the_same_status_skips_the_same_rows_and_keeps_the_budget(
+        sandbox_server: Any, pg_database: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = sandbox_server
+    env = host_env(srv, pg_database.password)
+    sqlite = tmp_path / "state.sqlite"
+    done = write_input(tmp_path / "done.csv", flip_rows(srv.jobs[:6]))
+    stopped = write_input(tmp_path / "stopped.csv", flip_rows(srv.jobs[6:14]))
+    base = ("--base-url", srv.base_url, *tls_args(srv), "--state", str(sqlite), "--no-progress")
+    assert cli("run", str(done), *base, env=env, cwd=tmp_path).returncode == 0
+    slice_ = cli("run", str(stopped), *base, "--max-requests", "3", env=env, cwd=tmp_path)
+    assert slice_.returncode == 4, slice_.stderr  # resumable, 5 rows left
+
+    first = cli("state", "migrate", "--from", str(sqlite), "--to", pg_database.dsn, env=env,
+                cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = cli("state", "migrate", "--from", str(sqlite), "--to", pg_database.dsn, env=env,
+                cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.replace(str(sqlite), "") == first.stdout.replace(str(sqlite), "")
+    assert pg_database.execute("SELECT count(*) FROM batch_toggle.runs") == [(2,)]  # not 4
+
+    def status(location: str) -> list[dict[str, Any]]:
+        out = cli("status", "--state", location, "--json", env=env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        import json
+        return [{k: run[k] for k in STATUS_FIELDS} for run in json.loads(out.stdout)["runs"]]
+
+    assert status(pg_database.dsn) == status(str(sqlite))
+    assert [r["resume_sends"] for r in status(pg_database.dsn)] == [5, None]
+
+    # The same skip-confirmed decisions: a dry run of both files predicts the same rows.
+    both = write_input(tmp_path / "both.csv", flip_rows(srv.jobs[:14]))
+    predictions = []
+    for location in (str(sqlite), pg_database.dsn):
+        report = tmp_path / f"dry-{len(predictions)}.csv"
+        out = cli("validate", str(both), "--state", location, "--report", str(report),
+                  env=env, cwd=tmp_path)
+        assert out.returncode in (0, 1), out.stderr
+        predictions.append([(r["source_row"], r["status"], r["error_message"])
+                            for r in read_report(report)])
+    assert predictions[0] == predictions[1]
+    assert [s for _, s, _ in predictions[0]].count("unchanged") == 9  # 6 done + 3 sliced
+
+    # The same remaining budget: the same requests still hold slots of the window.
+    monkeypatch.setenv("PGPASSWORD", pg_database.password)
+    from batch_toggle.state.sendlog import Reading
+    now = Reading.now()
+    held = []
+    for location in (sqlite, pg_database.dsn):
+        with open_store(location, readonly=True) as store:
+            held.append(store.recent_sends(now, 3600.0, 30.0))
+    assert len(held[0]) == 9 and held[0] == held[1]
