@@ -37,6 +37,7 @@ BENCHMARKS: tuple[tuple[str, str, tuple[tuple[str, ...], ...], float], ...] = (
     ("validate", "bench_validate.py", (("--quick",), ("--repeat", "5")), 200.0),
     ("sender", "bench_sender.py", (("--quick",), ("--repeat", "2", "--requests", "2000")), 120.0),
     ("store", "bench_store.py", (("--quick",),), 240.0),
+    ("pg_store", "bench_pg_store.py", (), 120.0),
     ("sandbox", "bench_sandbox.py", (("--quick",), ("--seconds", "2")), 60.0),
     ("sandbox_memory", "bench_sandbox_memory.py", (("--requests", "3000", "--log-limit", "3000"),),
      120.0),
