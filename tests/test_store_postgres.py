@@ -313,3 +313,34 @@ def test_an_outage_longer_than_the_limit_fails_the_committer_and_lets_workers_go
     with open_store(url) as store:
         store.create_run("r1", **RUN_ARGS)
         asyncio.run(main(store))
+
+
+# --- doctor ----------------------------------------------------------------------------------
+
+def doctor_store_check(url: str) -> dict[str, Any]:
+    """`batch-toggle doctor --json`'s state store check (its Logis checks fail fast: nothing
+    listens on 127.0.0.1:9)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from batch_toggle.cli.app import main
+
+    result = CliRunner().invoke(main, ["doctor", "--base-url", "http://127.0.0.1:9",
+                                       "--state", url, "--json"])
+    checks = json.loads(result.output)["checks"]
+    (check,) = [c for c in checks if c["name"] == "state store"]
+    return dict(check)
+
+
+def test_doctor_checks_the_database_and_names_the_runs_on_it(
+        url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with open_store(url) as store:
+        store.acquire_lock("r1", "alice", scope="s")
+        check = doctor_store_check(url)
+        assert check["ok"], check
+        assert f"r1 (pid {os.getpid()} on {socket.gethostname()})" in check["detail"]
+        assert "the database answers" in check["detail"]
+    monkeypatch.setenv("PGPASSWORD", "wrong")
+    check = doctor_store_check(url)
+    assert not check["ok"] and "password authentication failed" in check["detail"]

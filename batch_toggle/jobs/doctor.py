@@ -283,13 +283,20 @@ def _store_check(path: Path | str | None, send: SendOptions) -> Check:
                     return Check("state store", True, f"{shown(store_path)}: reachable, no "
                                  "batch-toggle tables yet (the first run creates them)")
                 return _new_store(store_path)
-            holder = store.lock_holder()
+            holders = store.lock_holders()
             hold = SlidingWindow(send.rate.limit, send.rate.period).hold
             used = len(store.recent_sends(Reading.now(), hold, send.timeout))
     except (StoreError, UsageError) as exc:
         return Check("state store", False, str(exc),
                      "give another --state, or move the file away if it is not a state store")
     budget = f"budget: {used:,} of {send.rate} used in the last window"
+    if isinstance(store_path, str):
+        # A shared database: other files' runs go beside these ones; only the same work waits.
+        running = "; ".join(f"{h.get('run_id')} (pid {h.get('pid')} on {h.get('host')})"
+                            for h in holders) or "none"
+        return Check("state store", True, f"{shown(store_path)}: the database answers; runs "
+                                          f"in progress: {running}; {budget}")
+    holder = holders[0] if holders else None
     if holder:
         who = holder.get("run_id") or "an unknown run"
         return Check("state store", False, f"{shown(store_path)}: in use by {who} (pid "
