@@ -350,6 +350,7 @@ Guides (docs/ in the repository):
   dry-run-audit.md   validate, run --dry-run and audit: what would happen, what Logis shows
   audit.md           the audit command: reads, samples, what it cannot tell
   cron.md            long runs in cron slices: one line, one report, exit codes
+  team.md            a team's shared store on PostgreSQL: one budget, one ledger, migrate
   library.md         batch-toggle from Python: Airflow, notebooks, DataFrames
   report.md          reading the report, its summary and HTML page; statuses, error codes
   events.md          --events: every event kind and its fields, for cron and CI
