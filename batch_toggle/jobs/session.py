@@ -281,9 +281,10 @@ def seeded_budget(config: JobConfig, store: Store | None, hooks: Hooks = SILENT)
         gate = store.slot_gate(config.api_key, timeout=timeout) if config.api_key else None
         if gate is not None:
             # A store shared live (PostgreSQL): every process using the key reserves its
-            # slots there, so the gate knows what the send log would tell, key by key.
+            # slots there. The send log still seeds this process's own windows below: it
+            # holds what the gate cannot know (sends migrated from a SQLite store), and what
+            # it holds twice only makes the first window more careful.
             budget.share(gate)
-            return budget
         sends = store.recent_sends(now, budget.hold, timeout)
         moved = wall_clock_moved(sends, now)
         if moved > 0:

@@ -328,3 +328,32 @@ def test_a_migrated_store_tells_the_same_status_skips_the_same_rows_and_keeps_th
         with open_store(location, readonly=True) as store:
             held.append(store.recent_sends(now, 3600.0, 30.0))
     assert len(held[0]) == 9 and held[0] == held[1]
+
+
+def test_a_run_on_a_store_just_migrated_honours_the_sends_the_sqlite_store_made(
+        sandbox_server: Any, pg_database: Any, tmp_path: Path) -> None:
+    """The SQLite operator used the whole window a moment ago; the team's first run on the
+    migrated store waits for it rather than meeting 429s."""
+    srv = sandbox_server
+    limit, window = 6, 10.0
+    srv.set_limits(hourly_limit=limit, window=window)
+    rate = ("--rate", f"{limit}/{window:g}s", "--timeout", "2")
+    env = host_env(srv, pg_database.password)
+    sqlite = tmp_path / "state.sqlite"
+    a = write_input(tmp_path / "a.csv", flip_rows(srv.jobs[:limit]))
+    b = write_input(tmp_path / "b.csv", flip_rows(srv.jobs[limit:2 * limit]))
+    before = len(srv.requests())
+    first = cli("run", str(a), "--base-url", srv.base_url, *tls_args(srv), "--state",
+                str(sqlite), "--no-progress", "--max-rps", "500", *rate, env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    moved = cli("state", "migrate", "--from", str(sqlite), "--to", pg_database.dsn, env=env,
+                cwd=tmp_path)
+    assert moved.returncode == 0, moved.stderr
+
+    code, err, rows = run_host(srv, tmp_path, pg_database.dsn, pg_database.password, b, *rate)
+
+    assert code == 0, err
+    assert {r["status"] for r in rows} == {"updated"}
+    received = srv.requests(before)
+    assert sum(1 for r in received if r["status"] == 429) == 0
+    assert most_in_any_window([r["t"] for r in received if r["counted"]], window) <= limit
