@@ -58,8 +58,9 @@ from batch_toggle.state.dump import (
 from batch_toggle.state.keys import KeyHasher
 from batch_toggle.state.location import redact
 from batch_toggle.state.postgres_budget import PostgresSlotGate, schema_statements
-from batch_toggle.state.records import RESUMABLE_EXIT_CODES, LedgerUpdates, RunRecord
+from batch_toggle.state.records import LedgerUpdates, RunRecord
 from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry
+from batch_toggle.vocab import RESUMABLE_EXIT_CODES
 
 SCHEMA = "batch_toggle"
 SCHEMA_VERSION = 1
