@@ -17,8 +17,6 @@ never exit: a job that cannot start raises a `BatchToggleError` carrying its `ex
 
 from __future__ import annotations
 
-__version__ = "0.1.0"  # first: the submodules import it from here
-
 import logging
 import os
 import sys
@@ -46,6 +44,7 @@ from batch_toggle.errors import (
 )
 from batch_toggle.events import EventKind, EventSink
 from batch_toggle.report.summary import Summary
+from batch_toggle.version import __version__
 
 if TYPE_CHECKING:
     import pyarrow as pa

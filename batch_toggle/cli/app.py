@@ -21,7 +21,6 @@ from typing import Any
 
 import click
 
-from batch_toggle import __version__
 from batch_toggle.cli.config_file import (
     CONFIG_ENV,
     ENV_PREFIX,
@@ -40,6 +39,7 @@ from batch_toggle.errors import BatchToggleError, ExitCode, UsageError
 from batch_toggle.events import EventLog, EventSink, Hooks, fan_out
 from batch_toggle.jobs.options import OPTION_RANGES, cli_name, job_config
 from batch_toggle.stderr import say
+from batch_toggle.version import __version__
 
 EPILOG_VALIDATE = """\b
 Examples:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from batch_toggle import __version__, vocab
+from batch_toggle import vocab
 from batch_toggle.clock import utc_text
 from batch_toggle.config import JobConfig, LoadOptions, PlanOptions, SendOptions  # noqa: F401 - re-exported
 from batch_toggle.errors import ExitCode, TooManyInvalid, worst_exit
@@ -63,6 +63,7 @@ from batch_toggle.report.writers import (
 from batch_toggle.send.cost import cost_line, cost_record
 from batch_toggle.send.limiter import Budget
 from batch_toggle.send.proxies import redact
+from batch_toggle.version import __version__
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from batch_toggle import __version__, vocab
+from batch_toggle import vocab
 from batch_toggle.clock import utc_text
 from batch_toggle.config import SendOptions
 from batch_toggle.errors import ExitCode, StoreError, exit_rank
@@ -43,6 +43,7 @@ from batch_toggle.send.retry import (
     too_long,
 )
 from batch_toggle.state.committer import Committer, Finished
+from batch_toggle.version import __version__
 
 T = TypeVar("T")
 
