@@ -10,7 +10,7 @@ import pytest
 
 from batch_toggle.config import SendOptions
 from batch_toggle.jobs.pipeline import JobConfig
-from batch_toggle.jobs.run import make_client
+from batch_toggle.jobs.session import make_client
 from batch_toggle.send.client import WorkerConnections, route_for
 
 
@@ -132,7 +132,7 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def client_for(base_url: str, concurrency: int) -> httpx.AsyncClient:
-    """The client a live run gets (live.make_client), for `base_url`."""
+    """The client a live run gets (session.make_client), for `base_url`."""
     config = JobConfig(inputs=("in.csv",), command="run",
                        send=SendOptions(base_url=base_url, concurrency=concurrency))
     return make_client(config)

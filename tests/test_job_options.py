@@ -143,7 +143,7 @@ def test_the_sheet_is_part_of_the_plan_key_only_when_named() -> None:
     of another sheet. Without --sheet the key is what it always was (older runs resume)."""
     import json
 
-    from batch_toggle.jobs.run import plan_key
+    from batch_toggle.state.resume import plan_key
 
     plain = job_config("run", ["x.xlsx"], {})
     november = job_config("run", ["x.xlsx"], {"sheet": "November"})

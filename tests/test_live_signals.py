@@ -27,6 +27,7 @@ from batch_toggle.jobs import session
 from batch_toggle.jobs.pipeline import JobConfig
 from batch_toggle.sandbox import Seed
 from batch_toggle.send.runner import Interrupts, RunHooks, Stop
+from batch_toggle.state import resume
 from batch_toggle.state.committer import Committer
 from batch_toggle.state.sqlite import StateStore
 
@@ -78,7 +79,7 @@ def assert_interrupted(result: Any, rec: Recorder, config: JobConfig,
     assert notices[-1] == f"stopped: interrupted by {sig.name}; resume with --resume"
     assert config.state_path is not None
     with StateStore.open(config.state_path) as store:
-        resumable = store.find_unfinished_run(live.input_names(config), live.plan_key(config))
+        resumable = store.find_unfinished_run(resume.input_names(config), resume.plan_key(config))
     assert resumable is not None and resumable.run_id == result.run_id
 
 

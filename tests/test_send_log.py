@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from batch_toggle.jobs.options import job_config
 from batch_toggle.jobs.pipeline import Hooks
-from batch_toggle.jobs.run import seeded_budget
+from batch_toggle.jobs.session import seeded_budget
 from batch_toggle.send.limiter import DAY, SEND_LOG_KEEP, default_margin
 from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry, boot_id, still_held
 from batch_toggle.state.sqlite import StateStore

@@ -1,4 +1,4 @@
-"""The live run: state store and lock, resume, the HTTP client, the canary, then the runner.
+"""The live run: resume (state/resume.py) and the session's store, budget and send (session.py).
 
 Ends in the same `finish` as validate, so a live run's report has the same shape and the same
 one-row-per-input-row guarantee whatever stopped it.
@@ -9,16 +9,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from batch_toggle import vocab
 from batch_toggle.clock import utc_text
-from batch_toggle.errors import ExitCode, InputError, ReportError
-from batch_toggle.events import ResumeEvent, ResumeNewRunEvent, estimate_of
-from batch_toggle.hosts import check_base_url  # noqa: F401 - re-exported
+from batch_toggle.errors import ExitCode, ReportError
+from batch_toggle.events import ResumeEvent, estimate_of
 from batch_toggle.jobs.pipeline import (
     SILENT,
     Hooks,
@@ -29,16 +26,11 @@ from batch_toggle.jobs.pipeline import (
     prepare_or_refuse,
     request_cost,
 )
-from batch_toggle.jobs.session import (  # noqa: F401 - make_client, NOTABLE_WAIT: re-exported
-    NOTABLE_WAIT,
-    SANDBOX_BASE_URL,
+from batch_toggle.jobs.session import (
     finish_interruptible,
-    input_names,
     live_config,
     lock_store,
-    make_client,
     open_store,
-    plan_key,
     record_start,
     run_watchdog,
     seeded_budget,
@@ -54,6 +46,12 @@ from batch_toggle.send.runner import Counters, Interrupts, Runner, Stop
 from batch_toggle.state.interface import Store
 from batch_toggle.state.ledger import ledger_view
 from batch_toggle.state.records import RunRecord
+from batch_toggle.state.resume import (
+    find_resumable,
+    previous_outcomes,
+    same_outputs,
+    units_to_do,
+)
 
 
 def run(config: JobConfig, hooks: Hooks = SILENT, *, stdin: Any = None,
@@ -67,10 +65,6 @@ def run(config: JobConfig, hooks: Hooks = SILENT, *, stdin: Any = None,
         return _run_locked(config, hooks, store, stdin, transport)
 
 
-
-
-
-
 def _run_locked(config: JobConfig, hooks: Hooks, store: Store | None, stdin: Any,
                 transport: httpx.AsyncBaseTransport | None) -> JobResult:
     resumed: list[RunRecord] = []
@@ -81,7 +75,7 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: Store | None, stdin: Any
         if store is None:
             return None
         if config.resume:
-            record = _find_resumable(config, store, loaded, hooks)
+            record = find_resumable(config, store, loaded, hooks)
             if record is not None:
                 resumed.append(record)
         return ledger_view(store, exclude_run=resumed[0].run_id if resumed else None)
@@ -92,8 +86,8 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: Store | None, stdin: Any
     if store is not None:
         lock_store(store, prepared, "run")
         record_start(config, store, prepared, resumed)
-    previous = _previous_outcomes(store, prepared, bool(resumed))
-    todo = _todo(prepared, previous, config.retry_failed)
+    previous = previous_outcomes(store, prepared.run_id, prepared.plan.units.row, bool(resumed))
+    todo = units_to_do(prepared.plan.requests_needed, previous, config.retry_failed)
     # One budget from here on: the plan's cost, the resume's and the progress ETA are the
     # cost model's view of it (slots earlier runs hold, and their replies' latency).
     budget = seeded_budget(config, store, hooks)
@@ -130,8 +124,6 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: Store | None, stdin: Any
     return result
 
 
-
-
 def _report(config: JobConfig, hooks: Hooks, prepared: Prepared, outcomes: dict[int, Outcome],
             runner: Runner, counters: Counters, interrupts: Interrupts) -> JobResult:
     """`finish` for a live run, where a signal caught after the sending part counts as one
@@ -141,10 +133,6 @@ def _report(config: JobConfig, hooks: Hooks, prepared: Prepared, outcomes: dict[
         lambda: (UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
                                            runner.unsent_outcome()),
                  send_summary(runner, counters, config)))
-
-
-
-
 
 
 def _report_failed(exc: ReportError, store: Store | None,
@@ -162,25 +150,6 @@ def _report_failed(exc: ReportError, store: Store | None,
                  "answered after that will be sent again by a resume (PUT is idempotent)")
     return ReportError(f"{exc}; {saved}: make room, then run again with --resume to write the "
                        "report", exit_code=ExitCode.STOPPED)
-
-
-def _find_resumable(config: JobConfig, store: Store, loaded: Any,
-                    hooks: Hooks) -> RunRecord | None:
-    record = store.find_unfinished_run(input_names(config), plan_key(config),
-                                       retry_failed=config.retry_failed)
-    if record is None:
-        hooks.notice("resume: no unfinished run with these inputs and plan options; "
-                     "starting a new run")
-        hooks.event("resume_new_run", ResumeNewRunEvent(
-            reason="no unfinished run with these inputs and plan options"))
-        return None
-    for (_name, digest), source in zip(record.inputs, loaded.sources, strict=True):
-        if digest != source.sha256:
-            raise InputError(source.name, f"its content changed since run {record.run_id} "
-                             "began; resume refused (see `batch-toggle status`)")
-    return record
-
-
 
 
 def _daily_reset(stop: Stop | None) -> str | None:
@@ -213,80 +182,4 @@ def _announce_resume(config: JobConfig, hooks: Hooks, run_id: str, had: int, tod
                                       units_to_send=todo, **estimate_of(cost)))
 
 
-
-
-def same_outputs(config: JobConfig, store: Store) -> JobConfig:
-    """A resume writes the report (with its summary and HTML page) and the rejects file of
-    the run it continues, in place, unless --report / --rejects say otherwise: a cron job that
-    runs in slices has one current report, not one per slice (a 100,000-row job in 20 slices
-    left 1.25 GB of them). The paths are those the run recorded when it began."""
-    if config.report_path is not None and config.rejects_path is not None:
-        return config
-    record = store.find_unfinished_run(input_names(config), plan_key(config),
-                                       retry_failed=config.retry_failed)
-    if record is None:
-        return config
-    outputs = record.options.get("outputs") or {}
-    report, rejects = outputs.get("report"), outputs.get("rejects")
-    return replace(
-        config,
-        report_path=config.report_path or (Path(report) if report else None),
-        rejects_path=config.rejects_path or (Path(rejects) if rejects else None))
-
-
-
-
-def _previous_outcomes(store: Store | None, prepared: Prepared,
-                       resumed: bool) -> dict[int, Outcome]:
-    """Earlier outcomes of a resumed run, by unit index of the new plan."""
-    if store is None or not resumed:
-        return {}
-    by_row = store.load_outcomes(prepared.run_id)
-    unit_of = {int(r): i for i, r in enumerate(prepared.plan.units.row)}
-    return {unit_of[row]: o for row, o in by_row.items() if row in unit_of}
-
-
-def _todo(prepared: Prepared, previous: dict[int, Outcome], retry_failed: bool) -> list[int]:
-    def wanted(unit: int) -> bool:
-        done = previous.get(unit)
-        if done is None or not done.is_final:
-            return True
-        return retry_failed and done.status == vocab.FAILED and bool(done.retryable)
-
-    return [u for u in range(prepared.plan.requests_needed) if wanted(u)]
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-__all__ = ["run", "check_base_url", "live_config", "lock_store", "make_client", "open_store",
-           "plan_key", "same_outputs", "seeded_budget"]
+__all__ = ["run"]

@@ -47,7 +47,7 @@ from batch_toggle.report.summary import BudgetUsed, JobFacts, StoppedRecord
 from batch_toggle.report.table import UnitResults, row_ref_array
 from batch_toggle.report.writers import release_reservation
 from batch_toggle.send.causes import explainer
-from batch_toggle.send.client import Route, route_for, worker_connections
+from batch_toggle.send.client import Route, client_for, route_for, worker_connections
 from batch_toggle.send.limiter import SEND_LOG_KEEP, WAIT_BUDGET, WAIT_DAILY, Budget
 from batch_toggle.send.operations import Operation
 from batch_toggle.send.probe import Target
@@ -59,28 +59,10 @@ from batch_toggle.state import open_store as open_state_store
 from batch_toggle.state.committer import Committer, Finished
 from batch_toggle.state.interface import Store
 from batch_toggle.state.records import RunRecord
+from batch_toggle.state.resume import input_names, plan_key
 from batch_toggle.state.sendlog import Reading, wall_clock_moved
 
 SANDBOX_BASE_URL = "http://sandbox.invalid"
-
-
-def plan_key(config: JobConfig) -> str:
-    """The options that shape the plan; a resume must match them. The .xlsx sheet only when
-    one is named (another sheet is other rows with the same file hash; without --sheet the
-    key stays what it was, so runs recorded before --sheet existed still resume)."""
-    key: dict[str, Any] = {
-        "map": sorted(config.load.column_map), "set_state": config.load.set_state,
-        "default_target": config.load.default_target, "on_conflict": config.plan.on_conflict}
-    if config.load.sheet is not None:
-        key["sheet"] = config.load.sheet
-    return json.dumps(key, sort_keys=True)
-
-
-def input_names(config: JobConfig) -> list[str]:
-    """The inputs as the store records them: absolute paths; stdin and the tables given in
-    memory by the name that stands for them."""
-    return [name if name == "-" or name in config.tables else os.path.abspath(name)
-            for name in config.inputs]
 
 
 @contextmanager
@@ -236,17 +218,14 @@ def _sandbox_key() -> str:
 
 def make_client(config: JobConfig,
                 transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """One client for the run: a kept-alive connection per worker (see `connections`), through
-    the route's proxy when it has one, TLS verified against the route's trust; no redirects
-    (the key header and body would follow them). `trust_env=False`: the route already read
-    the environment (proxies, CA variables), and a ~/.netrc must not add credentials."""
+    """The job's client (see send/client.py `client_for`): --sandbox talks to the in-process
+    simulator, anything else goes through the route's worker connections."""
     if transport is None and config.sandbox:
         from batch_toggle.sandbox import SandboxConfig, create_app
         transport = httpx.ASGITransport(app=create_app(SandboxConfig()))
     elif transport is None:
         transport = worker_connections(route_of(config))
-    return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(config.send.timeout),
-                             follow_redirects=False, trust_env=False)
+    return client_for(transport, config.send.timeout)
 
 
 NOTABLE_WAIT = 1.0  # seconds: a budget wait at least this long is an event ("wait")

@@ -98,6 +98,16 @@ def route_for(send: SendOptions, proxy_auth: tuple[str, str] | None = None,
     return Route(send.base_url, trust, proxy)
 
 
+def client_for(transport: httpx.AsyncBaseTransport, timeout: float) -> httpx.AsyncClient:
+    """One client for the run: a kept-alive connection per worker (`worker_connections`),
+    through the route's proxy when it has one, TLS verified against the route's trust; no
+    redirects (the key header and body would follow them). `trust_env=False`: the route
+    already read the environment (proxies, CA variables), and a ~/.netrc must not add
+    credentials."""
+    return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout),
+                             follow_redirects=False, trust_env=False)
+
+
 def worker_connections(route: Route) -> WorkerConnections:
     """The transport a run uses on the network: one kept-alive HTTP/1.1 connection per worker
     (a tunnel through the route's proxy when it has one), TLS always verified against the
