@@ -311,7 +311,8 @@ def _inputs(inputs: Inputs) -> tuple[tuple[str, ...], dict[str, Any]]:
 
 def _api_key(o: Mapping[str, Any]) -> str | None:
     """api_key=, else api_key_file=, else env LOGIS_API_KEY. A library must not change its
-    host's environment, so unlike the CLI it reads the variable without removing it."""
+    host's environment, so unlike the CLI it reads the variable without removing it. (Whether
+    a key is needed is the options model's rule: jobs/options.check_rules.)"""
     from batch_toggle.jobs.options import read_key_file
 
     key = o.get("api_key")

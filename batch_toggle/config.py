@@ -166,3 +166,9 @@ class AuditOptions:
 
     sample: int | None = None
     seed: int = DEFAULT_SEED
+
+
+def cli_name(option: str) -> str:
+    """"on_conflict" -> "--on-conflict": how the CLI's errors name an option (and the loader's,
+    for options built by hand, which have no caller of their own to be named after)."""
+    return "--" + option.replace("_", "-")

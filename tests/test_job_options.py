@@ -9,9 +9,9 @@ import pytest
 
 import batch_toggle
 from batch_toggle.cli.app import build_config, main
-from batch_toggle.config import LoadOptions, PlanOptions, Rate, SendOptions
+from batch_toggle.config import LoadOptions, PlanOptions, Rate, SendOptions, cli_name
 from batch_toggle.errors import UsageError
-from batch_toggle.jobs.options import cli_name, column_map, job_config, read_key_file
+from batch_toggle.jobs.options import column_map, job_config, read_key_file
 
 
 def cli_config(args: list[str]) -> Any:

@@ -34,10 +34,16 @@ from batch_toggle.cli.config_file import (
 from batch_toggle.cli.progress import ProgressBar
 from batch_toggle.cli.secrets import read_api_key
 from batch_toggle.cli.verbose import VerboseLog
-from batch_toggle.config import DEFAULT_BASE_URL, ON_CONFLICT_CHOICES, TRUST_CHOICES, JobConfig
+from batch_toggle.config import (
+    DEFAULT_BASE_URL,
+    ON_CONFLICT_CHOICES,
+    TRUST_CHOICES,
+    JobConfig,
+    cli_name,
+)
 from batch_toggle.errors import BatchToggleError, ExitCode, UsageError
 from batch_toggle.events import EventLog, EventSink, Hooks, fan_out
-from batch_toggle.jobs.options import OPTION_RANGES, cli_name, job_config
+from batch_toggle.jobs.options import OPTION_RANGES, job_config
 from batch_toggle.stderr import say
 from batch_toggle.version import __version__
 

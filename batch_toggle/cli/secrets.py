@@ -35,7 +35,8 @@ def read_api_key(key_file: Path | None, warn: Callable[[str], None]) -> str | No
     if key_file is not None:
         # Imported here, not at the top: this module must load nothing that loads libarrow
         # before SSLKEYLOGFILE is dropped (job_options loads the jobs layer).
-        from batch_toggle.jobs.options import cli_name, read_key_file
+        from batch_toggle.config import cli_name
+        from batch_toggle.jobs.options import read_key_file
 
         return read_key_file(key_file, cli_name)
     key = (from_env or "").strip()

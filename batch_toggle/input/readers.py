@@ -35,12 +35,11 @@ import hashlib
 import io
 import json
 import os
-import re
 import struct
 import sys
 import warnings
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import itemgetter
@@ -51,8 +50,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from batch_toggle.config import LoadOptions
+from batch_toggle.config import LoadOptions, cli_name
 from batch_toggle.errors import InputError, UsageError
+from batch_toggle.input.columns import loose_name, parse_column_map
 from batch_toggle.vocab import FIELDS
 
 STDIN_NAME: Final = "<stdin>"
@@ -137,7 +137,7 @@ def load_inputs(
     if sum(os.fspath(p) == "-" for p in paths) > 1:
         # Standard input can be read once: the second `-` would read it empty.
         raise UsageError("standard input (-) is given more than once: give it once")
-    column_map = _check_column_map(options.column_map)
+    column_map = dict(parse_column_map(options.column_map, cli_name))
     loaded = [_load_one(os.fspath(p), options, column_map, stdin, tables or {}) for p in paths]
 
     order: dict[str, None] = {}
@@ -166,11 +166,6 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     except OSError as exc:
         raise InputError(os.fspath(path), _os_reason(exc)) from exc
     return digest.hexdigest()
-
-
-def loose_name(name: str) -> str:
-    """The form column names are compared in: case-folded, no white space, `-` or `_`."""
-    return re.sub(r"[\s\-_]+", "", name.replace("\ufeff", "")).casefold()
 
 
 _LOOSE_ALIASES: Final = {f: {loose_name(a) for a in names} for f, names in ALIASES.items()}
@@ -849,22 +844,6 @@ def _free_name(name: str, taken: set[str], start: int = 1) -> str:
     while f"{name}_{number}" in taken:
         number += 1
     return f"{name}_{number}"
-
-
-def _check_column_map(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """--map pairs as {field: column}; the field may be spelled loosely (job-id, JobId)."""
-    by_loose = {loose_name(f): f for f in FIELDS}
-    result: dict[str, str] = {}
-    for given, column in pairs:
-        field_name = by_loose.get(loose_name(given))
-        if field_name is None:
-            raise UsageError(
-                f"--map {given}={column}: unknown field {given!r} (fields: {', '.join(FIELDS)})"
-            )
-        if field_name in result and result[field_name] != column:
-            raise UsageError(f"--map {field_name} given twice ({result[field_name]!r}, {column!r})")
-        result[field_name] = column
-    return result
 
 
 def _match_columns(

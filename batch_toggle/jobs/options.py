@@ -26,9 +26,9 @@ from batch_toggle.config import (
     parse_rate,
 )
 from batch_toggle.errors import UsageError
+from batch_toggle.input.columns import ColumnMap, MapGiven, parse_column_map
 from batch_toggle.send.proxies import normalise_proxy_url, read_proxy_auth_file
 from batch_toggle.state.location import normalise
-from batch_toggle.vocab import FIELDS
 
 Namer = Callable[[str], str]
 _TARGETS = ("job", "client")
@@ -42,11 +42,6 @@ OPTION_RANGES: dict[str, tuple[float, float]] = {
     "timeout": (0.1, float("inf")), "max_attempts": (1, 100), "daily_limit": (1, float("inf")),
     "max_requests": (1, float("inf")), "halt_after": (1, float("inf")),
     "canary": (0, float("inf"))}
-
-
-def cli_name(option: str) -> str:
-    """"on_conflict" -> "--on-conflict": how the CLI's errors name an option."""
-    return "--" + option.replace("_", "-")
 
 
 def check_rules(command: str, name: Namer = str, *, dry_run: bool = False,
@@ -140,24 +135,9 @@ def _route_options(o: Mapping[str, Any], name: Namer) -> dict[str, Any]:
     return out
 
 
-def column_map(value: Mapping[str, str] | Sequence[str] | str | None,
-               name: Namer = str) -> tuple[tuple[str, str], ...]:
-    """(field, column) pairs from {"review_key": "Tracking Key"} or ["review_key=Tracking Key"]."""
-    if not value:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    given = ([f"{f}={c}" for f, c in value.items()] if isinstance(value, Mapping)
-             else list(value))
-    out = []
-    for text in given:
-        fld, _, column = text.partition("=")
-        fld = fld.strip().lower()
-        if fld not in FIELDS or not column:
-            raise UsageError(f"{name('map')} {text!r}: expected FIELD=COLUMN with FIELD one of "
-                             f"{', '.join(FIELDS)}")
-        out.append((fld, column))
-    return tuple(out)
+def column_map(value: MapGiven, name: Namer = str) -> ColumnMap:
+    """The --map pairs (see input/columns.py: the one parser)."""
+    return parse_column_map(value, name)
 
 
 def check_api_key(key: str) -> None:

@@ -28,11 +28,11 @@ import httpx
 
 from batch_toggle import vocab
 from batch_toggle.clock import utc_text
-from batch_toggle.config import format_duration
+from batch_toggle.config import cli_name, format_duration
 from batch_toggle.errors import ExitCode, ReportError, StoreError
 from batch_toggle.events import CanaryEvent, RowEvent, WaitEvent
 from batch_toggle.hosts import check_base_url
-from batch_toggle.jobs.options import check_rules, cli_name
+from batch_toggle.jobs.options import check_rules
 from batch_toggle.jobs.pipeline import (
     SILENT,
     Hooks,
