@@ -8,13 +8,54 @@ as UTC.
 
 Durations are never computed from these: they come from the monotonic clock (a wall clock
 stepped back mid-run once gave a negative duration).
+
+Time itself comes from one injected `Clock` (wall seconds for timestamps, monotonic seconds for
+durations and deadlines, and the sleep that waits on the same clock): a job gets it with its
+JobConfig (default: the machine's, `SYSTEM`), and hands it to what it builds (runner, budget,
+committer, watchdog), so a test moves time by giving another clock, never by patching a
+module's `datetime`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+Monotonic = Callable[[], float]  # seconds on a clock that never steps back
+Sleep = Callable[[float], Coroutine[Any, Any, Any]]  # a wait that the runner can cancel
+
+
+async def asyncio_sleep(seconds: float) -> None:
+    """asyncio.sleep, imported when first slept: `import batch_toggle` and --help stay light."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The time a job sees: `wall()` Unix seconds (timestamps only), `mono()` monotonic
+    seconds (every duration, deadline and window), `sleep(s)` a wait on the same time."""
+
+    wall: Callable[[], float] = time.time
+    mono: Monotonic = time.monotonic
+    sleep: Sleep = field(default=asyncio_sleep)
+
+    def now(self) -> datetime:
+        """The wall clock as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.wall(), UTC)
+
+
+SYSTEM = Clock()
+
+
+def system_clock() -> Clock:
+    """The default clock of a JobConfig, looked up when the config is built (a test that
+    swaps `SYSTEM` reaches every job that does not name its own clock)."""
+    return SYSTEM
 
 
 def utc_text(moment: datetime | float | None = None) -> str:

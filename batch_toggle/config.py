@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from batch_toggle.clock import Clock, system_clock
 from batch_toggle.errors import UsageError
 
 if TYPE_CHECKING:
@@ -155,6 +156,8 @@ class JobConfig:
     tables: Mapping[str, pa.Table] = field(default_factory=dict, repr=False, compare=False)
     # (user, password) for the proxy, from --proxy-auth-file; never printed, logged or stored
     proxy_auth: tuple[str, str] | None = field(default=None, repr=False)
+    # The time the job sees (clock.py): timestamps, durations, waits. Not an option.
+    clock: Clock = field(default_factory=system_clock, repr=False, compare=False)
 
 
 DEFAULT_SEED = 20261101  # audit --seed's default: the same file and N give the same sample

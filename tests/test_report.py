@@ -676,14 +676,10 @@ def test_two_runs_in_the_same_second_keep_both_reports(tmp_path: Path,
     """Found by exploratory testing: the default path has one-second resolution, and the
     second run's report replaced the first's (compliance evidence) without a word."""
     import batch_toggle
-    from batch_toggle.jobs import pipeline as jobs
+    from batch_toggle import clock
 
-    class Frozen(datetime):
-        @classmethod
-        def now(cls, tz: object = None) -> Frozen:  # type: ignore[override]
-            return cls(2026, 11, 28, 10, 30, 0, tzinfo=tz)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(jobs, "datetime", Frozen)
+    frozen = datetime(2026, 11, 28, 10, 30, 0, tzinfo=UTC).timestamp()
+    monkeypatch.setattr(clock, "SYSTEM", clock.Clock(wall=lambda: frozen))  # the jobs' clock
     monkeypatch.chdir(tmp_path)
     source = tmp_path / "in.csv"
     source.write_text("job_id,review_key,do_notify_sms,update_target\n", encoding="utf-8")

@@ -29,14 +29,14 @@ from helpers_time import run_virtual, vclock
 from test_limiter import max_in_window  # the same closed-window count the limiter is held to
 
 from batch_toggle import vocab
-from batch_toggle.clock import parse_utc
+from batch_toggle.clock import Clock, parse_utc
 from batch_toggle.config import Rate, SendOptions
 from batch_toggle.errors import ExitCode
 from batch_toggle.outcome import Outcome
 from batch_toggle.plan.units import Units
 from batch_toggle.send.limiter import DAY, Budget, default_margin
 from batch_toggle.send.operations import TOGGLE_PATH
-from batch_toggle.send.runner import RunHooks, Runner, Stop, _Clocks
+from batch_toggle.send.runner import RunHooks, Runner, Stop
 from batch_toggle.state.committer import Committer, Finished
 from batch_toggle.state.sqlite import StateStore
 
@@ -269,14 +269,13 @@ def run_units(units: Units, logis: FakeLogis, *, store: StateStore | None = None
             (kind, dict(data), vclock(), len(logis.requests))))
         if hooks is not None:
             run_hooks.explain, run_hooks.answered = hooks.explain, hooks.answered
-        clocks = _Clocks(mono=vclock, wall=lambda: EPOCH + (vclock() - origin),
-                         sleep=asyncio.sleep,
-                         rng=random.Random(0))
+        clock = Clock(mono=vclock, wall=lambda: EPOCH + (vclock() - origin),
+                      sleep=asyncio.sleep)
         transport = httpx.MockTransport(logis)
         async with httpx.AsyncClient(transport=transport, follow_redirects=False) as client:
             runner = Runner(units, client=client, api_key=API_KEY, options=send_options,
                             budget=budget, committer=committer, hooks=run_hooks,
-                            clocks=clocks,
+                            clock=clock, rng=random.Random(0),
                             review_key_hash=store.review_key_hash if store else None,
                             run_id=run_id, answered_before=answered_before)
             committer.start()

@@ -26,10 +26,10 @@ cannot be rendered (an event from a newer core) is skipped rather than stopping 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from batch_toggle.clock import utc_text
+from batch_toggle.clock import SYSTEM, utc_text
 from batch_toggle.config import format_duration
 from batch_toggle.events import EventKind
 
@@ -177,16 +177,12 @@ def render(kind: EventKind, data: Mapping[str, Any], level: int,
     return renderer(data) if renderer is not None else None
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class VerboseLog:
     """An event sink (Hooks.event) that writes the lines of `render` through `write`: the
     CLI's notice, which prints above a progress bar and is silent under --quiet."""
 
     def __init__(self, level: int, write: Writer,
-                 now: Callable[[], datetime] = _utc_now, command: str = "run") -> None:
+                 now: Callable[[], datetime] = SYSTEM.now, command: str = "run") -> None:
         self.level = level
         self.command = command  # until a `plan` event names it
         self._write = write

@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ def new_run_id(now: datetime) -> str:
 def load(config: JobConfig, hooks: Hooks = SILENT, *,
          stdin: Any = None) -> tuple[datetime, Path, LoadedInput, pa.Table]:
     """Pre-flight the output paths, then read and normalise; raises InputError/UsageError."""
-    started = datetime.now(UTC)  # a timestamp, for the record; never for a duration
+    started = config.clock.now()  # a timestamp, for the record; never for a duration
     report_path = config.report_path or unused_report_path(
         default_report_path(config.inputs[0], started))
     try:
@@ -130,7 +130,7 @@ def prepare(config: JobConfig, ledger: Any = None, hooks: Hooks = SILENT, *, std
     (a resume checks their hashes first). Raises InputError/UsageError/TooManyInvalid (exit 2);
     a TooManyInvalid carries the refused file's plan (`prepared`) for its report: a command
     calls `prepare_or_refuse`, which writes it."""
-    started_mono = time.monotonic()
+    started_mono = config.clock.mono()
     started, report_path, loaded, norm = load(config, hooks, stdin=stdin)
     if ledger_for is not None:
         ledger = ledger_for(loaded)
@@ -278,7 +278,7 @@ def build_summary(prepared: Prepared, report: pa.Table, exit_code: ExitCode, dig
     """The compliance evidence filed beside the report: the keys every job writes (`extra`,
     the job's own, may replace some: see report/summary.summary_of)."""
     config = prepared.config
-    finished = datetime.now(UTC)
+    finished = config.clock.now()
     stopped = extra.get("stopped")
     return SummaryBase(
         tool="batch-toggle",
@@ -287,7 +287,7 @@ def build_summary(prepared: Prepared, report: pa.Table, exit_code: ExitCode, dig
         run_id=prepared.run_id,
         started_at=utc_text(prepared.started),
         finished_at=utc_text(finished),
-        duration_s=round(time.monotonic() - prepared.started_mono, 3),
+        duration_s=round(config.clock.mono() - prepared.started_mono, 3),
         user=_user(),
         host=socket.gethostname(),
         platform=platform.platform(),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -98,7 +98,7 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: Store | None, stdin: Any
     # From the start of sending until the report is written, SIGINT/SIGTERM stop the run
     # (SPEC section 5: the report is written, exit 130) and never escape as the process's
     # KeyboardInterrupt: while it sends, through the runner; after, recorded here.
-    too_early = _before_reset(resumed[0]) if resumed and todo else None
+    too_early = _before_reset(resumed[0], config.clock.now()) if resumed and todo else None
     with Interrupts() as interrupts, run_watchdog(store, prepared.run_id) as watchdog:
         runner, counters = asyncio.run(send_units(config, hooks, store, prepared, todo, transport,
                                              interrupts=interrupts, stop_first=too_early,
@@ -158,11 +158,11 @@ def _daily_reset(stop: Stop | None) -> str | None:
     return stop.resume_after if stop is not None and stop.code == "daily_limit" else None
 
 
-def _before_reset(record: RunRecord) -> Stop | None:
+def _before_reset(record: RunRecord, now: datetime) -> Stop | None:
     """A run that stopped at the API's daily limit may not send again before the limit resets:
     a resume before then would spend requests on 429s (an hourly cron line would knock every
     hour). It stops at once instead, sending nothing, with the same advice and exit 4."""
-    reset = record.sends_from(datetime.now(UTC))
+    reset = record.sends_from(now)
     if reset is None:
         return None
     return Stop("daily_limit", ExitCode.STOPPED,

@@ -252,10 +252,11 @@ def seeded_budget(config: JobConfig, store: Store | None, hooks: Hooks = SILENT)
     One rule decides what is held (`sendlog.still_held`), for loading and pruning alike: the
     log is pruned to SEND_LOG_KEEP (a day and its margin) or this budget's longest hold if
     that is longer, whatever this run's own windows, and loaded to this budget's hold."""
-    budget = Budget.from_options(config.send, on_wait=wait_events(hooks))
+    budget = Budget.from_options(config.send, clock=config.clock.mono,
+                                 sleep=config.clock.sleep, on_wait=wait_events(hooks))
     if store is not None:
         timeout = config.send.timeout
-        now = Reading.now()
+        now = Reading.now(config.clock)
         store.prune_sends(now, max(SEND_LOG_KEEP, budget.hold), timeout)
         gate = store.slot_gate(config.api_key, timeout=timeout) if config.api_key else None
         if gate is not None:
@@ -317,10 +318,10 @@ async def send_units(config: JobConfig, hooks: Hooks, store: Store | None, prepa
             hooks.progress(runner.progress_snapshot())
 
     committer = Committer(store, prepared.run_id, on_committed=committed,
-                          outage_limit=config.send.outage_limit)
+                          outage_limit=config.send.outage_limit, mono=config.clock.mono)
     route = _route_or_sandbox(config)
     async with make_client(config, transport) as client:
-        runner = Runner(sent, client=client,
+        runner = Runner(sent, client=client, clock=config.clock,
                         api_key=config.api_key or "",
                         options=config.send, budget=budget, committer=committer,
                         hooks=RunHooks(notice=hooks.notice, event=hooks.event,

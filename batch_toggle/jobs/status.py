@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from batch_toggle.clock import parse_utc, utc_text
+from batch_toggle.clock import SYSTEM, Clock, parse_utc, utc_text
 from batch_toggle.config import SendOptions, parse_rate
 from batch_toggle.errors import BatchToggleError, ExitCode, InputError, UsageError
 from batch_toggle.events import CostRecord
@@ -98,7 +98,7 @@ class StoreStatus:
 
 
 def store_status(path: str | os.PathLike[str] | None = None, *, limit: int = 20,
-                 check_inputs: bool = True) -> StoreStatus:
+                 check_inputs: bool = True, clock: Clock = SYSTEM) -> StoreStatus:
     """Read the store at `path` (default: the user's) and describe its latest `limit` runs.
 
     With `check_inputs`, every resumable run's input files are hashed again, so that a changed
@@ -114,8 +114,9 @@ def store_status(path: str | os.PathLike[str] | None = None, *, limit: int = 20,
             return StoreStatus(store_path, False, None, ())
         holder = store.lock_holder()
         holders = {h.get("run_id"): h for h in store.lock_holders()}  # several on PostgreSQL
+        now = clock.now()
         runs = tuple(_describe(store, record, holders.get(record.run_id, holder), check_inputs,
-                               store_path if given else None)
+                               store_path if given else None, now)
                      for record in store.list_runs(limit))
     return StoreStatus(store_path, True, holder, runs)
 
@@ -140,8 +141,8 @@ def _stalled(holder: dict[str, Any], now: datetime) -> bool:
 
 
 def _describe(store: Store, record: RunRecord, holder: dict[str, Any] | None,
-              check_inputs: bool, state_path: Path | str | None) -> RunStatus:
-    state = _run_state(record, holder, datetime.now(UTC))
+              check_inputs: bool, state_path: Path | str | None, now: datetime) -> RunStatus:
+    state = _run_state(record, holder, now)
     left = None if record.units is None else max(0, record.units - record.final_outcomes)
     why = _why_not_resumable(store, record, state, check_inputs)
     retry_only = why is not None and _only_retry_failed_resumes(store, record, state,
@@ -163,7 +164,7 @@ def _describe(store: Store, record: RunRecord, holder: dict[str, Any] | None,
         resume_command=(resume_command(record, state_path, retry_failed=retry_only)
                         if resumable or retry_only else None),
         holder=holder if state in (RUNNING, STALLED) else None,
-        resume_after=_shown(record.sends_from(datetime.now(UTC))) if resumable else None,
+        resume_after=_shown(record.sends_from(now)) if resumable else None,
         stopped=record.stopped,
         resume_cost=_resume_cost(store, record, left) if resumable and left else None,
     )

@@ -26,9 +26,10 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
+from batch_toggle.clock import Monotonic, Sleep
 from batch_toggle.config import Rate, SendOptions
 from batch_toggle.errors import StoreError, StoreUnavailable
 from batch_toggle.send.cost import (
@@ -53,8 +54,6 @@ SHARED_RETRY = 1.0  # seconds between two tries to reserve while its database is
 MIN_MARGIN = 0.05  # seconds
 MARGIN_FRACTION = 0.02  # of PERIOD
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[object]]
 OnWait = Callable[[str, float, float], object]  # (why, until when, now): the budget's clock
 
 # Why the head of the queue waits (Budget.waiting, on_wait): the hourly budget, the daily budget,
@@ -196,7 +195,7 @@ class Budget:
         daily_limit: int | None = None,
         margin: float | None = None,
         concurrency: int | None = None,
-        clock: Clock = time.monotonic,
+        clock: Monotonic = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         on_wait: OnWait | None = None,
         store_outage_limit: float = 15 * 60.0,
@@ -228,7 +227,7 @@ class Budget:
         cls,
         options: SendOptions,
         *,
-        clock: Clock = time.monotonic,
+        clock: Monotonic = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         on_wait: OnWait | None = None,
     ) -> Budget:

@@ -21,9 +21,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from urllib.parse import unquote, urlsplit
 
+from batch_toggle.clock import SYSTEM
 from batch_toggle.errors import ProxyRefused
 from batch_toggle.send.proxies import ProxyChoice
 
@@ -41,12 +42,12 @@ class Certificate:
     not_after: datetime
 
     def expired(self, now: datetime | None = None) -> bool:
-        return (now or datetime.now(UTC)) > self.not_after
+        return (now or SYSTEM.now()) > self.not_after
 
     def describe(self, now: datetime | None = None) -> str:
         """`for app.example.com, *.example.com, issued by "R3, Let's Encrypt", valid until
         2027-01-31 (in 41 days)`: who issued it, for which names, and until when."""
-        now = now or datetime.now(UTC)
+        now = now or SYSTEM.now()
         names = ", ".join(self.names) or self.subject or "no names"
         days = (self.not_after - now).days
         if self.not_after < now:

@@ -12,16 +12,15 @@ import asyncio
 import contextlib
 import random
 import signal
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import httpx
 
 from batch_toggle import vocab
-from batch_toggle.clock import utc_text
+from batch_toggle.clock import SYSTEM, Clock, utc_text
 from batch_toggle.config import SendOptions
 from batch_toggle.errors import ExitCode, StoreError, exit_rank
 from batch_toggle.events import EventSink, PauseEvent, RequestEvent, RetryEvent, StopEvent
@@ -239,22 +238,13 @@ class RunHooks:
     answered: Callable[[], None] = lambda: None
 
 
-@dataclass
-class _Clocks:
-    """Injectable time: monotonic for intervals, wall for timestamps, sleep for waits."""
-
-    mono: Callable[[], float] = time.monotonic
-    wall: Callable[[], float] = time.time
-    sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep
-    rng: random.Random = field(default_factory=random.Random)
-
-
 class Runner:
     """Sends a plan's units; one Runner per run (it may be called twice, e.g. after a canary)."""
 
     def __init__(self, units: Units, *, client: httpx.AsyncClient, api_key: str,
                  options: SendOptions, budget: Budget, committer: Committer,
-                 hooks: RunHooks | None = None, clocks: _Clocks | None = None,
+                 hooks: RunHooks | None = None, clock: Clock | None = None,
+                 rng: random.Random | None = None,
                  review_key_hash: Callable[[str], str] | None = None, run_id: str = "",
                  operation: Operation | None = None,
                  advice: Callable[[str], str] | None = None,
@@ -265,9 +255,11 @@ class Runner:
         self.budget = budget
         self.committer = committer
         self.hooks = hooks or RunHooks()
-        self.clocks = clocks or _Clocks()
+        # The job's clock (clock.py); `rng`: the retry jitter's, seeded by a test.
+        self.clock = clock or SYSTEM
+        self.rng = rng or random.Random()
         self.counters = Counters()
-        self.timeline = Timeline(self.clocks.mono(), self.clocks.wall())
+        self.timeline = Timeline(self.clock.mono(), self.clock.wall())
         # An acquire that waits longer than the --max-rps queueing of `concurrency` workers is
         # a wait for the budget; the timeline keeps the union of such waits, not their sum.
         self._wait_min = max(1.0, 2.0 * options.concurrency / max(options.max_rps, 0.01))
@@ -486,7 +478,7 @@ class Runner:
                 # replies to requests already in flight must not reset the backoff.
                 self._streak.reset()
                 self.budget.recover()
-            self._outage.record(is_network_failure(verdict), self.clocks.mono())
+            self._outage.record(is_network_failure(verdict), self.clock.mono())
             if is_network_failure(verdict):
                 self._last_failure = _failure_words(verdict)
             if verdict.kind != "retry":
@@ -500,7 +492,7 @@ class Runner:
             if not self._policy.should_retry(verdict, attempts):
                 return self._final(unit, verdict, attempts, sent_at, latency)
             self._next_reason[unit] = REASON_RETRY
-            delay = self._policy.delay(attempts, self.clocks.rng)
+            delay = self._policy.delay(attempts, self.rng)
             self._retry_event(unit, verdict, attempts, delay)
             if not await self._wait(delay):
                 return None
@@ -536,7 +528,7 @@ class Runner:
         if self._over_request_limit():
             return _NOT_SENT
         self._started += 1
-        wall = self.clocks.wall()
+        wall = self.clock.wall()
         if self._first_sent_wall is None:
             self._first_sent_wall = wall
         try:
@@ -548,18 +540,18 @@ class Runner:
             self._store_failed(exc)
             return _NOT_SENT
         if not await self._honour_pause():  # a 429 came while the send was being logged
-            self.committer.send_done(send_id, wall, self.clocks.wall())
+            self.committer.send_done(send_id, wall, self.clock.wall())
             return _NOT_SENT
-        sent_at = utc_text(self.clocks.wall())
-        t0 = self.clocks.mono()
+        sent_at = utc_text(self.clock.wall())
+        t0 = self.clock.mono()
         try:
             verdict = await self._put(unit)
         finally:
-            self.committer.send_done(send_id, wall, self.clocks.wall())
+            self.committer.send_done(send_id, wall, self.clock.wall())
         self.counters.requests += 1
         self._count_request(unit)
         self.timeline.request(t0)
-        return verdict, sent_at, (self.clocks.mono() - t0) * 1000.0, t0
+        return verdict, sent_at, (self.clock.mono() - t0) * 1000.0, t0
 
     def _count_request(self, unit: int) -> None:
         """One more request for `unit`: its `attempts`, and the run's count by reason (every
@@ -595,7 +587,7 @@ class Runner:
         Counted generously: every unit left may take --max-attempts requests."""
         need = ((self.counters.units_total - self.counters.units_done)
                 * self.options.max_attempts)
-        now = self.clocks.mono()
+        now = self.clock.mono()
         return any(window is not None and window.limit - window.held(now) <= need
                    for window in (self.budget.hourly, self.budget.daily))
 
@@ -654,12 +646,12 @@ class Runner:
     def _on_429(self, v: Verdict, sent_mono: float) -> None:
         """Every worker pauses; the unit goes back to the queue. Not a failed attempt."""
         self.counters.responses_429 += 1
-        self.timeline.rate_limited(self.clocks.mono())
+        self.timeline.rate_limited(self.clock.mono())
         if sent_mono <= self._last_429 and not v.daily_limit:
             self._on_echo_429(v)
             return
-        self._last_429 = self.clocks.mono()
-        decision = self._streak.on_429(v, self.clocks.wall())
+        self._last_429 = self.clock.mono()
+        decision = self._streak.on_429(v, self.clock.wall())
         if decision.end_run is not None:
             stamp = self._resume_time(decision)
             when = f"after {stamp}" if stamp is not None else "later"
@@ -667,7 +659,7 @@ class Runner:
                                    f"{decision.reason}; resume with --resume {when}",
                                    resume_after=stamp))
             return
-        self.budget.pause_until(self.clocks.mono() + decision.delay)
+        self.budget.pause_until(self.clock.mono() + decision.delay)
         if self._streak.count > 1:
             self.budget.slow_down()  # 429s repeat: the key may be shared with other traffic
         self.hooks.event("pause", PauseEvent(reason="429", seconds=round(decision.delay, 3),
@@ -681,7 +673,7 @@ class Runner:
         the last 24 hours leaves that window (plus the margin); the send log knows it, this
         run's own first request at least. "429 again after a full window" without a header:
         one more PERIOD."""
-        now = self.clocks.wall()
+        now = self.clock.wall()
         if decision.resume_after is not None:
             wait = decision.resume_after
             return utc_text(now + wait) if wait <= MAX_RESUME_HINT else None
@@ -708,32 +700,32 @@ class Runner:
         same refusal again, not news. It must neither grow the streak (the in-flight echoes of
         one 429 would pass for "429 again after a full window" and end the run) nor slow the
         run down; its own Retry-After is still honoured, as a minimum."""
-        wait = parse_retry_after(v.retry_after, self.clocks.wall(), v.server_date)
+        wait = parse_retry_after(v.retry_after, self.clock.wall(), v.server_date)
         if wait is not None and not too_long(wait):
-            self.budget.pause_until(self.clocks.mono() + wait)
+            self.budget.pause_until(self.clock.mono() + wait)
 
     async def _ride_out_outage(self) -> bool:
         """Every recent request failed on the network: pause the run, probe, give up later."""
-        if self._outage.exhausted(self.clocks.mono()):
+        if self._outage.exhausted(self.clock.mono()):
             self.request_stop(Stop("network_error", ExitCode.STOPPED,
                                    "the API has been unreachable for "
                                    f"{self.options.outage_limit / 60:g} min; resume with --resume"))
             return False
-        delay = self._contact.cap(self._outage.probe_delay(), self.clocks.mono())
+        delay = self._contact.cap(self._outage.probe_delay(), self.clock.mono())
         # A first contact stops at its grace, not at the outage limit: say the limit that holds.
         limit = (self.options.outage_limit if self._contact.answered
                  else min(self._contact.grace, self.options.outage_limit))
         self.hooks.event("pause", PauseEvent(
             reason="outage", seconds=delay,
-            outage_s=round(self._outage.duration(self.clocks.mono()), 1), limit_s=limit,
+            outage_s=round(self._outage.duration(self.clock.mono()), 1), limit_s=limit,
             last=self._last_failure))
-        self.budget.pause_until(self.clocks.mono() + delay)
+        self.budget.pause_until(self.clock.mono() + delay)
         return self.stop is None
 
     def _note_contact(self, v: Verdict) -> None:
         """Whether the base URL has answered (retry.FirstContact): its first answer is
         remembered; a first contact that failed for the whole grace stops the run (exit 3)."""
-        now = self.clocks.mono()
+        now = self.clock.mono()
         if is_network_failure(v):
             self._contact.failed(now)
             if self._contact.expired(now) and self.stop is None:
@@ -751,7 +743,7 @@ class Runner:
         rather than an echo). The slot stays held meanwhile, which only makes the budget more
         careful. False when the run stopped first."""
         while (until := self.budget.paused_until) is not None:
-            left = until - self.clocks.mono()
+            left = until - self.clock.mono()
             if left <= 0:
                 break
             if not await self._wait(left):
@@ -761,7 +753,7 @@ class Runner:
     async def _wait(self, seconds: float) -> bool:
         """Sleep unless the run stops first. False when it stopped."""
         if seconds > 0:
-            await self._race(self.clocks.sleep(seconds))
+            await self._race(self.clock.sleep(seconds))
         return self.stop is None
 
     async def _race(self, coro: Coroutine[Any, Any, T]) -> T | None:
@@ -797,13 +789,13 @@ class Runner:
     async def _acquire(self) -> Ticket | None:
         """A budget ticket, or None when the run stops first (a ticket granted at the same
         moment as the stop is given back unused)."""
-        asked = self.clocks.mono()
+        asked = self.clock.mono()
         try:
             ticket = await self._race(self.budget.acquire())
         except StoreError as exc:  # a shared budget's database away beyond the outage limit
             self._store_failed(exc)
             return None
-        got = self.clocks.mono()
+        got = self.clock.mono()
         if got - asked >= self._wait_min and got > self._waited_until:
             self.timeline.waited(max(asked, self._waited_until), got)
             self._waited_until = got
@@ -818,7 +810,7 @@ class Runner:
             return None
 
         async def expire() -> None:
-            await self.clocks.sleep(self.options.stop_after or 0.0)
+            await self.clock.sleep(self.options.stop_after or 0.0)
             self.request_stop(Stop("budget_exhausted", ExitCode.STOPPED,
                                    f"--stop-after {self.options.stop_after:g} s reached; "
                                    "resume with --resume"))

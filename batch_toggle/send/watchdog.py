@@ -40,13 +40,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from batch_toggle.clock import Monotonic
+
 TICK = 0.5  # seconds between two ticks of a healthy loop
 STALL_AFTER = 30.0  # seconds without a tick: the loop is wedged
 GRACE = 3.0  # seconds a signalled loop has to show that it still runs
 HEARTBEAT = 5.0  # seconds between two heartbeats while the loop is healthy
 _WATCHED = frozenset({int(signal.SIGINT), int(signal.SIGTERM)})
 
-Clock = Callable[[], float]
 
 
 class Watchdog:
@@ -61,7 +62,7 @@ class Watchdog:
     def __init__(self, *, heartbeat: Callable[[], None] | None = None,
                  record_stop: Callable[[], None] | None = None,
                  stall_after: float = STALL_AFTER, grace: float = GRACE,
-                 clock: Clock = time.monotonic,
+                 clock: Monotonic = time.monotonic,
                  exit_process: Callable[[int], None] = os._exit) -> None:
         self._heartbeat = heartbeat
         self._record_stop = record_stop

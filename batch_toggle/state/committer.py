@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from batch_toggle.clock import Monotonic
 from batch_toggle.errors import StoreError, StoreUnavailable
 from batch_toggle.outcome import Outcome
 from batch_toggle.state.interface import Store
@@ -70,7 +71,7 @@ class Committer:
 
     def __init__(self, store: Store | None, run_id: str,
                  on_committed: Callable[[Finished], None] = lambda _f: None, *,
-                 mono: Callable[[], float] = time.monotonic, boot: str | None = None,
+                 mono: Monotonic = time.monotonic, boot: str | None = None,
                  outage_limit: float = DEFAULT_OUTAGE_LIMIT) -> None:
         self.store = store
         # A database that cannot be reached (StoreUnavailable) is retried this long: the

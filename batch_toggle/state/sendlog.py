@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
+
+from batch_toggle.clock import SYSTEM, Clock
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
@@ -52,8 +53,8 @@ class Reading:
     boot: str | None
 
     @classmethod
-    def now(cls) -> Reading:
-        return cls(time.time(), time.monotonic(), boot_id())
+    def now(cls, clock: Clock = SYSTEM) -> Reading:
+        return cls(clock.wall(), clock.mono(), boot_id())
 
 
 class LoggedSend(NamedTuple):
