@@ -29,7 +29,7 @@ from batch_toggle.report.html import (
     short_mask,
     write_html_report,
 )
-from batch_toggle.send.runner import Timeline
+from batch_toggle.send.timeline import Timeline
 from batch_toggle.vocab import OUTCOME_COLUMNS, REVIEW_KEY_MASK_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,7 +26,8 @@ from batch_toggle.jobs import run as live
 from batch_toggle.jobs import session
 from batch_toggle.jobs.pipeline import JobConfig
 from batch_toggle.sandbox import Seed
-from batch_toggle.send.runner import Interrupts, RunHooks, Stop
+from batch_toggle.send.runner import RunHooks, Stop
+from batch_toggle.send.signals import Interrupts
 from batch_toggle.state import resume
 from batch_toggle.state.committer import Committer
 from batch_toggle.state.sqlite import StateStore

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from batch_toggle.config import Rate
 from batch_toggle.send.limiter import DAY, Budget
-from batch_toggle.send.runner import Timeline
+from batch_toggle.send.timeline import Timeline
 from batch_toggle.state.sendlog import LoggedSend, Reading
 
 from test_limiter import arrivals, latency_lists, max_in_window, worker  # isort: skip

@@ -13,8 +13,8 @@ main() covers that stretch:
   * SIGTERM is made to act as SIGINT (raise KeyboardInterrupt) before anything heavy is
     imported, unless the parent chose to ignore it. (`batch-toggle sandbox` therefore also
     stops quietly on SIGTERM.) A run replaces both handlers from the start of its sending part
-    until its report is written (runner.Interrupts, held by live's run): a signal then stops
-    the run instead, and it ends with a complete report, its summary and exit 130; after that
+    until its report is written (send/signals.Interrupts, held by the job's session): a signal
+    then stops the run instead, and it ends with a complete report, its summary and exit 130; after that
     the handlers installed here come back.
   * The import of the CLI and click's parsing run inside one `except KeyboardInterrupt`, and
     click runs with standalone_mode=False so that an interrupt it catches (it turns one into

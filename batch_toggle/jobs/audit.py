@@ -65,7 +65,7 @@ from batch_toggle.report.table import UnitResults
 from batch_toggle.send.cost import cost_notes
 from batch_toggle.send.limiter import Budget
 from batch_toggle.send.operations import Track, track_verdict
-from batch_toggle.send.runner import Interrupts
+from batch_toggle.send.signals import Interrupts
 from batch_toggle.state.interface import Store
 from batch_toggle.state.ledger import ledger_view
 from batch_toggle.state.records import LedgerUpdate

@@ -42,7 +42,8 @@ from batch_toggle.outcome import Outcome
 from batch_toggle.report.table import UnitResults
 from batch_toggle.send.cost import latency_prior
 from batch_toggle.send.limiter import Budget
-from batch_toggle.send.runner import Counters, Interrupts, Runner, Stop
+from batch_toggle.send.runner import Counters, Runner, Stop
+from batch_toggle.send.signals import Interrupts
 from batch_toggle.state.interface import Store
 from batch_toggle.state.ledger import ledger_view
 from batch_toggle.state.records import RunRecord

@@ -52,7 +52,8 @@ from batch_toggle.send.limiter import SEND_LOG_KEEP, WAIT_BUDGET, WAIT_DAILY, Bu
 from batch_toggle.send.operations import Operation
 from batch_toggle.send.probe import Target
 from batch_toggle.send.proxies import DIRECT
-from batch_toggle.send.runner import Counters, Interrupts, RunHooks, Runner, Stop, interrupt_stop
+from batch_toggle.send.runner import Counters, RunHooks, Runner, Stop, interrupt_stop
+from batch_toggle.send.signals import Interrupts
 from batch_toggle.send.trust import Trust
 from batch_toggle.send.watchdog import Watchdog
 from batch_toggle.state import open_store as open_state_store

@@ -15,9 +15,16 @@ from batch_toggle.outcome import Outcome
 from batch_toggle.plan.units import Units
 from batch_toggle.send.classify import TrackResult, Verdict, classify_response, classify_track
 from batch_toggle.state.records import LedgerUpdate, LedgerUpdates
+from batch_toggle.version import __version__
 
 TOGGLE_PATH = "/api/apikeys/toggle_sms_notifications"
 TRACK_PATH = "/api/apikeys/track"
+
+
+def logis_headers(api_key: str) -> dict[str, str]:
+    """The headers of every request to Logis: the key (never logged), JSON, and who we are."""
+    return {"LOGIS-API-KEY": api_key, "Content-Type": "application/json",
+            "User-Agent": f"batch-toggle/{__version__}"}
 
 
 @dataclass(frozen=True)

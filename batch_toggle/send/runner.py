@@ -13,7 +13,7 @@ import contextlib
 import random
 import signal
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ from batch_toggle.outcome import Outcome
 from batch_toggle.plan.units import Units
 from batch_toggle.send.classify import MAX_BODY, Verdict, classify_exception
 from batch_toggle.send.limiter import DAY, Budget, Ticket, default_margin
-from batch_toggle.send.operations import Operation, Toggle
+from batch_toggle.send.operations import Operation, Toggle, logis_headers
 from batch_toggle.send.retry import (
     MAX_RESUME_HINT,
     FirstContact,
@@ -41,8 +41,9 @@ from batch_toggle.send.retry import (
     parse_retry_after,
     too_long,
 )
+from batch_toggle.send.signals import Interrupts
+from batch_toggle.send.timeline import Timeline
 from batch_toggle.state.committer import Committer, Finished
-from batch_toggle.version import __version__
 
 T = TypeVar("T")
 
@@ -66,63 +67,6 @@ def interrupt_stop(sig: signal.Signals) -> Stop:
                 f"interrupted by {sig.name}; resume with --resume")
 
 
-INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class Interrupts:
-    """While entered, SIGINT and SIGTERM are caught and recorded, never acted on here.
-
-    A plain `signal.signal` handler for the whole stretch (the run's sending part and its
-    report): asyncio's `add_signal_handler` would reset SIGINT to `default_int_handler` and
-    SIGTERM to the default action (death) on its removal, a moment in which a signal either
-    escapes as KeyboardInterrupt or kills the process. While a run sends, `Runner.signals`
-    forwards each signal to the loop as a stop; a signal outside that (the run finishing,
-    its report being written) waits in `received` for the caller. A second signal is recorded
-    like the first (no traceback, no hard stop): what follows it is bounded (in-flight
-    requests within --timeout, then the report), and a hard stop would lose the report.
-
-    Outside the main thread (a library caller's worker thread) Python cannot catch signals:
-    then nothing is installed and the process's handlers stay as they are. On exit the
-    handlers the process had before come back.
-    """
-
-    def __init__(self) -> None:
-        self.received: signal.Signals | None = None  # the first signal caught
-        self._forward: Callable[[signal.Signals], None] | None = None
-        self._previous: dict[signal.Signals, Any] = {}
-
-    def __enter__(self) -> Interrupts:
-        for sig in INTERRUPT_SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._caught)
-            except ValueError:  # not the main thread
-                break
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        for sig, previous in self._previous.items():
-            if previous is None:  # installed outside Python: put back what asyncio would
-                previous = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
-            signal.signal(sig, previous)
-        self._previous.clear()
-
-    @contextlib.contextmanager
-    def forwarding(self, to: Callable[[signal.Signals], None]) -> Iterator[None]:
-        """Also pass each signal caught inside this block to `to`."""
-        self._forward = to
-        try:
-            yield
-        finally:
-            self._forward = None
-
-    def _caught(self, signum: int, _frame: object) -> None:
-        sig = signal.Signals(signum)
-        if self.received is None:
-            self.received = sig
-        if self._forward is not None:
-            self._forward(sig)
-
-
 # Why a request went (Runner.requests_by_reason).
 REASON_FIRST, REASON_RETRY, REASON_429, REASON_PROBE = "first", "retry", "after_429", "probe"
 
@@ -135,91 +79,6 @@ class Counters:
     failures: int = 0
     units_done: int = 0
     units_total: int = 0
-
-
-class Timeline:
-    """Requests, 429 responses and budget waits per time bucket, for the HTML report's chart.
-
-    Memory is O(buckets), never O(requests): when a run outgrows MAX_BUCKETS, neighbouring
-    buckets merge and the bucket width doubles (a 40-hour run ends with buckets of ~20 min).
-    Times are the runner's monotonic clock; `started_wall` places bucket 0 on the wall clock.
-
-    Why integers: every time is turned once into integer nanoseconds since the start, and
-    buckets are ranges of those. A loop that stepped through float bucket ends
-    (`started + (i + 1) * width`) once the monotonic clock passed a power of two could round
-    an end back onto the time it started from and never advance: a run hung at 100% CPU.
-    Integer bucket indices cannot repeat, so every loop here visibly makes progress.
-    """
-
-    MAX_BUCKETS = 240
-
-    def __init__(self, started_mono: float, started_wall: float, width: float = 1.0) -> None:
-        self.started_mono = started_mono
-        self.started_wall = started_wall
-        self._width_ns = max(1, round(width * _NS))
-        self.requests: list[int] = []
-        self.responses_429: list[int] = []
-        self.wait_s: list[float] = []
-
-    @property
-    def width(self) -> float:
-        """The current bucket width, in seconds."""
-        return self._width_ns / _NS
-
-    def request(self, t: float) -> None:
-        i = self._index(self._offset(t))  # first: it may merge the buckets, replacing the lists
-        self.requests[i] += 1
-
-    def rate_limited(self, t: float) -> None:
-        i = self._index(self._offset(t))
-        self.responses_429[i] += 1
-
-    def waited(self, start: float, end: float) -> None:
-        """Sending was held back by the budget (window full, 429 pause) from `start` to `end`."""
-        lo, hi = self._offset(start), self._offset(end)
-        if hi <= lo:
-            return
-        last = self._index(hi)  # grow (and merge) first, so the loop below sees the final width
-        width = self._width_ns
-        # Progress: `i` runs over a finite integer range, one bucket per step.
-        for i in range(lo // width, last + 1):
-            overlap = min(hi, (i + 1) * width) - max(lo, i * width)
-            if overlap > 0:
-                self.wait_s[i] += overlap / _NS
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"started_at": utc_text(self.started_wall), "bucket_s": self.width,
-                "requests": list(self.requests), "responses_429": list(self.responses_429),
-                "wait_s": [round(w, 3) for w in self.wait_s]}
-
-    def _offset(self, t: float) -> int:
-        """`t` as whole nanoseconds since the start (never negative)."""
-        return max(0, round((t - self.started_mono) * _NS))
-
-    def _index(self, offset: int) -> int:
-        """The bucket of `offset`, growing the lists to hold it. Progress: each merge doubles
-        the width, so `offset // width` halves until it is below MAX_BUCKETS."""
-        while offset // self._width_ns >= self.MAX_BUCKETS:
-            self._merge()
-        i = offset // self._width_ns
-        if i >= len(self.requests):
-            grow = i + 1 - len(self.requests)
-            self.requests += [0] * grow
-            self.responses_429 += [0] * grow
-            self.wait_s += [0.0] * grow
-        return i
-
-    def _merge(self) -> None:
-        def pairs(values: list[Any]) -> list[Any]:
-            return [sum(values[k:k + 2]) for k in range(0, len(values), 2)]
-
-        self.requests = pairs(self.requests)
-        self.responses_429 = pairs(self.responses_429)
-        self.wait_s = pairs(self.wait_s)
-        self._width_ns *= 2
-
-
-_NS = 1_000_000_000  # nanoseconds a second
 
 
 @dataclass
@@ -271,8 +130,7 @@ class Runner:
         self._advice = advice
         self._run_id = run_id
         self._base = options.base_url.rstrip("/")
-        self._headers = {"LOGIS-API-KEY": api_key, "Content-Type": "application/json",
-                         "User-Agent": f"batch-toggle/{__version__}"}
+        self._headers = logis_headers(api_key)
         self._parked: set[asyncio.Task[Any]] = set()  # workers waiting in _race
         self._unparked: set[asyncio.Task[Any]] = set()  # ... that a stop has cancelled
         self._cond = asyncio.Condition()
@@ -379,7 +237,7 @@ class Runner:
         The signals are caught by `interrupts` (or, without one, by an `Interrupts` for the
         length of this block): while this block runs each one also stops the run, on the loop
         (a signal caught before the block, while the run was starting, stops it on entry).
-        Outside the block they are only recorded, for the caller to act on: `live` keeps one
+        Outside the block they are only recorded, for the caller to act on: the job's session keeps one
         `Interrupts` from before the sending part until the report is written, so a signal
         after the last request is still a clean interrupt with a report."""
         loop = asyncio.get_running_loop()

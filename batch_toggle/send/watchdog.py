@@ -22,7 +22,7 @@ which needs nothing from the main thread, watches two things:
   from there; at most the requests in flight are sent again (PUT is idempotent).
 
 A healthy loop keeps the usual path: the first signal stops the run cleanly with a report, and
-a second one while that is under way is only recorded (see runner.Interrupts).
+a second one while that is under way is only recorded (see send/signals.Interrupts).
 
 Outside the main thread (a library caller's worker thread) Python cannot take signals, so the
 watchdog then only watches the ticks. Stdlib only.
