@@ -14,8 +14,8 @@ main() covers that stretch:
     imported, unless the parent chose to ignore it. (`batch-toggle sandbox` therefore also
     stops quietly on SIGTERM.) A run replaces both handlers from the start of its sending part
     until its report is written (send/signals.Interrupts, held by the job's session): a signal
-    then stops the run instead, and it ends with a complete report, its summary and exit 130; after that
-    the handlers installed here come back.
+    then stops the run instead, and it ends with a complete report, its summary and exit 130;
+    after that the handlers installed here come back.
   * The import of the CLI and click's parsing run inside one `except KeyboardInterrupt`, and
     click runs with standalone_mode=False so that an interrupt it catches (it turns one into
     `Abort`) reaches us instead of becoming "Aborted!" and exit 1. Everything else click's

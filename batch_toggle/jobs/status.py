@@ -12,7 +12,6 @@ store records and what a resume sends; input rows that share a unit share its ou
 from __future__ import annotations
 
 import os
-import shlex
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -20,17 +19,21 @@ from typing import Any
 
 from batch_toggle.clock import SYSTEM, Clock, parse_utc, utc_text
 from batch_toggle.config import SendOptions, parse_rate
-from batch_toggle.errors import BatchToggleError, ExitCode, InputError, UsageError
+from batch_toggle.errors import BatchToggleError, UsageError
 from batch_toggle.events import CostRecord
-from batch_toggle.input.readers import is_in_memory_name, sha256_of
+from batch_toggle.input.readers import is_in_memory_name
 from batch_toggle.send.cost import cost_line
 from batch_toggle.send.watchdog import HEARTBEAT, STALL_AFTER
 from batch_toggle.state import open_store
 from batch_toggle.state.interface import Store
 from batch_toggle.state.location import normalise, shown
 from batch_toggle.state.records import RunRecord, default_state_path
+from batch_toggle.state.resume import (
+    only_retry_failed_resumes,
+    resume_command,
+    why_not_resumable,
+)
 from batch_toggle.vocab import (
-    CONNECTION_CODES,
     FINISHED,
     KILLED,
     RUN_STATE_OF_EXIT,
@@ -144,8 +147,8 @@ def _describe(store: Store, record: RunRecord, holder: dict[str, Any] | None,
               check_inputs: bool, state_path: Path | str | None, now: datetime) -> RunStatus:
     state = _run_state(record, holder, now)
     left = None if record.units is None else max(0, record.units - record.final_outcomes)
-    why = _why_not_resumable(store, record, state, check_inputs)
-    retry_only = why is not None and _only_retry_failed_resumes(store, record, state,
+    why = why_not_resumable(store, record, state, check_inputs)
+    retry_only = why is not None and only_retry_failed_resumes(store, record, state,
                                                                 check_inputs)
     resumable = why is None
     if resumable and check_inputs and left is not None:
@@ -249,88 +252,6 @@ def _sends_now(store: Store, record: RunRecord, upper_bound: int) -> int:
     done = store.load_outcomes(record.run_id)
     return sum(1 for row in plan.units.row.tolist()
                if (o := done.get(int(row))) is None or not o.is_final)
-
-
-def _why_not_resumable(store: Store, record: RunRecord, state: str,
-                       check_inputs: bool) -> str | None:
-    """None when `run --resume` with the same inputs and plan options would continue it."""
-    if record.command != "run":
-        return f"a `{record.command}` run; only `run` resumes"
-    if state == RUNNING:
-        return "it is running now"
-    if state == STALLED:
-        return ("its process is alive but stuck (its loop stopped answering): stop it with "
-                "SIGTERM (it exits at once, recorded as interrupted), then resume")
-    cause = record.stopped or {}
-    if state == FINISHED and cause.get("code") in CONNECTION_CODES:
-        return (f"its connection could not work as configured ({cause['code']}); fix that "
-                "(see `stopped` above, or `batch-toggle doctor`), then run again: rows "
-                "already confirmed are not re-sent")
-    if state == FINISHED and record.exit_code == int(ExitCode.ABORTED):
-        # Not resumable (SPEC section 9), but "finished" alone reads as done at 1% progress.
-        return ("it was aborted (exit 3: the API refused the key, or --halt-after stopped "
-                "it); fix the cause, then run again: rows already confirmed are not re-sent")
-    if state == FINISHED:
-        return f"it finished (exit {record.exit_code})"
-    return _later_run_or_changed_input(store, record, check_inputs)
-
-
-def _only_retry_failed_resumes(store: Store, record: RunRecord, state: str,
-                               check_inputs: bool) -> bool:
-    """A run that finished with exit 1 and retryable failures: `--resume --retry-failed`
-    continues it (re-sending only those), plain `--resume` starts a new run."""
-    if state != FINISHED or record.exit_code != int(ExitCode.ROW_PROBLEMS):
-        return False
-    if record.command != "run" or record.retryable_failed == 0:
-        return False
-    return _later_run_or_changed_input(store, record, check_inputs) is None
-
-
-def _later_run_or_changed_input(store: Store, record: RunRecord,
-                                check_inputs: bool) -> str | None:
-    latest = store.find_unfinished_run(record.input_names, record.plan_key,
-                                       command=record.command, retry_failed=True)
-    if latest is None or latest.run_id != record.run_id:
-        return "a later run with the same inputs and plan options took its place"
-    return _input_problem(record) if check_inputs else None
-
-
-def _input_problem(record: RunRecord) -> str | None:
-    """Why the inputs no longer match the run (resume would exit 2), or None."""
-    for name, digest in record.inputs:
-        if name == "-" or is_in_memory_name(name):
-            continue  # stdin (or a table) cannot be checked here; the resume itself will
-        if not os.path.exists(name):
-            return f"input missing: {name}"
-        try:
-            if sha256_of(name) != digest:
-                return f"input changed since the run began: {name}"
-        except InputError as exc:
-            return f"input unreadable: {exc}"
-    return None
-
-
-def resume_command(record: RunRecord, state_path: Path | str | None = None, *,
-                   retry_failed: bool = False) -> str:
-    """The command line that continues `record`: same inputs and plan options (they must
-    match), `--state` when the store is not the default one."""
-    args = ["batch-toggle", "run", *record.input_names, "--resume"]
-    if retry_failed:
-        args.append("--retry-failed")
-    opts = record.options
-    for fld, column in sorted((opts.get("map") or {}).items()):
-        args += ["--map", f"{fld}={column}"]
-    if opts.get("set_state") is not None:
-        args += ["--set-state", "true" if opts["set_state"] else "false"]
-    if opts.get("default_target"):
-        args += ["--default-target", str(opts["default_target"])]
-    if opts.get("sheet"):
-        args += ["--sheet", str(opts["sheet"])]
-    if opts.get("on_conflict") and opts["on_conflict"] != "last":
-        args += ["--on-conflict", str(opts["on_conflict"])]
-    if state_path is not None:
-        args += ["--state", str(state_path)]
-    return shlex.join(args)
 
 
 # --- text -----------------------------------------------------------------------------------

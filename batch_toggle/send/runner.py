@@ -237,8 +237,8 @@ class Runner:
         The signals are caught by `interrupts` (or, without one, by an `Interrupts` for the
         length of this block): while this block runs each one also stops the run, on the loop
         (a signal caught before the block, while the run was starting, stops it on entry).
-        Outside the block they are only recorded, for the caller to act on: the job's session keeps one
-        `Interrupts` from before the sending part until the report is written, so a signal
+        Outside the block they are only recorded, for the caller to act on: the job's session
+        keeps one `Interrupts` from before the sending part until the report is written, so a signal
         after the last request is still a clean interrupt with a report."""
         loop = asyncio.get_running_loop()
 
