@@ -31,10 +31,10 @@ import httpx
 import numpy as np
 
 from batch_toggle import vocab
-from batch_toggle.clock import utc_text
 from batch_toggle.config import DEFAULT_SEED, AuditOptions, SendOptions  # noqa: F401 - re-exported
 from batch_toggle.errors import StoreError
 from batch_toggle.events import CostRecord, PlanEvent
+from batch_toggle.jobs import session
 from batch_toggle.jobs.pipeline import (
     CLIENT_ONLY_NOTE,
     SILENT,
@@ -45,18 +45,6 @@ from batch_toggle.jobs.pipeline import (
     client_only,
     prepare_or_refuse,
     request_cost,
-)
-from batch_toggle.jobs.session import (
-    finish_interruptible,
-    live_config,
-    lock_store,
-    open_store,
-    record_start,
-    run_watchdog,
-    seeded_budget,
-    send_summary,
-    send_units,
-    stop_record,
 )
 from batch_toggle.outcome import Outcome
 from batch_toggle.plan.units import Units
@@ -193,8 +181,8 @@ def audit(config: JobConfig, hooks: Hooks = SILENT, *, options: AuditOptions | N
     config = replace(config, command="audit", dry_run=False, resume=False, retry_failed=False,
                      plan=replace(config.plan, skip_confirmed=False),
                      send=replace(config.send, canary=0))
-    config = live_config(config)
-    with open_store(config) as store:
+    config = session.live_config(config)
+    with session.open_store(config) as store:
         return _audit_locked(config, hooks, store, options, stdin, transport)
 
 
@@ -202,23 +190,23 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: Store | None,
                   options: AuditOptions, stdin: Any,
                   transport: httpx.AsyncBaseTransport | None) -> JobResult:
     prepared = prepare_or_refuse(config, hooks, stdin=stdin,
-                       ledger_for=(lambda _loaded: ledger_view(store)) if store else None)
+                                 ledger_for=(lambda _loaded: ledger_view(store)) if store
+                                 else None)
     if store is not None:
-        lock_store(store, prepared, "audit")
-        record_start(config, store, prepared, [], command="audit")
+        session.record_start(config, store, prepared, [], command="audit")
     reads = plan_reads(prepared.plan.units)
     todo = choose_sample(len(reads), options.sample, options.seed)
-    budget = seeded_budget(config, store, hooks)
+    budget = session.seeded_budget(config, store, hooks)
     cost = _announce(prepared, reads, todo, options, hooks, budget)
     track = Track(reads.units.job_id, reads.units.update_target,
                   reads.units.do_notify_sms.tolist())
     # As for a run: from the start of the reads until the report is written, SIGINT/SIGTERM
     # stop the audit (the report is written, exit 130), never escape as KeyboardInterrupt.
-    with Interrupts() as interrupts, run_watchdog(store, prepared.run_id) as watchdog:
-        runner, counters = asyncio.run(send_units(config, hooks, store, prepared, todo, transport,
-                                             units=reads.units, operation=track,
-                                             interrupts=interrupts, advice=_no_resume,
-                                             watchdog=watchdog, budget=budget))
+    with Interrupts() as interrupts, session.run_watchdog(store, prepared.run_id) as watchdog:
+        runner, counters = asyncio.run(session.send_units(
+            config, hooks, store, prepared, todo, transport, units=reads.units,
+            operation=track, interrupts=interrupts, advice=_no_resume, watchdog=watchdog,
+            budget=budget))
         outcomes = unit_outcomes(prepared.plan.units, reads, track,
                                  {**runner.unfinished_outcomes(), **runner.committer.outcomes},
                                  todo)
@@ -229,16 +217,12 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: Store | None,
         def results() -> tuple[UnitResults, JobFacts]:
             units = UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
                                               runner.unsent_outcome())
-            return units, {**send_summary(runner, counters, config), **facts}
+            return units, {**session.send_summary(runner, counters, config), **facts}
 
-        result = finish_interruptible(prepared, hooks, runner, interrupts, results)
+        result = session.finish_interruptible(prepared, hooks, runner, interrupts, results)
         for line in audit_lines(facts, stopped=runner.stop is not None):
             hooks.notice(line)
-        if store is not None:
-            store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
-                             finished_at=utc_text(),
-                             counts=result.summary["counts_by_status"],
-                             stopped=stop_record(runner.stop))
+        session.record_finish(store, config, prepared.run_id, result, runner.stop)
     if runner.committer.error is not None:
         hooks.notice(f"warning: the state store stopped accepting outcomes: "
                      f"{runner.committer.error}")

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from batch_toggle.clock import utc_text
 from batch_toggle.errors import ExitCode, ReportError
 from batch_toggle.events import ResumeEvent, estimate_of
+from batch_toggle.jobs import session
 from batch_toggle.jobs.pipeline import (
     SILENT,
     Hooks,
@@ -25,18 +25,6 @@ from batch_toggle.jobs.pipeline import (
     announce_plan,
     prepare_or_refuse,
     request_cost,
-)
-from batch_toggle.jobs.session import (
-    finish_interruptible,
-    live_config,
-    lock_store,
-    open_store,
-    record_start,
-    run_watchdog,
-    seeded_budget,
-    send_summary,
-    send_units,
-    stop_record,
 )
 from batch_toggle.outcome import Outcome
 from batch_toggle.report.table import UnitResults
@@ -61,8 +49,8 @@ def run(config: JobConfig, hooks: Hooks = SILENT, *, stdin: Any = None,
     if config.dry_run:
         from batch_toggle.jobs.pipeline import validate
         return validate(config, hooks, stdin=stdin)
-    config = live_config(config)
-    with open_store(config) as store:
+    config = session.live_config(config)
+    with session.open_store(config) as store:
         return _run_locked(config, hooks, store, stdin, transport)
 
 
@@ -85,13 +73,12 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: Store | None, stdin: Any
     if resumed:
         prepared = replace(prepared, run_id=resumed[0].run_id)
     if store is not None:
-        lock_store(store, prepared, "run")
-        record_start(config, store, prepared, resumed)
+        session.record_start(config, store, prepared, resumed)
     previous = previous_outcomes(store, prepared.run_id, prepared.plan.units.row, bool(resumed))
     todo = units_to_do(prepared.plan.requests_needed, previous, config.retry_failed)
     # One budget from here on: the plan's cost, the resume's and the progress ETA are the
     # cost model's view of it (slots earlier runs hold, and their replies' latency).
-    budget = seeded_budget(config, store, hooks)
+    budget = session.seeded_budget(config, store, hooks)
     budget.expect_latency(latency_prior(o.latency_ms for o in previous.values()))
     prepared = announce_plan(prepared, hooks, budget=budget)
     if resumed:
@@ -100,10 +87,10 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: Store | None, stdin: Any
     # (SPEC section 5: the report is written, exit 130) and never escape as the process's
     # KeyboardInterrupt: while it sends, through the runner; after, recorded here.
     too_early = _before_reset(resumed[0], config.clock.now()) if resumed and todo else None
-    with Interrupts() as interrupts, run_watchdog(store, prepared.run_id) as watchdog:
-        runner, counters = asyncio.run(send_units(config, hooks, store, prepared, todo, transport,
-                                             interrupts=interrupts, stop_first=too_early,
-                                             watchdog=watchdog, budget=budget))
+    with Interrupts() as interrupts, session.run_watchdog(store, prepared.run_id) as watchdog:
+        runner, counters = asyncio.run(session.send_units(
+            config, hooks, store, prepared, todo, transport, interrupts=interrupts,
+            stop_first=too_early, watchdog=watchdog, budget=budget))
         store_error = runner.committer.error
         if store_error is not None:  # said before the report, which may fail for the same reason
             hooks.notice(f"warning: the state store stopped accepting outcomes: {store_error}")
@@ -113,12 +100,8 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: Store | None, stdin: Any
         except ReportError as exc:
             raise _report_failed(exc, store, store_error) from exc
         # A signal from here on is too late to change anything: the report is written.
-        if store is not None:
-            store.finish_run(prepared.run_id, exit_code=int(result.exit_code),
-                             finished_at=utc_text(),
-                             counts=result.summary["counts_by_status"],
-                             resume_after=_daily_reset(runner.stop),
-                             stopped=stop_record(runner.stop))
+        session.record_finish(store, config, prepared.run_id, result, runner.stop,
+                              resume_after=_daily_reset(runner.stop))
         if runner.stop is not None:
             # Last on stderr: why the run ended early and when a resume can start (daily limit).
             hooks.notice(f"stopped: {runner.stop.message}")
@@ -129,11 +112,11 @@ def _report(config: JobConfig, hooks: Hooks, prepared: Prepared, outcomes: dict[
             runner: Runner, counters: Counters, interrupts: Interrupts) -> JobResult:
     """`finish` for a live run, where a signal caught after the sending part counts as one
     during it (see `finish_interruptible`)."""
-    return finish_interruptible(
+    return session.finish_interruptible(
         prepared, hooks, runner, interrupts,
         lambda: (UnitResults.from_outcomes(prepared.plan.requests_needed, outcomes,
                                            runner.unsent_outcome()),
-                 send_summary(runner, counters, config)))
+                 session.send_summary(runner, counters, config)))
 
 
 def _report_failed(exc: ReportError, store: Store | None,

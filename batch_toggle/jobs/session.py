@@ -169,6 +169,18 @@ class _Held:
             call(*args)
 
 
+def record_finish(store: Store | None, config: JobConfig, run_id: str, result: JobResult,
+                  stop: Stop | None, resume_after: str | None = None) -> None:
+    """The store learns how the job ended (its exit code, counts and stop), once the report
+    is written: from then on `status` shows it finished, and a resume knows where it stands."""
+    if store is None:
+        return
+    store.finish_run(run_id, exit_code=int(result.exit_code),
+                     finished_at=utc_text(config.clock.wall()),
+                     counts=result.summary["counts_by_status"], resume_after=resume_after,
+                     stopped=stop_record(stop))
+
+
 def stop_record(stop: Stop | None) -> dict[str, str] | None:
     """What the store keeps of a run's stop, for `batch-toggle status` to say why it ended."""
     return None if stop is None else {"code": stop.code, "message": stop.message}
@@ -194,9 +206,12 @@ def lock_scope(config: JobConfig, command: str) -> str:
 
 
 def record_start(config: JobConfig, store: Store, prepared: Prepared,
-                  resumed: list[RunRecord], command: str = "run") -> None:
+                 resumed: list[RunRecord], command: str = "run") -> None:
+    """Take the store's lock (`lock_store`), then record the job's start, or its resume: its
+    inputs, plan key, options and where it writes, for `status` and the resumes after it."""
     from batch_toggle.jobs.pipeline import options_record
-    now = utc_text()
+    lock_store(store, prepared, command)
+    now = utc_text(config.clock.wall())
     # Where this run writes, for the resumes that continue it (see same_outputs).
     options = {**options_record(config), "outputs": {
         "report": os.path.abspath(prepared.report_path),
