@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -325,7 +324,7 @@ async def send_units(config: JobConfig, hooks: Hooks, store: Store | None, prepa
                                     status=o.status, error_code=o.error_code,
                                     http_status=o.http_status, attempts=o.attempts,
                                     retryable=o.retryable, latency_ms=o.latency_ms))
-        now = time.monotonic()
+        now = config.clock.mono()
         done = runner.counters.units_done >= runner.counters.units_total
         if done or now - shown[0] >= PROGRESS_INTERVAL:
             # The snapshot's budget ETA looks at every held slot: build it at a person's pace,
