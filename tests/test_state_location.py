@@ -82,5 +82,9 @@ def test_without_the_extra_a_postgres_url_says_what_to_install(tmp_path: Path) -
 def test_open_store_raises_store_error_for_a_postgres_url_without_the_client(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "psycopg", None)
+    # As on a machine without the extra: the backend module not loaded yet (an earlier test in
+    # this process may have loaded it; it is put back afterwards).
+    monkeypatch.delitem(sys.modules, "batch_toggle.state.postgres", raising=False)
+    monkeypatch.delitem(sys.modules, "batch_toggle.state.postgres_budget", raising=False)
     with pytest.raises(StoreError, match=r"pip install 'batch-toggle\[postgres\]'"):
         open_store("postgresql://u@127.0.0.1:1/db")

@@ -408,6 +408,9 @@ class PostgresStore:
             with contextlib.suppress(psycopg.Error):
                 if key is not None and not conn.broken:
                     conn.execute(f"DELETE FROM {SCHEMA}.locks WHERE scope_key = %s", (key,))
+                    # Now, not when the server gets round to ending the closed session: the
+                    # next run may take the lock the moment this returns.
+                    conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_CLASS, key))
             conn.close()
 
     # --- runs -------------------------------------------------------------------------------
