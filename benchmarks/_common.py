@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
 
 from batch_toggle.config import SendOptions  # noqa: E402
 from batch_toggle.jobs.pipeline import JobConfig  # noqa: E402
-from batch_toggle.jobs.run import make_client  # noqa: E402
+from batch_toggle.jobs.session import make_client  # noqa: E402
 from batch_toggle.plan.units import Units  # noqa: E402
 
 OUT = REPO / "benchmarks" / "out"
