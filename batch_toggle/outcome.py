@@ -1,7 +1,7 @@
 """The outcome of one unit of work: a frozen record, never an exception.
 
 The sender produces one per unit it tried; the plan decides the rest. The report turns outcomes
-into the outcome columns of SPEC section 8; the state store persists them so a resume can rebuild
+into the report's outcome columns; the state store persists them so a resume can rebuild
 the report.
 """
 

@@ -1,7 +1,7 @@
 """The public vocabulary of batch-toggle: statuses, error codes, report columns, verdicts,
 resumability and run states.
 
-One place owns each of these names because SPEC.md makes them a public interface: reports are
+One place owns each of these names because they are a public interface: reports are
 parsed by scripts and filed as compliance evidence, so a renamed status is a breaking change.
 """
 
@@ -36,7 +36,7 @@ STATUSES: Final = (
     NOT_ATTEMPTED, IN_SYNC, WOULD_CHANGE,
 )
 
-# Rows in these statuses are fine (exit 0); see SPEC section 9.
+# Rows in these statuses are fine (exit 0).
 OK_STATUSES: Final = frozenset(
     {UPDATED, UNCHANGED, DUPLICATE, SUPERSEDED, DRY_RUN, IN_SYNC, WOULD_CHANGE}
 )

@@ -52,7 +52,7 @@ median over the sweep's worker counts. The default 4 workers are not the sender'
 
 Why the share at 4 workers stays above 10% on loopback: a round carries at most one row per
 worker (a worker waits for its outcome's round: the bound on what a kill -9 re-sends), and
-SPEC section 6's synchronous=FULL makes each round an fsync, which on this VM costs ~100 µs of
+the product contract's synchronous=FULL makes each round an fsync, which on this VM costs ~100 µs of
 vCPU time, plus the SQL and WAL frames of four rows' outcome, ledger and send log: ~70 µs a
 row against the ~650 µs a row the CPU-bound client spends anyway. With 8 or more workers a
 round carries more rows; against a server that takes as long as a real API (`remote`) the

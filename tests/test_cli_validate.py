@@ -1,4 +1,4 @@
-"""`batch-toggle validate` and `run --dry-run` through the command line (SPEC sections 2, 4, 8, 9).
+"""`batch-toggle validate` and `run --dry-run` through the command line.
 
 Most tests drive the click command in-process (CliRunner) in a temporary working directory, with
 real files in and out; a few run the real process to prove what a person sees: exit codes, one
@@ -122,7 +122,7 @@ def messy_file(path: Path) -> Path:
     ])
 
 
-# --- exit codes (SPEC section 9) ---------------------------------------------------------------
+# --- exit codes ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -227,7 +227,7 @@ def test_input_and_usage_errors_exit_2_with_one_line_and_no_report(cwd: Path, co
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_file_refused_by_max_invalid_exits_2_in_one_line_and_still_reports_every_row(
         cwd: Path, command: list[str]) -> None:
-    """SPEC section 8: a report for every command, whatever happens; the operator needs to see
+    """the product contract: a report for every command, whatever happens; the operator needs to see
     which rows are invalid. Nothing is sent; stderr is the refusal's one line, naming the
     file and the report."""
     args, named = _too_many_invalid(cwd)
@@ -255,7 +255,7 @@ def test_a_real_process_prints_one_line_and_exits_2(cwd: Path, case: Any) -> Non
     assert "Traceback" not in proc.stderr
 
 
-# --- the report (SPEC section 8) ----------------------------------------------------------------
+# --- the report ----------------------------------------------------------------
 
 
 def test_report_columns_are_the_input_columns_then_the_outcome_columns(cwd: Path) -> None:
@@ -616,7 +616,7 @@ def test_report_rows_survive_quoted_newlines_and_crlf(cwd: Path) -> None:
 
 
 def test_validate_takes_events_like_every_command(cwd: Path) -> None:
-    """SPEC section 2 lists --events among the common options: validate appends its plan and
+    """the product contract lists --events among the common options: validate appends its plan and
     finish events, opened before anything is read (an unwritable path is exit 2 at once)."""
     src = clean_file(cwd / "in.csv")
     result = invoke(["validate", str(src), "--report", "r.csv", "--events", "e.jsonl"])

@@ -1,6 +1,6 @@
 """Hostile input through `batch-toggle validate` and `load_inputs`: never a traceback.
 
-Every file here ends one of two ways (SPEC sections 3 and 8):
+Every file here ends one of two ways:
   * exit 2 with exactly one error line on stderr, naming the file (and the row where there is
     one), and no report written; or
   * a report (exit 0 or 1) with exactly one row per input data row, in input order.
@@ -92,7 +92,7 @@ def assert_clean(out: Outcome, *, names: tuple[Path, ...]) -> None:
         assert len(errors) == 1, result.stderr
         assert not others, f"exit 2 prints one error line (warnings aside): {result.stderr!r}"
         assert any(str(n) in errors[0] for n in names), f"names no input: {errors[0]!r}"
-        if "--max-invalid" in errors[0]:  # refused, with a report of every row (SPEC 8)
+        if "--max-invalid" in errors[0]:  # refused, with a report of every row
             summary = json.loads(Path(f"{out.report}.summary.json").read_text(encoding="utf-8"))
             assert out.rows is not None and summary["rows"] == len(out.rows)
             assert summary["verdict"] == "refused: nothing was sent"

@@ -1,4 +1,4 @@
-"""load_inputs(): files of every supported format -> one table of text (SPEC section 3)."""
+"""load_inputs(): files of every supported format -> one table of text."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The central promise, as properties: whatever table of strings comes in, the report has exactly
 one row per input row, in input order, the input's own cells carried as they were (the review
-key masked), and nothing raises but a clean input error (SPEC section 8).
+key masked), and nothing raises but a clean input error.
 
 Everything goes through the real pipeline (jobs.validate: load, normalise, plan, assemble, write
 the report and its summary), from CSV and from Parquet files written by the test.

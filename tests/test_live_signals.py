@@ -1,6 +1,6 @@
 """A live run's signals, in process against the in-process sandbox (and the runner's own).
 
-SPEC section 5: a SIGINT/SIGTERM stops taking rows, lets in-flight ones finish, writes the
+the product contract: a SIGINT/SIGTERM stops taking rows, lets in-flight ones finish, writes the
 report and exits 130, wherever it lands once the run sends. The e2e side (the CLI, a real socket,
 a real signal from outside) is tests/e2e/test_signals_e2e.py; here the signal is raised by the
 test at an exact point of the run's end (after the sending part, or while the report is being

@@ -1,4 +1,4 @@
-"""normalize(): raw field text -> canonical values or an error code, row for row (SPEC 3)."""
+"""normalize(): raw field text -> canonical values or an error code, row for row."""
 
 from __future__ import annotations
 

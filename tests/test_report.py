@@ -1,4 +1,4 @@
-"""The report writer: formats, formula guard, atomic 0600 files, paths, summary (SPEC section 8)."""
+"""The report writer: formats, formula guard, atomic 0600 files, paths, summary."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The state store: durable runs, outcomes, send log and ledger (SPEC 6).
+"""The state store: durable runs, outcomes, send log and ledger.
 
 The contract tests (those that take `store` alone) run against both backends: the SQLite file
 and a real throwaway PostgreSQL database (tests/pg_server.py). Those that also take `store_path`

@@ -76,7 +76,7 @@ def _ranged(option: str, kind: type) -> click.ParamType:
     return click.FloatRange(low, top)
 
 
-# SPEC section 2 lists --events among the common options: validate takes it too.
+# The product contract lists --events among the common options: validate takes it too.
 EVENTS_OPTION = click.option("--events", type=click.Path(dir_okay=False, path_type=Path),
                              help="Append one JSON line per event (plan, rows, pauses, finish).")
 

@@ -4,7 +4,7 @@ Everything here is vectorised with pyarrow.compute: a million rows must normalis
 of a second, so no function loops over rows in Python. Rows never raise; a bad value becomes
 `missing_<field>` or `invalid_<field>` in `error_code` and a short human `error_message`.
 
-A review_key is a secret (SPEC section 10): messages show at most its last four characters, and
+A review_key is a secret: messages show at most its last four characters, and
 so does any other quoted value that looks like a UUID (a key in the wrong column must not leak).
 """
 
@@ -25,7 +25,7 @@ OUTPUT_COLUMNS: Final = (
     "error_code", "error_message", "review_key_tail",
 )
 
-# Words accepted for do_notify_sms (after trimming and ASCII lower-casing). SPEC section 3 lists
+# Words accepted for do_notify_sms (after trimming and ASCII lower-casing). The contract lists
 # the first pairs; the spaced/underscored opt-in forms, subscribed/unsubscribed and
 # enabled/disabled are unambiguous extensions (an `sms_enabled` column holds enabled/disabled).
 TRUE_WORDS: Final = (

@@ -4,7 +4,7 @@ Formats (by extension, case-insensitive): .csv .tsv .txt (delimiter sniffed amon
 any of those .gz, .parquet, .jsonl/.ndjson, .xlsx; `-` reads CSV from stdin; an unknown extension
 is read as delimited text when it sniffs as such. Every cell is text: no type inference.
 
-Decisions worth knowing (SPEC section 3 is silent on them):
+Decisions worth knowing (the product contract is silent on them):
 - A 0-byte file (or one with nothing but blank lines) has no header: InputError.
 - An empty CSV cell is "", a missing cell (short row), a JSON/Parquet null or an empty XLSX cell
   is null. Normalisation treats both as missing.

@@ -234,7 +234,7 @@ def _audit_locked(config: JobConfig, hooks: Hooks, store: Store | None,
 
 def _announce(prepared: Prepared, reads: Reads, todo: Sequence[int], options: AuditOptions,
               hooks: Hooks, budget: Budget) -> CostRecord:
-    """The audit's cost before any read (SPEC section 4), from the budget the reads will
+    """The audit's cost before any read, from the budget the reads will
     meet, and what an audit cannot check. Returns the cost, which the summary states."""
     cost = request_cost(len(todo), prepared.config.send, budget=budget)
     sample = (f" (a sample of {len(todo):,} of {len(reads):,} jobs, seed {options.seed})"

@@ -152,8 +152,8 @@ def prepare(config: JobConfig, ledger: Any = None, hooks: Hooks = SILENT, *, std
 
 
 def prepare_or_refuse(config: JobConfig, hooks: Hooks = SILENT, **kwargs: Any) -> Prepared:
-    """`prepare` for a command: a file refused by --max-invalid still gets its report (SPEC
-    section 8: every row, whatever happens), then the refusal is raised naming it, with the
+    """`prepare` for a command: a file refused by --max-invalid still gets its report (every
+    row, whatever happens), then the refusal is raised naming it, with the
     report's JobResult as its `result`. Exit 2 stays one line on stderr: the refusal's."""
     try:
         return prepare(config, hooks=hooks, **kwargs)
@@ -166,7 +166,7 @@ def prepare_or_refuse(config: JobConfig, hooks: Hooks = SILENT, **kwargs: Any) -
 
 
 def _refuse(prepared: Prepared, hooks: Hooks, why: str) -> JobResult:
-    """The report of a file refused by --max-invalid (SPEC section 8: every row, whatever
+    """The report of a file refused by --max-invalid (every row, whatever
     happens): the invalid rows say why each is invalid, which is what the operator needs to
     see; every unit is `not_attempted`, nothing was sent. Exit 2."""
     units = UnitResults.uniform(prepared.plan.requests_needed, vocab.NOT_ATTEMPTED, "aborted",
@@ -176,7 +176,7 @@ def _refuse(prepared: Prepared, hooks: Hooks, why: str) -> JobResult:
 
 
 def plan_cost(prepared: Prepared) -> CostRecord:
-    """What the plan will spend, stated before any request (SPEC section 4): as announced
+    """What the plan will spend, stated before any request: as announced
     (`announce_plan`), or else from a fresh budget."""
     if prepared.cost is not None:
         return prepared.cost.copy()

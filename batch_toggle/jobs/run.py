@@ -45,7 +45,7 @@ from batch_toggle.state.resume import (
 
 def run(config: JobConfig, hooks: Hooks = SILENT, *, stdin: Any = None,
         transport: httpx.AsyncBaseTransport | None = None) -> JobResult:
-    """Plan, send the toggles, write the report. See SPEC sections 5 and 6."""
+    """Plan, send the toggles, write the report."""
     if config.dry_run:
         from batch_toggle.jobs.pipeline import validate
         return validate(config, hooks, stdin=stdin)
@@ -84,7 +84,7 @@ def _run_locked(config: JobConfig, hooks: Hooks, store: Store | None, stdin: Any
     if resumed:
         _announce_resume(config, hooks, prepared.run_id, len(previous), len(todo), budget)
     # From the start of sending until the report is written, SIGINT/SIGTERM stop the run
-    # (SPEC section 5: the report is written, exit 130) and never escape as the process's
+    # (the report is written, exit 130) and never escape as the process's
     # KeyboardInterrupt: while it sends, through the runner; after, recorded here.
     too_early = _before_reset(resumed[0], config.clock.now()) if resumed and todo else None
     with Interrupts() as interrupts, session.run_watchdog(store, prepared.run_id) as watchdog:

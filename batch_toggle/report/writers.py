@@ -8,7 +8,7 @@ The caller assembles the report table (the input's own columns with the review k
   half-written report and a failed write leaves the previous file untouched. `durable=False`
   (validate, --dry-run: nothing was sent, running it again gives the same report) skips the
   fsyncs, still renaming atomically: on a 1M-row report they are 10-20% of validate's time;
-* CSV cells that a spreadsheet would run as a formula get a leading `'` (SPEC section 8);
+* CSV cells that a spreadsheet would run as a formula get a leading `'`;
   Parquet and JSONL keep values raw;
 * everything is vectorised with pyarrow.compute, in batches, so memory stays bounded and a
   million-row report takes about a second (see `write_table`).
@@ -75,7 +75,7 @@ _Out = TypeVar("_Out")
 def default_report_path(
     first_input: str, now: datetime, reports_dir: Path = Path("reports")
 ) -> Path:
-    """`reports/<first input stem>-<UTC yyyymmddThhmmss>.csv` (SPEC section 2).
+    """`reports/<first input stem>-<UTC yyyymmddThhmmss>.csv`.
 
     The stem drops a `.gz` and then one more extension (`x.csv.gz` -> `x`); stdin (`-`) is
     `stdin`. An aware `now` is converted to UTC; a naive one is taken to be UTC already.
@@ -364,7 +364,7 @@ def _json_default(value: object) -> object:
 
 
 def guard_formulas(values: pa.Array) -> pa.Array:
-    """Prefix `'` to the string cells that start with a formula trigger (SPEC section 8).
+    """Prefix `'` to the string cells that start with a formula trigger.
 
     Only the first character counts: `a=b` is left alone. Non-string arrays come back as they
     are; a dictionary array is guarded through its dictionary; string_view becomes string.

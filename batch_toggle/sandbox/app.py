@@ -173,7 +173,7 @@ class Sandbox:
         if target == "job":
             job.do_notify_sms = value
             return JSONResponse({"job": job.as_json()})
-        # A client update changes the client's default for future jobs only (SPEC section 9).
+        # A client update changes the client's default for future jobs only.
         client = self.world.clients[job.client]
         client.do_notify_sms = value
         return JSONResponse({"end_client": client.as_json()})

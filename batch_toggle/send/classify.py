@@ -1,4 +1,4 @@
-"""One HTTP exchange -> one decision: the classification table of SPEC section 5.
+"""One HTTP exchange -> one decision: the classification table of the product contract.
 
 Pure: no network, no clock. The sender hands over what came back (status, headers, body bytes, or
 the exception httpx raised) and gets a `Verdict`: a final outcome (`ok`, `mismatch`,

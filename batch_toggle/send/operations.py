@@ -93,7 +93,7 @@ class Toggle:
 
 
 def track_verdict(result: TrackResult, target: str, desired: bool) -> Verdict:
-    """What one read means for one unit (SPEC section 8, audit): `in_sync` when the target's
+    """What one read means for one unit (the product contract, audit): `in_sync` when the target's
     current do_notify_sms equals the desired state, else `would_change`; `confirmed` is the
     current state and `entity_id` the job's id (target job) or the client's (target client).
     A failed read stays as it was."""

@@ -128,7 +128,7 @@ def why_not_resumable(store: Store, record: RunRecord, state: str,
                 "(see `stopped` above, or `batch-toggle doctor`), then run again: rows "
                 "already confirmed are not re-sent")
     if state == FINISHED and record.exit_code == int(ExitCode.ABORTED):
-        # Not resumable (SPEC section 9), but "finished" alone reads as done at 1% progress.
+        # Not resumable, but "finished" alone reads as done at 1% progress.
         return ("it was aborted (exit 3: the API refused the key, or --halt-after stopped "
                 "it); fix the cause, then run again: rows already confirmed are not re-sent")
     if state == FINISHED:

@@ -3,7 +3,7 @@
 This is the only module that speaks SQL, and the one boundary where sqlite3 errors become
 `StoreError` (with the store's path in the message).
 
-What it promises (SPEC section 6):
+What it promises:
 
 * Durability. The file is in WAL mode. `record_outcomes` commits one transaction with
   `synchronous=FULL`: when it returns, the WAL frames are fsynced, so a `kill -9` (or a power

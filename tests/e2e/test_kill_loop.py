@@ -1,6 +1,6 @@
 """The kill loop: the CLI, as a subprocess, killed with SIGKILL at 10 random points of one run,
 each time started again with --resume; then interrupted by SIGINT and by SIGTERM; then resumed
-to the end (SPEC sections 5 and 6).
+to the end.
 
 What must hold at the end, checked from the server's request log, the server's state, the
 state store and the reports:
@@ -17,7 +17,7 @@ state store and the reports:
 Kill points are random (a seeded RNG; the seed is printed, KILL_LOOP_SEED=N replays it):
 "after k more requests reach the server". For SIGKILL k starts at 0 (during start-up, before any
 request): nothing may be lost wherever the process dies. For SIGINT and SIGTERM k starts at 1:
-SPEC's promise for them (exit 130, a complete report, resumable) is about a run, and a run has
+The promise for them (exit 130, a complete report, resumable) is about a run, and a run has
 started once a request has reached the server. (A signal during start-up, before any run, is
 test_signals_e2e's case: exit 130 and one line, with a window the CLI cannot cover.) A stop may
 land anywhere in the run, its end included: a SIGINT/SIGTERM point past the last request is

@@ -1,5 +1,5 @@
 """Pre-flight: what cannot be written is found before the first request, not at the end of a
-40-hour run; and a disk that fills while the report is written loses nothing (SPEC sections 5,
+40-hour run; and a disk that fills while the report is written loses nothing (the product contract,
 6 and 8).
 
   * An unwritable report, rejects, events or state store path: exit 2, one line naming it, and

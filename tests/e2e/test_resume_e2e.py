@@ -1,5 +1,5 @@
 """Durable runs end to end: the CLI in a subprocess, the sandbox on a loopback socket, a real
-SQLite state store in tmp_path (SPEC sections 5 and 6).
+SQLite state store in tmp_path.
 
 What a test checks comes from three sides: the report the CLI wrote, what the server received
 (`requests()`, `state()`), and what the state store holds. Windows are shrunk to seconds and

@@ -1,5 +1,5 @@
 """Secrets end to end: run every command with a recognisable API key and recognisable review
-keys, then scan every byte the tool wrote or printed (SPEC section 10).
+keys, then scan every byte the tool wrote or printed.
 
   * The API key never appears: not on stdout or stderr, not in any report format, summary,
     HTML report, rejects, events, state store (database, -wal, -shm, .lock) or any stray file.

@@ -171,7 +171,7 @@ def _row_events(path: Path) -> int:
 def test_a_signal_while_the_run_finishes_still_writes_the_report_and_exits_130(
     sandbox_server: Any, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    """SPEC section 5: a signal means stop taking rows, let in-flight ones finish, write the
+    """the product contract: a signal means stop taking rows, let in-flight ones finish, write the
     report, exit 130, wherever it lands. Here it lands after the last request reached the
     server: the run is committing its last outcomes, closing its connections or writing a
     report of 80,000 rows (the duplicates need no request, so the sending is over at once)."""

@@ -1,6 +1,6 @@
 """-v/-vv end to end: the real CLI in a subprocess against the sandbox on a loopback socket,
 with injected faults, so the lines an operator reads come from real retries, 429s, budget
-waits, outages, stops and resumes (SPEC section 2: `-v/--verbose`, `--quiet`).
+waits, outages, stops and resumes (`-v/--verbose`, `--quiet`).
 
 Every verbose line starts with a UTC timestamp; the default notices (plan, summary) do not,
 which is how "no verbose line without -v" and "--quiet suppresses them" are checked.
