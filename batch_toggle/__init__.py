@@ -38,6 +38,7 @@ from batch_toggle.errors import (
     ReportError,
     StoreError,
     StoreLocked,
+    StoreLockLost,
     StoreUnavailable,
     TooManyInvalid,
     UsageError,
@@ -368,5 +369,5 @@ sys.modules[__name__].__class__ = _Package
 
 __all__ = ["BatchToggleError", "EventKind", "EventSink", "ExitCode", "InputError", "Options",
            "ProxyRefused", "Rate", "ReportError", "Result", "StoreError", "StoreLocked",
-           "StoreUnavailable", "Summary", "TooManyInvalid", "UsageError", "__version__", "audit",
-           "run", "validate"]
+           "StoreLockLost", "StoreUnavailable", "Summary", "TooManyInvalid", "UsageError",
+           "__version__", "audit", "run", "validate"]

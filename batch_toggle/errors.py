@@ -82,6 +82,12 @@ class StoreLocked(StoreError):
     """Another run holds the state store's lock."""
 
 
+class StoreLockLost(StoreError):
+    """A run's lock on its work ended with its database session (a server restart, a cut
+    connection) and another run took that work meanwhile. This run must send nothing more, or
+    the two would send the same rows; the other run goes on with them (a stop, exit 4)."""
+
+
 class StoreUnavailable(StoreError):
     """The store's database cannot be reached now (a PostgreSQL server down or out of reach):
     the same write may succeed later, so a run pauses rather than stops (up to its outage

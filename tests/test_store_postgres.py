@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from batch_toggle.errors import StoreError, StoreLocked
+from batch_toggle.errors import StoreError, StoreLocked, StoreLockLost, StoreUnavailable
 from batch_toggle.outcome import Outcome
 from batch_toggle.state import open_store
 from batch_toggle.state.records import LedgerUpdate
@@ -207,6 +207,94 @@ def test_a_server_that_went_away_is_a_store_error_then_reconnected(
         pg_server.start()
         store.record_outcomes("r1", [(0, FULL, None)])  # a new connection, same store
         assert store.load_outcomes("r1") == {0: FULL}
+
+
+# --- a lock lost with its session ----------------------------------------------------------
+
+WINDOW = [(100, 60.0)]
+
+
+def after_outage(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """The first call after a restart meets its dead connection (StoreUnavailable: the limiter
+    and the committer try again); the next one reconnects."""
+    try:
+        return call(*args, **kwargs)
+    except StoreUnavailable:
+        return call(*args, **kwargs)
+
+
+def test_a_restart_ends_the_lock_and_the_run_takes_it_again_when_nobody_else_did(
+        url: str, pg_server: Any) -> None:
+    with open_store(url) as a, open_store(url) as b:
+        a.create_run("r1", **RUN_ARGS)
+        a.acquire_lock("r1", "alice", scope="the work")
+        gate = a.slot_gate(API_KEY, timeout=5.0)
+        assert gate is not None and gate.reserve(WINDOW)[0] is not None
+        pg_server.stop()
+        pg_server.start()
+        assert after_outage(gate.reserve, WINDOW)[0] is not None  # the lock verified, held again
+        with pytest.raises(StoreLocked, match="in use by run r1 \\(alice, "):
+            b.acquire_lock("r2", "bob", scope="the work")
+        after_outage(a.finish_run, "r1", exit_code=0, finished_at="2026-11-01T01:00:00Z",
+                     counts={})
+        assert a.get_run("r1").exit_code == 0  # type: ignore[union-attr]
+
+
+def test_a_lock_taken_by_another_run_during_a_restart_stops_the_sending_of_the_first(
+        url: str, pg_server: Any) -> None:
+    with open_store(url) as a, open_store(url) as b, open_store(url) as c:
+        a.create_run("r1", **RUN_ARGS)
+        a.acquire_lock("r1", "alice", scope="the work")
+        gate = a.slot_gate(API_KEY, timeout=5.0)
+        assert gate is not None and gate.reserve(WINDOW)[0] is not None
+        pg_server.stop()
+        pg_server.start()
+        b.acquire_lock("r1", "bob", scope="the work")  # a resume of the same work, elsewhere
+        with pytest.raises(StoreLockLost) as caught:
+            after_outage(gate.reserve, WINDOW)
+        message = str(caught.value)
+        assert message.startswith(f"state store {url}: this run's lock ended with its")
+        assert "in use by run r1 (bob, pid" in message and "sends nothing more" in message
+        with pytest.raises(StoreLockLost):
+            gate.reserve(WINDOW)  # and stays refused
+        after_outage(a.record_outcomes, "r1", [(0, FULL, None)])  # what it did still counts
+        a.finish_run("r1", exit_code=4, finished_at="2026-11-01T01:00:00Z", counts={})
+        assert a.get_run("r1").exit_code is None  # type: ignore[union-attr]  # bob's to end
+        a.release_lock()
+        with pytest.raises(StoreLocked, match="bob"):  # a's goodbye left bob's lock alone
+            c.acquire_lock("r3", "carol", scope="the work")
+
+
+def test_a_lock_taken_and_given_back_meanwhile_is_lost_all_the_same(
+        url: str, pg_server: Any) -> None:
+    with open_store(url) as a, open_store(url) as b:
+        a.acquire_lock("r1", "alice", scope="the work")
+        pg_server.stop()
+        pg_server.start()
+        b.acquire_lock("r1", "bob", scope="the work")  # took the work over, and finished it
+        b.release_lock()
+        with pytest.raises(StoreLockLost, match="finished or let it go"):
+            a.check_lock(verify=True)
+        b.acquire_lock("r2", "bob", scope="the work")  # a's check did not keep the lock
+
+
+def test_a_cut_lock_session_is_found_by_the_heartbeat_or_within_a_second_of_sending(
+        url: str, pg_database: Any) -> None:
+    with open_store(url) as a, open_store(url) as b:
+        a.acquire_lock("r1", "alice", scope="the work")
+        gate = a.slot_gate(API_KEY, timeout=5.0)
+        assert gate is not None and gate.reserve(WINDOW)[0] is not None
+        cut = pg_database.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'batch-toggle lock'")
+        assert cut == [(True,)]  # only the lock's session: the budget's lives on
+        deadline = time.monotonic() + 10
+        while a.lock_holder() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        b.acquire_lock("r1", "bob", scope="the work")
+        a.heartbeat()  # the watchdog's thread, every few seconds
+        with pytest.raises(StoreLockLost, match="bob"):
+            gate.reserve(WINDOW)
 
 
 # --- the budget shared live ------------------------------------------------------------------

@@ -22,7 +22,7 @@ import httpx
 from batch_toggle import vocab
 from batch_toggle.clock import SYSTEM, Clock, utc_text
 from batch_toggle.config import SendOptions
-from batch_toggle.errors import ExitCode, StoreError, exit_rank
+from batch_toggle.errors import ExitCode, StoreError, StoreLockLost, exit_rank
 from batch_toggle.events import EventSink, PauseEvent, RequestEvent, RetryEvent, StopEvent
 from batch_toggle.outcome import Outcome
 from batch_toggle.plan.units import Units
@@ -494,7 +494,11 @@ class Runner:
 
     def _store_failed(self, exc: BaseException) -> None:
         """The state store stopped accepting writes: sending on would spend budget on work
-        that a resume cannot see. Stop; the report still shows every outcome so far."""
+        that a resume cannot see. Stop; the report still shows every outcome so far. (A
+        run whose lock went to another run stops the same way: that run does the rest.)"""
+        if isinstance(exc, StoreLockLost):
+            self.request_stop(Stop("interrupted", ExitCode.STOPPED, str(exc)))
+            return
         self.request_stop(Stop("interrupted", ExitCode.STOPPED,
                                f"the state store failed ({exc}); nothing more was sent; "
                                "fix it and run again with --resume"))

@@ -21,6 +21,11 @@ What it promises, as the SQLite store does:
   by side, the same ones are refused naming the holder, and a holder that dies (a killed
   process, a host gone) loses the lock when its session ends: the database decides, not a
   timeout that guesses.
+* A lock lost is a stop. A server restart ends every session, and the run's lock with it; the
+  run pauses through the outage, and at its first reservation after it (or its next
+  heartbeat) takes the lock again, but only if no other run held it meanwhile (the lock's row
+  is still its own). Otherwise it raises StoreLockLost: it sends nothing more and leaves the
+  run's record to the run that took the work over.
 
 Connections: one for the store's reads and writes, one for the lock and the heartbeat (so that
 the watchdog's thread never waits on a write). A connection the server dropped (an outage) is
@@ -36,6 +41,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -45,7 +51,13 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from batch_toggle.clock import utc_text
-from batch_toggle.errors import ExitCode, StoreError, StoreLocked, StoreUnavailable
+from batch_toggle.errors import (
+    ExitCode,
+    StoreError,
+    StoreLocked,
+    StoreLockLost,
+    StoreUnavailable,
+)
 from batch_toggle.outcome import Outcome
 from batch_toggle.state.dump import (
     ENDPOINT_FIELDS,
@@ -68,6 +80,7 @@ APPLICATION = b"batch-toggle state store"
 LOCK_CLASS = 0x4254  # the advisory locks' first key: 'BT', so that ours never meet another's
 _CREATE_LOCK = 0  # the advisory lock (LOCK_CLASS, 0) serialises creating the schema
 CONNECT_TIMEOUT = 10  # seconds
+LOCK_CHECK_EVERY = 1.0  # seconds between two checks that a sending run still holds its lock
 
 _TABLES = f"""
 CREATE TABLE {SCHEMA}.meta (
@@ -242,6 +255,9 @@ class PostgresStore:
         self._lock_conn_lock = threading.RLock()
         self._lock_conn: psycopg.Connection[Any] | None = None
         self._held_scope: int | None = None
+        self._lock_row: tuple[Any, ...] | None = None  # what acquire_lock wrote in `locks`
+        self._lost: str | None = None  # why the lock is gone to another run (StoreLockLost)
+        self._verified_at = -LOCK_CHECK_EVERY  # time.monotonic() of the last `_hold_again`
         self._run_seqs: dict[str, int] = {}
         self._gates: list[PostgresSlotGate] = []
 
@@ -338,31 +354,75 @@ class PostgresStore:
         with self._lock_conn_lock:
             conn = self._lock_conn
             if conn is None or conn.closed or conn.broken:
-                conn = self._lock_conn = _connect(self.url, readonly=False)
+                conn = self._lock_conn = _connect(self.url, readonly=False,
+                                                  name="batch-toggle lock")
             (got,) = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
                                   (LOCK_CLASS, key)).fetchone() or (False,)
             if not got:
                 raise StoreLocked(self._locked_message(conn, key))
             now = utc_text()
+            row = (run_id, owner, os.getpid(), socket.gethostname(), now)
             conn.execute(
                 f"INSERT INTO {SCHEMA}.locks (scope_key, run_id, owner, pid, host, since,"
                 " alive_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (scope_key) DO"
                 " UPDATE SET run_id = excluded.run_id, owner = excluded.owner,"
                 " pid = excluded.pid, host = excluded.host, since = excluded.since,"
-                " alive_at = excluded.alive_at",
-                (key, run_id, owner, os.getpid(), socket.gethostname(), now, now))
-            self._held_scope = key
+                " alive_at = excluded.alive_at", (key, *row, now))
+            self._held_scope, self._lock_row, self._lost = key, row, None
 
-    def _locked_message(self, conn: psycopg.Connection[Any], key: int) -> str:
+    def check_lock(self, *, verify: bool = False) -> None:
+        """StoreLockLost when this run's lock has gone to another run (a no-op without a lock).
+        With `verify`, ask the server first (after a reconnection: a restart ends every
+        session and the lock with it), taking the lock again if nobody took it meanwhile."""
+        if verify and self._held_scope is not None and self._lost is None:
+            with self._lock_conn_lock:
+                try:
+                    self._hold_again()
+                    self._verified_at = time.monotonic()
+                except psycopg.OperationalError as exc:
+                    raise StoreUnavailable(f"state store {self.location}: {_said(exc)}") from exc
+                except psycopg.Error as exc:
+                    raise StoreError(f"state store {self.location}: {_said(exc)}") from exc
+        if self._lost is not None:
+            raise StoreLockLost(self._lost)
+
+    def _hold_again(self) -> None:
+        """Make sure the lock's session still lives; if it ended, take the lock again on a new
+        one, unless another run held it meanwhile (its row in `locks` is no longer this
+        run's): then the lock is lost (`_lost` says to whom). Under `_lock_conn_lock`."""
+        key = self._held_scope
+        if key is None or self._lost is not None:
+            return
+        conn = self._lock_conn
+        if conn is not None and not conn.closed and not conn.broken:
+            try:
+                conn.execute("SELECT 1")
+                return  # the session lives, and the lock with it
+            except psycopg.OperationalError:
+                pass
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+        self._lock_conn = None
+        conn = self._lock_conn = _connect(self.url, readonly=False, name="batch-toggle lock")
+        (got,) = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                              (LOCK_CLASS, key)).fetchone() or (False,)
         row = conn.execute(f"SELECT run_id, owner, pid, host, since FROM {SCHEMA}.locks"
                            " WHERE scope_key = %s", (key,)).fetchone()
-        if row is None:
-            return (f"state store {self.location}: the same inputs and plan options are in "
-                    "use by another run (holder unknown)")
-        run_id, owner, pid, host, since = row
-        who = f"{owner}, " if owner else ""
-        return (f"state store {self.location}: the same inputs and plan options are in use by "
-                f"run {run_id} ({who}pid {pid} on host {host}, since {since})")
+        if got and row is not None and tuple(row) == self._lock_row:
+            return  # nobody took it meanwhile: held again
+        if got:
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_CLASS, key))
+            taken = "another run took the same work and has finished or let it go since"
+        else:
+            taken = _in_use_by(conn, key)
+        self._lost = (f"state store {self.location}: this run's lock ended with its database "
+                      f"session (a server restart or a cut connection), and meanwhile "
+                      f"{taken}; this run sends nothing more, so that the two never send the "
+                      "same rows (`batch-toggle status` shows where the work stands)")
+
+    def _locked_message(self, conn: psycopg.Connection[Any], key: int) -> str:
+        return f"state store {self.location}: {_in_use_by(conn, key)}"
 
     @_translated
     def lock_holders(self) -> list[dict[str, Any]]:
@@ -388,19 +448,18 @@ class PostgresStore:
         if key is None:
             return
         with self._lock_conn_lock, contextlib.suppress(psycopg.Error):
-            conn = self._lock_conn
-            if conn is None or conn.closed or conn.broken:
-                # The server went away and took the session's lock with it: take it again.
-                # (Should another run have taken it meanwhile, that run holds it now; the
-                # heartbeat cannot stop this one, `status` shows the other as the holder.)
-                conn = self._lock_conn = _connect(self.url, readonly=False)
-                conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, key))
-            conn.execute(f"UPDATE {SCHEMA}.locks SET alive_at = %s WHERE scope_key = %s",
-                         (utc_text(), key))
+            # The server may have gone away and taken the session's lock with it: take it
+            # again, or learn that another run holds the work now (the next reservation stops).
+            self._hold_again()
+            if self._lost is None and self._lock_conn is not None:
+                self._lock_conn.execute(f"UPDATE {SCHEMA}.locks SET alive_at = %s"
+                                        " WHERE scope_key = %s", (utc_text(), key))
 
     def release_lock(self) -> None:
         """Give the lock back (no-op when not held): closing its session frees it."""
         key, self._held_scope = self._held_scope, None
+        if self._lost is not None:
+            key = None  # the lock and its row are another run's now
         with self._lock_conn_lock:
             conn, self._lock_conn = self._lock_conn, None
             if conn is None:
@@ -486,6 +545,8 @@ class PostgresStore:
                    counts: Mapping[str, Any], resume_after: str | None = None,
                    stopped: Mapping[str, Any] | None = None) -> None:
         self._writable()
+        if self._lost is not None:
+            return  # the run that took the work over writes how it ends
         with self._transaction() as conn:
             cur = conn.execute(
                 f"UPDATE {SCHEMA}.runs SET exit_code = %s, finished_at = %s, counts = %s,"
@@ -509,7 +570,10 @@ class PostgresStore:
 
     def record_interrupted(self, run_id: str, finished_at: str, timeout: float = 1.0) -> None:
         """Record `run_id` as interrupted (exit 130) on a connection of its own that gives up
-        after `timeout` seconds; a run that has an exit code already is left alone."""
+        after `timeout` seconds; a run that has an exit code already is left alone, as is one
+        whose lock went to another run."""
+        if self._lost is not None:
+            return
         try:
             with psycopg.connect(self.url, autocommit=True,
                                  connect_timeout=max(1, round(timeout)),
@@ -683,9 +747,19 @@ class PostgresStore:
         if self.readonly:
             return None
         gate = PostgresSlotGate(self.url, self.location, SCHEMA,
-                                self._hasher.api_key_fingerprint(api_key), timeout)
+                                self._hasher.api_key_fingerprint(api_key), timeout,
+                                guard=self._guard_sending)
         self._gates.append(gate)  # closed with the store
         return gate
+
+    def _guard_sending(self, reconnected: bool) -> None:
+        """The budget asks before each reservation: no slot, and so no request, for a run
+        whose lock went to another run. The lock is verified on the server (`check_lock`)
+        after the budget's own reconnection (an outage ends every session at once) and at
+        least every LOCK_CHECK_EVERY seconds (a lock's session alone may be cut, or the host
+        may have slept): a lost lock lets out no more than that second's requests."""
+        verify = reconnected or time.monotonic() - self._verified_at >= LOCK_CHECK_EVERY
+        self.check_lock(verify=verify)
 
     # --- the send log -----------------------------------------------------------------------
 
@@ -838,6 +912,18 @@ _HELD = (
     "            ELSE LEAST(done, %(wall)s) END) > %(wall)s - %(keep)s END")
 
 
+def _in_use_by(conn: psycopg.Connection[Any], key: int) -> str:
+    """Who holds the lock on the work `key`, from its row in `locks`."""
+    row = conn.execute(f"SELECT run_id, owner, pid, host, since FROM {SCHEMA}.locks"
+                       " WHERE scope_key = %s", (key,)).fetchone()
+    if row is None:
+        return "the same inputs and plan options are in use by another run (holder unknown)"
+    run_id, owner, pid, host, since = row
+    who = f"{owner}, " if owner else ""
+    return (f"the same inputs and plan options are in use by run {run_id} ({who}pid {pid} on "
+            f"host {host}, since {since})")
+
+
 def _held_args(now: Reading, keep: float, timeout: float) -> dict[str, Any]:
     return {"wall": float(now.wall), "mono": float(now.mono), "boot": now.boot,
             "keep": float(keep), "timeout": float(timeout)}
@@ -924,10 +1010,11 @@ def _number_confirmations(conn: psycopg.Connection[Any],
             row["seq"] = number
 
 
-def _connect(url: str, *, readonly: bool) -> psycopg.Connection[Any]:
-    """A connection in autocommit (transactions are explicit), read-only when asked."""
+def _connect(url: str, *, readonly: bool, name: str = "batch-toggle") -> psycopg.Connection[Any]:
+    """A connection in autocommit (transactions are explicit), read-only when asked; `name`
+    is what pg_stat_activity shows of it."""
     conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                           application_name="batch-toggle")
+                           application_name=name)
     if readonly:
         conn.execute("SET default_transaction_read_only = on")
     return conn

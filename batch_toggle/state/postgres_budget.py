@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -90,12 +90,15 @@ class PostgresSlotGate:
     reservations' and releases', and the listener's."""
 
     def __init__(self, url: str, location: str, schema: str, key_fp: str,
-                 timeout: float) -> None:
+                 timeout: float, guard: Callable[[bool], None] | None = None) -> None:
         self._url = url
         self._location = location
         self._schema = schema
         self._key_fp = key_fp
         self._timeout = float(timeout)
+        # Asked before each reservation, with whether the connection is new (after an
+        # outage): it raises to refuse the slot (the store's run lock went to another run).
+        self._guard = guard
         self._channel = f"bt_slots_{key_fp[:24]}"
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
@@ -108,7 +111,10 @@ class PostgresSlotGate:
         with self._lock:
             try:
                 self._listening()  # before the count: no release between the two is missed
+                reconnected = self._conn is None or self._conn.closed or self._conn.broken
                 conn = self._connection()
+                if self._guard is not None:
+                    self._guard(reconnected)
                 row = conn.execute(
                     f"SELECT slot, wait FROM {self._schema}.reserve_slot(%s, %s, %s, %s)",
                     (self._key_fp, limits, holds, self._timeout)).fetchone()
