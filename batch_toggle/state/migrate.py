@@ -4,12 +4,20 @@ Runs, outcomes, the ledger (with its review-key secret: the hashes keep their me
 log and the endpoints that answered are copied in one transaction on the target. Idempotent:
 running it again adds nothing. Verified by counts: for each kind of row, how many of the
 source's the target holds afterwards; any shortfall is an error (exit 2). The source is only
-read.
+read: a store an older batch-toggle wrote (an older schema) is copied into a private temporary
+directory and upgraded there, since that version may still be running on it and would refuse a
+newer schema.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import tempfile
+import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from batch_toggle.errors import StoreError, UsageError
 from batch_toggle.state.location import StateLocation, normalise, shown
@@ -45,7 +53,8 @@ def migrate(source: StateLocation, target: StateLocation) -> Migration:
     from batch_toggle.state import open_store
     from batch_toggle.state.sqlite import SqliteStore
 
-    with SqliteStore.open(from_where, readonly=True) as original:
+    with _in_this_schema(from_where) as readable, \
+            SqliteStore.open(readable, readonly=True) as original:
         dump = original.dump()
     with open_store(to_where) as store:  # says what to install when psycopg is missing
         from batch_toggle.state.postgres import PostgresStore
@@ -57,3 +66,29 @@ def migrate(source: StateLocation, target: StateLocation) -> Migration:
                           for k, n in result.source_counts.items() if holding.get(k, 0) < n)
         raise StoreError(f"state migrate: the target holds fewer rows than the source: {short}")
     return result
+
+
+@contextlib.contextmanager
+def _in_this_schema(path: Path) -> Iterator[Path]:
+    """The SQLite store at `path` in this version's schema: the file itself, or a snapshot of
+    it (SQLite's online backup: consistent even while a run writes) upgraded in a private
+    temporary directory, removed afterwards. A newer or foreign file is left to the store's
+    own refusal."""
+    from batch_toggle.state.sqlite import SCHEMA_VERSION, SqliteStore
+
+    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as source:
+            (version,) = source.execute("PRAGMA user_version").fetchone()
+            if not 0 < version < SCHEMA_VERSION:
+                yield path
+                return
+            with tempfile.TemporaryDirectory(prefix="batch-toggle-migrate-") as tmp:
+                copy = Path(tmp) / "state.sqlite"
+                with contextlib.closing(sqlite3.connect(copy)) as target:
+                    source.backup(target)
+                with SqliteStore.open(copy):
+                    pass  # opened to write: upgraded to this schema, step by step
+                yield copy
+    except sqlite3.Error as exc:
+        raise StoreError(f"state store {path}: {exc}") from exc
