@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -260,6 +261,70 @@ def test_a_database_outage_of_20_s_pauses_the_run_which_then_finishes(
         with open_store(pg_database.dsn, readonly=True) as store:
             (record,) = store.list_runs()
             assert record.exit_code == 0 and record.final_outcomes == rows  # none lost
+    finally:
+        del os.environ["PGPASSWORD"]
+
+
+def test_a_run_that_slept_through_losing_its_lock_stops_and_leaves_the_work_to_its_successor(
+        sandbox_server: Any, pg_database: Any, tmp_path: Path) -> None:
+    """A laptop's lid closes mid-run: its database sessions end (and the run's lock with them),
+    and a resume from another host takes the work over and finishes it. When the laptop wakes,
+    its run must not send the rows again: it finds its lock gone and stops (exit 4)."""
+    srv = sandbox_server
+    rows, concurrency = 30, 2
+    pace = ("--rate", "10/1s", "--timeout", "2", "--concurrency", str(concurrency))
+    source = write_input(tmp_path / "a.csv", flip_rows(srv.jobs[:rows]))
+    jobs = {j.job_id for j in srv.jobs[:rows]}
+    before = len(srv.requests())
+    sleeper = start_host(srv, tmp_path, pg_database.dsn, pg_database.password, source, *pace)
+    try:
+        wait_until(lambda: len(srv.requests(before)) >= 6, 30, "the run to be under way")
+        sleeper.send_signal(signal.SIGSTOP)
+        cut = pg_database.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name LIKE 'batch-toggle%%' AND datname = current_database()")
+        assert cut and all(ok for (ok,) in cut)
+        os.environ["PGPASSWORD"] = pg_database.password
+        try:
+            with open_store(pg_database.dsn, readonly=True) as view:
+                wait_until(lambda: view.lock_holder() is None, 10, "the lock to be freed")
+        finally:
+            del os.environ["PGPASSWORD"]
+
+        successor = subprocess.run(
+            [sys.executable, "-m", "batch_toggle", "run", str(source), "--resume",
+             "--base-url", srv.base_url, *tls_args(srv), "--state", pg_database.dsn,
+             "--report", str(tmp_path / "successor.csv"), "--no-progress", *pace],
+            env=host_env(srv, pg_database.password), cwd=tmp_path, capture_output=True,
+            text=True, timeout=CLI_TIMEOUT, stdin=subprocess.DEVNULL)
+        assert successor.returncode == 0, successor.stderr
+        assert "resume: run " in successor.stderr
+        woke_at = time.time()
+        sleeper.send_signal(signal.SIGCONT)
+        code, err = finish(sleeper)
+    finally:
+        if sleeper.poll() is None:
+            sleeper.send_signal(signal.SIGCONT)
+            sleeper.kill()
+            sleeper.communicate(timeout=10)
+    assert code == 4, err
+    assert "this run's lock ended with its database session" in err
+    assert "sends nothing more" in err
+    taken_over = read_report(tmp_path / "successor.csv")
+    assert len(taken_over) == rows and {r["status"] for r in taken_over} == {"updated"}
+    assert len(read_report(tmp_path / "a.report.csv")) == rows  # every row once, even so
+    puts = [r for r in srv.requests(before) if r["method"] == "PUT"]
+    sent = [r["job_id"] for r in puts]
+    assert set(sent) == jobs
+    # The sleeper's workers each held at most one unit when the lid closed; nothing after.
+    assert len([r for r in puts if r["at"] > woke_at]) <= concurrency
+    assert len([job for job in jobs if sent.count(job) > 1]) <= concurrency
+    os.environ["PGPASSWORD"] = pg_database.password
+    try:
+        with open_store(pg_database.dsn, readonly=True) as store:
+            (record,) = store.list_runs()
+            assert record.exit_code == 0 and record.final_outcomes == rows  # the successor's
+            assert store.lock_holder() is None
     finally:
         del os.environ["PGPASSWORD"]
 
