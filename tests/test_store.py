@@ -24,13 +24,12 @@ from hypothesis import strategies as st
 from batch_toggle.errors import StoreError, StoreLocked
 from batch_toggle.outcome import Outcome
 from batch_toggle.state import open_store
+from batch_toggle.state.rows import LEDGER_COLUMNS, merged_sends
 from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry
 from batch_toggle.state.sqlite import (
-    LEDGER_COLUMNS,
     SCHEMA_VERSION,
     LedgerUpdate,
     StateStore,
-    _merged,
     default_state_path,
 )
 
@@ -547,10 +546,10 @@ def test_a_batch_of_send_records_ends_as_if_upserted_one_by_one(
 
 
 def test_a_request_sent_and_answered_within_one_batch_is_one_record() -> None:
-    assert _merged([("a", 1.0, None), ("b", 2.0, None), ("a", 1.0, 1.5), ("b", 2.0, None)]) \
+    assert merged_sends([("a", 1.0, None), ("b", 2.0, None), ("a", 1.0, 1.5), ("b", 2.0, None)]) \
         == [("a", 1.0, 1.5, None, None, None), ("b", 2.0, None, None, None, None)]
-    assert _merged([SendEntry("a", 1.0, None, "boot", 5.0), SendEntry("a", 1.0, 1.5, None, None,
-                                                                      6.0)]) \
+    assert merged_sends([SendEntry("a", 1.0, None, "boot", 5.0),
+                         SendEntry("a", 1.0, 1.5, None, None, 6.0)]) \
         == [SendEntry("a", 1.0, 1.5, "boot", 5.0, 6.0)]
 
 

@@ -71,6 +71,24 @@ from batch_toggle.state.keys import KeyHasher
 from batch_toggle.state.location import redact
 from batch_toggle.state.postgres_budget import PostgresSlotGate, schema_statements
 from batch_toggle.state.records import LedgerUpdates, RunRecord
+from batch_toggle.state.rows import (
+    CONFIRMED,
+    NEW_RUN_COLUMNS,
+    OUTCOME_COLUMNS,
+    OUTCOME_VALUES,
+    RUN_COLUMNS,
+    confirmations,
+    empty_table,
+    finished_values,
+    ledger_columns,
+    merged_sends,
+    new_run_values,
+    number_confirmations,
+    outcome_rows,
+    resumed_values,
+    run_record,
+    stored_outcome,
+)
 from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry
 from batch_toggle.vocab import RESUMABLE_EXIT_CODES
 
@@ -169,46 +187,8 @@ CREATE TABLE {SCHEMA}.locks (
 );
 """
 
-_OUTCOME_FIELDS = (
-    "status", "error_code", "error_message", "retryable", "http_status", "attempts", "entity_id",
-    "confirmed_do_notify_sms", "sent_at", "latency_ms",
-)
-_OUTCOME_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
-    ("row", "row", pa.int64()),
-    ("status", "status", pa.string()),
-    ("error_code", "error_code", pa.string()),
-    ("error_message", "error_message", pa.string()),
-    ("retryable", "retryable", pa.bool_()),
-    ("http_status", "http_status", pa.int64()),
-    ("attempts", "attempts", pa.int64()),
-    ("entity_id", "entity_id", pa.string()),
-    ("confirmed_do_notify_sms", "confirmed_do_notify_sms", pa.bool_()),
-    ("sent_at", "sent_at", pa.string()),
-    ("latency_ms", "latency_ms", pa.float64()),
-)
-_CONFIRMED = "l.conf_at IS NOT NULL"
-# The same columns, meanings and order as the SQLite store's LEDGER_COLUMNS.
-LEDGER_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
-    ("job_id", "l.job_id", pa.string()),
-    ("update_target", "l.update_target", pa.string()),
-    ("do_notify_sms", f"CASE WHEN {_CONFIRMED} THEN l.conf_state ELSE l.obs_state END",
-     pa.bool_()),
-    ("review_key_hash", "l.conf_hash", pa.string()),
-    ("entity_id", f"CASE WHEN {_CONFIRMED} THEN l.conf_entity ELSE l.obs_entity END",
-     pa.string()),
-    ("client_id", "l.client_id", pa.string()),
-    ("confirmed_at", "COALESCE(l.conf_at, l.obs_at)", pa.string()),
-    ("run_id", f"CASE WHEN {_CONFIRMED} THEN l.conf_run ELSE l.obs_run END", pa.string()),
-    ("observed", "l.conf_at IS NULL", pa.bool_()),
-    ("observed_do_notify_sms", "l.obs_state", pa.bool_()),
-    ("observed_at", "l.obs_at", pa.string()),
-    ("confirmed_seq", f"CASE WHEN {_CONFIRMED} THEN l.conf_seq END", pa.int64()),
-)
-
-_RUN_COLUMNS = ("seq, run_id, command, inputs, plan_key, options, total_rows, started_at,"
-                " finished_at, exit_code, counts, pid, host, resumes, resumed_at, units,"
-                " resume_after, stopped")
-_EXIT = 9  # index of exit_code in _RUN_COLUMNS
+_RUN_COLUMNS = ", ".join(RUN_COLUMNS)
+_EXIT = RUN_COLUMNS.index("exit_code")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -479,15 +459,12 @@ class PostgresStore:
                    plan_key: str, options: Mapping[str, Any], total_rows: int,
                    started_at: str, units: int | None = None) -> None:
         self._writable()
-        names = [name for name, _ in inputs]
         with self._transaction() as conn:
             row = conn.execute(
-                f"INSERT INTO {SCHEMA}.runs (run_id, command, inputs, input_names, plan_key,"
-                " options, total_rows, started_at, pid, host, units)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING seq",
-                (run_id, command, json.dumps([list(i) for i in inputs]), json.dumps(names),
-                 plan_key, json.dumps(dict(options), sort_keys=True, default=str), total_rows,
-                 started_at, os.getpid(), socket.gethostname(), units)).fetchone()
+                f"INSERT INTO {SCHEMA}.runs ({', '.join(NEW_RUN_COLUMNS)})"
+                f" VALUES ({','.join(['%s'] * len(NEW_RUN_COLUMNS))}) RETURNING seq",
+                new_run_values(run_id, command, inputs, plan_key, options, total_rows,
+                               started_at, units)).fetchone()
             assert row is not None
             self._run_seqs[run_id] = int(row[0])
 
@@ -533,10 +510,7 @@ class PostgresStore:
                 " stopped = NULL, pid = %s, host = %s, resumes = resumes + 1,"
                 " resumed_at = %s, options = COALESCE(%s, options),"
                 " units = COALESCE(%s, units) WHERE run_id = %s",
-                (os.getpid(), socket.gethostname(), resumed_at,
-                 None if options is None else json.dumps(dict(options), sort_keys=True,
-                                                         default=str),
-                 units, run_id))
+                resumed_values(run_id, resumed_at, options, units))
             if cur.rowcount != 1:
                 raise StoreError(f"state store {self.location}: no run {run_id}")
 
@@ -551,10 +525,7 @@ class PostgresStore:
             cur = conn.execute(
                 f"UPDATE {SCHEMA}.runs SET exit_code = %s, finished_at = %s, counts = %s,"
                 " resume_after = %s, stopped = %s WHERE run_id = %s",
-                (int(exit_code), finished_at,
-                 json.dumps(dict(counts), sort_keys=True, default=str), resume_after,
-                 None if stopped is None else json.dumps(dict(stopped), sort_keys=True),
-                 run_id))
+                finished_values(run_id, exit_code, finished_at, counts, resume_after, stopped))
             if cur.rowcount != 1:
                 raise StoreError(f"state store {self.location}: no run {run_id}")
 
@@ -586,27 +557,10 @@ class PostgresStore:
             raise StoreError(f"state store {self.location}: {_said(exc)}") from exc
 
     def _run_record(self, conn: psycopg.Connection[Any], row: tuple[Any, ...]) -> RunRecord:
-        seq = row[0]
         by_status = conn.execute(
             f"SELECT status, count(*), count(*) FILTER (WHERE retryable) FROM {SCHEMA}.outcomes"
-            " WHERE run = %s GROUP BY status", (seq,)).fetchall()
-        counts = {status: int(n) for status, n, _ in by_status}
-        retryable = sum(int(r or 0) for status, _, r in by_status if status == "failed")
-        (_, run_id, command, inputs, plan_key, options, total_rows, started_at, finished_at,
-         exit_code, finish_counts, pid, host, resumes, resumed_at, units, resume_after,
-         stopped) = row
-        return RunRecord(
-            run_id=run_id, command=command,
-            inputs=tuple((str(n), str(h)) for n, h in json.loads(inputs)),
-            plan_key=plan_key, options=json.loads(options), total_rows=int(total_rows),
-            started_at=started_at, finished_at=finished_at, exit_code=exit_code,
-            counts=None if finish_counts is None else json.loads(finish_counts),
-            pid=pid, host=host, resumes=resumes, resumed_at=resumed_at,
-            outcome_counts=counts,
-            final_outcomes=sum(n for s, n in counts.items() if s != "not_attempted"),
-            units=None if units is None else int(units), retryable_failed=retryable,
-            resume_after=resume_after,
-            stopped=None if stopped is None else json.loads(stopped))
+            " WHERE run = %s GROUP BY status", (row[0],)).fetchall()
+        return run_record(row, by_status)
 
     def _run_seq(self, conn: psycopg.Connection[Any], run_id: str) -> int | None:
         seq = self._run_seqs.get(run_id)
@@ -630,30 +584,18 @@ class PostgresStore:
         if not items:
             self.record_sends(sends)
             return
-        outcome_rows = []
-        ledger_rows: list[dict[str, Any]] = []
-        for row, o, learnt in items:
-            outcome_rows.append((
-                row, o.status, o.error_code, o.error_message, o.retryable, o.http_status,
-                o.attempts, o.entity_id, o.confirmed_do_notify_sms, o.sent_at, o.latency_ms))
-            for upd in (() if learnt is None else learnt if isinstance(learnt, tuple)
-                        else (learnt,)):
-                ledger_rows.append({
-                    "job_id": upd.job_id, "target": upd.update_target,
-                    "client_id": upd.client_id or None, "state": bool(upd.do_notify_sms),
-                    "hash": upd.review_key_hash, "entity": upd.entity_id,
-                    "at": upd.confirmed_at, "run": upd.run_id, "observed": bool(upd.observed)})
+        rows, ledger_rows = outcome_rows(items, lambda flag: flag)
         with self._transaction() as conn:
             seq = self._run_seq(conn, run_id)
             if seq is None:
                 raise StoreError(f"state store {self.location}: no run {run_id}")
             with conn.cursor() as cur:
                 cur.executemany(
-                    f"INSERT INTO {SCHEMA}.outcomes (run, row, {', '.join(_OUTCOME_FIELDS)})"
+                    f"INSERT INTO {SCHEMA}.outcomes (run, row, {', '.join(OUTCOME_VALUES)})"
                     f" VALUES ({seq}, %s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
                     " ON CONFLICT (run, row) DO UPDATE SET "
-                    + ", ".join(f"{f} = excluded.{f}" for f in _OUTCOME_FIELDS),
-                    outcome_rows)
+                    + ", ".join(f"{f} = excluded.{f}" for f in OUTCOME_VALUES),
+                    rows)
                 if ledger_rows:
                     _number_confirmations(conn, ledger_rows)
                     # In item order: a later update of the same unit wins.
@@ -673,9 +615,9 @@ class PostgresStore:
             seq = self._run_seq(conn, run_id)
             if seq is None:
                 return {}
-            rows = conn.execute(f"SELECT row, {', '.join(_OUTCOME_FIELDS)} FROM"
+            rows = conn.execute(f"SELECT row, {', '.join(OUTCOME_VALUES)} FROM"
                                 f" {SCHEMA}.outcomes WHERE run = %s", (seq,)).fetchall()
-        return {int(r[0]): Outcome(*r[1:]) for r in rows}
+        return {int(r[0]): stored_outcome(r[1:]) for r in rows}
 
     @_translated
     def outcomes_table(self, run_id: str) -> pa.Table:
@@ -684,9 +626,9 @@ class PostgresStore:
             with self._lock:
                 seq = self._run_seq(self._connection(), run_id)
         if seq is None:
-            return pa.schema([(n, t) for n, _, t in _OUTCOME_COLUMNS]).empty_table()
+            return empty_table(OUTCOME_COLUMNS)
         with self._lock:
-            table = _copy_out(self._connection(), _OUTCOME_COLUMNS,
+            table = _copy_out(self._connection(), OUTCOME_COLUMNS,
                               f"{SCHEMA}.outcomes WHERE run = {int(seq)}")
         return table.sort_by("row")
 
@@ -694,16 +636,10 @@ class PostgresStore:
     def ledger_table(self, *, confirmed_only: bool = False,
                      columns: Sequence[str] | None = None) -> pa.Table:
         """As the SQLite store's `ledger_table`: same columns, same meanings."""
-        wanted = LEDGER_COLUMNS
-        if columns is not None:
-            known = {name for name, _, _ in LEDGER_COLUMNS}
-            unknown = [c for c in columns if c not in known]
-            if unknown:
-                raise ValueError(f"unknown ledger column(s): {', '.join(unknown)}")
-            wanted = tuple(c for c in LEDGER_COLUMNS if c[0] in columns)
+        wanted = ledger_columns(columns)
         if not self.exists:
-            return pa.schema([(n, t) for n, _, t in wanted]).empty_table()
-        where = f" WHERE {_CONFIRMED}" if confirmed_only else ""
+            return empty_table(wanted)
+        where = f" WHERE {CONFIRMED}" if confirmed_only else ""
         with self._lock:
             return _copy_out(self._connection(), wanted, f"{SCHEMA}.ledger l{where}")
 
@@ -938,19 +874,10 @@ _SENDS_UPSERT = (
 
 
 def _merged(entries: Sequence[SendEntry | tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """One record per request, as the SQLite store merges them (the same upsert rule)."""
-    merged: dict[str, SendEntry] = {}
-    for entry in map(lambda e: SendEntry(*e), entries):
-        earlier = merged.get(entry.send_id)
-        if earlier is not None:
-            entry = entry._replace(**{
-                name: getattr(earlier, name) for name in ("done", "boot", "sent_mono",
-                                                          "done_mono")
-                if getattr(entry, name) is None})
-        merged[entry.send_id] = entry
+    """One record per request (rows.merged_sends), in PostgreSQL's types."""
     return [(e.send_id, float(e.sent), None if e.done is None else float(e.done), e.boot,
              None if e.sent_mono is None else float(e.sent_mono),
-             None if e.done_mono is None else float(e.done_mono)) for e in merged.values()]
+             None if e.done_mono is None else float(e.done_mono)) for e in merged_sends(entries)]
 
 
 # A confirmation replaces the unit's confirmation and clears an older observation; an
@@ -996,18 +923,12 @@ def _number_confirmations(conn: psycopg.Connection[Any],
     """Number the confirmations among `ledger_rows` from meta.ledger_seq, advanced in the
     caller's transaction: the counter's row lock makes every other writer wait for this
     commit, so the numbers' order is the commits' order across hosts."""
-    confirmations = sum(1 for row in ledger_rows if not row["observed"])
+    count = confirmations(ledger_rows)
     (last,) = conn.execute(
         f"UPDATE {SCHEMA}.meta SET value = convert_to((convert_from(value, 'UTF8')::bigint"
         " + %s)::text, 'UTF8') WHERE key = 'ledger_seq'"
-        " RETURNING convert_from(value, 'UTF8')::bigint", (confirmations,)).fetchone() or (0,)
-    number = int(last) - confirmations
-    for row in ledger_rows:
-        if row["observed"]:
-            row["seq"] = None
-        else:
-            number += 1
-            row["seq"] = number
+        " RETURNING convert_from(value, 'UTF8')::bigint", (count,)).fetchone() or (0,)
+    number_confirmations(ledger_rows, int(last) - count)
 
 
 def _connect(url: str, *, readonly: bool, name: str = "batch-toggle") -> psycopg.Connection[Any]:

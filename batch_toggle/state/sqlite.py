@@ -81,6 +81,22 @@ from batch_toggle.state.records import (  # noqa: F401 - re-exported: tests name
     RunRecord,
     default_state_path,
 )
+from batch_toggle.state.rows import (
+    CONFIRMED,
+    NEW_RUN_COLUMNS,
+    OUTCOME_COLUMNS,
+    OUTCOME_VALUES,
+    RUN_COLUMNS,
+    finished_values,
+    ledger_columns,
+    merged_sends,
+    new_run_values,
+    number_confirmations,
+    outcome_rows,
+    resumed_values,
+    run_record,
+    stored_outcome,
+)
 from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry
 from batch_toggle.vocab import RESUMABLE_EXIT_CODES
 
@@ -180,43 +196,6 @@ CREATE TABLE ledger (
 );
 """
 
-_OUTCOME_FIELDS = (
-    "status", "error_code", "error_message", "retryable", "http_status", "attempts", "entity_id",
-    "confirmed_do_notify_sms", "sent_at", "latency_ms",
-)
-# Bulk reads: (report column, SQL expression, Arrow type) for each column a table can return.
-_OUTCOME_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
-    ("row", "row", pa.int64()),
-    ("status", "status", pa.string()),
-    ("error_code", "error_code", pa.string()),
-    ("error_message", "error_message", pa.string()),
-    ("retryable", "retryable", pa.bool_()),
-    ("http_status", "http_status", pa.int64()),
-    ("attempts", "attempts", pa.int64()),
-    ("entity_id", "entity_id", pa.string()),
-    ("confirmed_do_notify_sms", "confirmed_do_notify_sms", pa.bool_()),
-    ("sent_at", "sent_at", pa.string()),
-    ("latency_ms", "latency_ms", pa.float64()),
-)
-_CONFIRMED = "l.conf_at IS NOT NULL"
-LEDGER_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
-    ("job_id", "l.job_id", pa.string()),
-    ("update_target", "l.update_target", pa.string()),
-    ("do_notify_sms", f"CASE WHEN {_CONFIRMED} THEN l.conf_state ELSE l.obs_state END",
-     pa.bool_()),
-    ("review_key_hash", "l.conf_hash", pa.string()),
-    ("entity_id", f"CASE WHEN {_CONFIRMED} THEN l.conf_entity ELSE l.obs_entity END",
-     pa.string()),
-    ("client_id", "l.client_id", pa.string()),
-    ("confirmed_at", "COALESCE(l.conf_at, l.obs_at)", pa.string()),
-    ("run_id", f"CASE WHEN {_CONFIRMED} THEN l.conf_run ELSE l.obs_run END", pa.string()),
-    ("observed", "l.conf_at IS NULL", pa.bool_()),
-    ("observed_do_notify_sms", "l.obs_state", pa.bool_()),
-    ("observed_at", "l.obs_at", pa.string()),
-    # The order of confirmations (higher: written later), from the store's own counter: which
-    # of two confirmations is the latest never depends on a clock.
-    ("confirmed_seq", f"CASE WHEN {_CONFIRMED} THEN l.conf_seq END", pa.int64()),
-)
 _BULK_CHUNK = 200_000  # key values per bulk-read query: bounds the transient text to ~40 MB
 
 
@@ -265,9 +244,7 @@ class SqliteStore:
             names = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
         # A read-only view of an older file cannot be migrated: it reads the columns it
         # lacks as NULL.
-        self._run_columns = ", ".join([_RUN_COLUMNS, *(c if c in names else "NULL"
-                                                       for c in ("units", "resume_after",
-                                                                 "stopped"))])
+        self._run_columns = ", ".join(c if c in names else "NULL" for c in RUN_COLUMNS)
         with self._lock:
             self._has_endpoints = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'endpoints'"
@@ -505,14 +482,12 @@ class SqliteStore:
         """Record a new run. `inputs` are (name, sha256) pairs in the order given; `units` is
         how many units its plan sends."""
         self._writable()
-        names = [name for name, _ in inputs]
         with self._lock, _transaction(self._conn):
             cur = self._conn.execute(
-                "INSERT INTO runs (run_id, command, inputs, input_names, plan_key, options,"
-                " total_rows, started_at, pid, host, units) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, command, json.dumps([list(i) for i in inputs]), json.dumps(names),
-                 plan_key, json.dumps(dict(options), sort_keys=True, default=str), total_rows,
-                 started_at, os.getpid(), socket.gethostname(), units))
+                f"INSERT INTO runs ({', '.join(NEW_RUN_COLUMNS)})"
+                f" VALUES ({','.join('?' * len(NEW_RUN_COLUMNS))})",
+                new_run_values(run_id, command, inputs, plan_key, options, total_rows,
+                               started_at, units))
             self._run_seqs[run_id] = int(cur.lastrowid or 0)
 
     @_translated
@@ -563,10 +538,7 @@ class SqliteStore:
                 "UPDATE runs SET finished_at = NULL, exit_code = NULL, counts = NULL,"
                 " stopped = NULL, pid = ?, host = ?, resumes = resumes + 1, resumed_at = ?,"
                 " options = COALESCE(?, options), units = COALESCE(?, units) WHERE run_id = ?",
-                (os.getpid(), socket.gethostname(), resumed_at,
-                 None if options is None else json.dumps(dict(options), sort_keys=True,
-                                                         default=str),
-                 units, run_id))
+                resumed_values(run_id, resumed_at, options, units))
             if cur.rowcount != 1:
                 raise StoreError(f"state store {self.path}: no run {run_id}")
 
@@ -582,10 +554,7 @@ class SqliteStore:
             cur = self._conn.execute(
                 "UPDATE runs SET exit_code = ?, finished_at = ?, counts = ?, resume_after = ?,"
                 " stopped = ? WHERE run_id = ?",
-                (int(exit_code), finished_at, json.dumps(dict(counts), sort_keys=True,
-                                                         default=str), resume_after,
-                 None if stopped is None else json.dumps(dict(stopped), sort_keys=True),
-                 run_id))
+                finished_values(run_id, exit_code, finished_at, counts, resume_after, stopped))
             if cur.rowcount != 1:
                 raise StoreError(f"state store {self.path}: no run {run_id}")
 
@@ -599,26 +568,10 @@ class SqliteStore:
             return [self._run_record(row) for row in rows]
 
     def _run_record(self, row: tuple[Any, ...]) -> RunRecord:
-        seq = row[0]
         by_status = self._conn.execute(
             "SELECT status, count(*), sum(retryable) FROM outcomes WHERE run = ?"
-            " GROUP BY status", (seq,)).fetchall()
-        counts = {status: n for status, n, _ in by_status}
-        retryable = sum(r or 0 for status, _, r in by_status if status == "failed")
-        (_, run_id, command, inputs, plan_key, options, total_rows, started_at, finished_at,
-         exit_code, finish_counts, pid, host, resumes, resumed_at, units, resume_after,
-         stopped) = row
-        return RunRecord(
-            run_id=run_id, command=command,
-            inputs=tuple((str(n), str(h)) for n, h in json.loads(inputs)),
-            plan_key=plan_key, options=json.loads(options), total_rows=total_rows,
-            started_at=started_at, finished_at=finished_at, exit_code=exit_code,
-            counts=None if finish_counts is None else json.loads(finish_counts),
-            pid=pid, host=host, resumes=resumes, resumed_at=resumed_at,
-            outcome_counts=counts,
-            final_outcomes=sum(n for s, n in counts.items() if s != "not_attempted"),
-            units=units, retryable_failed=int(retryable), resume_after=resume_after,
-            stopped=None if stopped is None else json.loads(stopped))
+            " GROUP BY status", (row[0],)).fetchall()
+        return run_record(row, by_status)
 
     def _run_seq(self, run_id: str) -> int:
         seq = self._run_seqs.get(run_id)
@@ -654,33 +607,20 @@ class SqliteStore:
         if not items:
             self.record_sends(sends)
             return
-        outcome_rows = []
-        ledger_rows = []
-        for row, o, learnt in items:
-            outcome_rows.append((
-                row, o.status, o.error_code, o.error_message, _int(o.retryable), o.http_status,
-                o.attempts, o.entity_id, _int(o.confirmed_do_notify_sms), o.sent_at,
-                o.latency_ms))
-            for upd in (() if learnt is None else learnt if isinstance(learnt, tuple)
-                        else (learnt,)):
-                ledger_rows.append({
-                    "job_id": upd.job_id, "target": upd.update_target,
-                    "client_id": upd.client_id or None, "state": int(upd.do_notify_sms),
-                    "hash": upd.review_key_hash, "entity": upd.entity_id,
-                    "at": upd.confirmed_at, "run": upd.run_id, "observed": int(upd.observed)})
+        rows, ledger_rows = outcome_rows(items, _int)
         with self._lock:
             seq = self._run_seq(run_id)
             with _transaction(self._conn):
                 self._conn.executemany(
-                    f"INSERT OR REPLACE INTO outcomes (run, row, {', '.join(_OUTCOME_FIELDS)})"
-                    f" VALUES ({seq}, ?,?,?,?,?,?,?,?,?,?,?)", outcome_rows)
+                    f"INSERT OR REPLACE INTO outcomes (run, row, {', '.join(OUTCOME_VALUES)})"
+                    f" VALUES ({seq}, ?,?,?,?,?,?,?,?,?,?,?)", rows)
                 if ledger_rows:
                     _number_confirmations(self._conn, ledger_rows)
                     # In item order: a later update of the same unit wins.
                     self._conn.executemany(_LEDGER_UPSERT, ledger_rows)
                     self._conn.executemany(_LEDGER_CLIENT, ledger_rows)
                 if sends:
-                    self._conn.executemany(_SENDS_UPSERT, _merged(sends))
+                    self._conn.executemany(_SENDS_UPSERT, merged_sends(sends))
 
     @_translated
     def load_outcomes(self, run_id: str) -> dict[int, Outcome]:
@@ -691,13 +631,9 @@ class SqliteStore:
             except StoreError:
                 return {}
             rows = self._conn.execute(
-                f"SELECT row, {', '.join(_OUTCOME_FIELDS)} FROM outcomes WHERE run = ?",
+                f"SELECT row, {', '.join(OUTCOME_VALUES)} FROM outcomes WHERE run = ?",
                 (seq,)).fetchall()
-        return {
-            r[0]: Outcome(r[1], r[2], r[3], None if r[4] is None else bool(r[4]), r[5], r[6],
-                          r[7], None if r[8] is None else bool(r[8]), r[9], r[10])
-            for r in rows
-        }
+        return {r[0]: stored_outcome(r[1:]) for r in rows}
 
     @_translated
     def outcomes_table(self, run_id: str) -> pa.Table:
@@ -708,7 +644,7 @@ class SqliteStore:
                 seq = self._run_seq(run_id)
             except StoreError:
                 seq = -1
-            table = _bulk_read(self._conn, _OUTCOME_COLUMNS, f"outcomes WHERE run = {seq}",
+            table = _bulk_read(self._conn, OUTCOME_COLUMNS, f"outcomes WHERE run = {seq}",
                                key="row")
         return table.sort_by("row")
 
@@ -730,14 +666,8 @@ class SqliteStore:
         observed-only units (what --skip-confirmed and the sticky opt-out use).
         `confirmed_seq` orders the confirmations: of two, the higher was written later.
         """
-        wanted = LEDGER_COLUMNS
-        if columns is not None:
-            known = {name for name, _, _ in LEDGER_COLUMNS}
-            unknown = [c for c in columns if c not in known]
-            if unknown:
-                raise ValueError(f"unknown ledger column(s): {', '.join(unknown)}")
-            wanted = tuple(c for c in LEDGER_COLUMNS if c[0] in columns)
-        where = f" WHERE {_CONFIRMED}" if confirmed_only else " WHERE 1"
+        wanted = ledger_columns(columns)
+        where = f" WHERE {CONFIRMED}" if confirmed_only else " WHERE 1"
         source = "ledger l"
         if not self._ledger_has_seq:
             # A schema-3 file opened read-only: number its confirmations as the migration will.
@@ -807,7 +737,7 @@ class SqliteStore:
         if not entries:
             return
         with self._sends_lock, _transaction(self._sends_conn):
-            self._sends_conn.executemany(_SENDS_UPSERT, _merged(entries))
+            self._sends_conn.executemany(_SENDS_UPSERT, merged_sends(entries))
 
     @_translated
     def recent_sends(self, now: Reading, keep: float, timeout: float) -> list[LoggedSend]:
@@ -891,9 +821,7 @@ class SqliteStore:
             raise StoreError(f"state store {self.path}: opened read-only")
 
 
-_RUN_COLUMNS = ("seq, run_id, command, inputs, plan_key, options, total_rows, started_at,"
-                " finished_at, exit_code, counts, pid, host, resumes, resumed_at")
-_EXIT = 9  # index of exit_code in _RUN_COLUMNS
+_EXIT = RUN_COLUMNS.index("exit_code")
 
 # A send-log record: a later record of the same send adds its reply time (and monotonic
 # readings), never removes them.
@@ -922,22 +850,6 @@ def _held_sql(columns: set[str]) -> str:
 def _held_args(now: Reading, keep: float, timeout: float) -> dict[str, Any]:
     return {"wall": now.wall, "mono": now.mono, "boot": now.boot, "keep": keep,
             "timeout": timeout}
-
-
-def _merged(entries: Sequence[SendEntry | tuple[Any, ...]]) -> list[SendEntry]:
-    """One record per request: a request that left and was answered since the last write
-    is logged once, with its reply time (a row written twice costs twice). The same result
-    as upserting them in order (see _SENDS_UPSERT)."""
-    merged: dict[str, SendEntry] = {}
-    for entry in map(lambda e: SendEntry(*e), entries):
-        earlier = merged.get(entry.send_id)
-        if earlier is not None:
-            entry = entry._replace(**{
-                name: getattr(earlier, name) for name in ("done", "boot", "sent_mono",
-                                                          "done_mono")
-                if getattr(entry, name) is None})
-        merged[entry.send_id] = entry
-    return list(merged.values())
 
 
 # One statement for both kinds of ledger update, so that a batch applies in item order.
@@ -978,13 +890,7 @@ def _number_confirmations(conn: sqlite3.Connection, ledger_rows: list[dict[str, 
     counter, meta.ledger_seq, and advance it: inside the caller's write transaction, so two
     processes never hand out the same number and the order is the order of the commits."""
     (last,) = conn.execute("SELECT value FROM meta WHERE key = 'ledger_seq'").fetchone()
-    last = int(last)
-    for row in ledger_rows:
-        if row["observed"]:
-            row["seq"] = None
-        else:
-            last += 1
-            row["seq"] = last
+    last = number_confirmations(ledger_rows, int(last))
     conn.execute("UPDATE meta SET value = ? WHERE key = 'ledger_seq'", (last,))
 
 
