@@ -407,6 +407,41 @@ class PgServer:
             cursor = conn.execute(sql, params)
             return cursor.fetchall() if cursor.description is not None else []
 
+    @contextlib.contextmanager
+    def tls(self, cert: Path, key: Path) -> Iterator[None]:
+        """The server also speaks TLS with this certificate (and key) while the block runs:
+        copied into its directory for its user (0600, as the server demands of a key), turned
+        on with a configuration reload, no restart; off again afterwards."""
+        for source, name in ((cert, "tls-cert.pem"), (key, "tls-key.pem")):
+            target = self.data / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+            if not self.user.is_me:
+                os.chown(target, self.user.uid, self.user.gid)
+        self._set_tls(on=True)
+        try:
+            yield
+        finally:
+            self._set_tls(on=False)
+
+    def _set_tls(self, *, on: bool) -> None:
+        if on:
+            for name, value in (("ssl_cert_file", "tls-cert.pem"),
+                                ("ssl_key_file", "tls-key.pem"), ("ssl", "on")):
+                self.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        else:
+            self.execute("ALTER SYSTEM RESET ALL")
+        self.execute("SELECT pg_reload_conf()")
+        # The postmaster rereads its settings when it gets round to the SIGHUP; each new
+        # session shows what it found.
+        wanted = "on" if on else "off"
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        while self.execute("SHOW ssl") != [(wanted,)]:
+            if time.monotonic() > deadline:
+                log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+                raise PgServerError(f"ssl did not turn {wanted}:\n{log}")
+            time.sleep(0.02)
+
     # --- databases -----------------------------------------------------------------------
 
     def create_database(self, template: str = "template0") -> str:

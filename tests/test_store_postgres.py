@@ -138,6 +138,33 @@ def test_the_database_never_holds_the_api_key_or_a_review_key(url: str,
         assert secret not in text
 
 
+# --- TLS to the database: libpq's sslmode ----------------------------------------------------
+
+def test_tls_to_the_database_is_libpqs_sslmode_verified_against_the_given_root(
+        url: str, pg_server: Any, tls_kit: Any, tmp_path: Path) -> None:
+    import trustme
+
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    with pg_server.tls(tls_kit.good.cert, tls_kit.good.key):
+        verified = f"{url}?sslmode=verify-full&sslrootcert={tls_kit.ca}"
+        with open_store(verified) as store:
+            store.create_run("r1", **RUN_ARGS)
+            assert store.get_run("r1") is not None
+            in_use = pg_server.execute(
+                "SELECT s.ssl, s.version FROM pg_stat_ssl s JOIN pg_stat_activity a"
+                " USING (pid) WHERE a.application_name = 'batch-toggle'")
+            assert in_use and all(ssl and version.startswith("TLS") for ssl, version in in_use)
+        untrusted = f"{url}?sslmode=verify-full&sslrootcert={other_ca}"
+        with pytest.raises(StoreError) as caught:
+            open_store(untrusted)
+        message = str(caught.value)
+        assert "certificate verify failed" in message and "\n" not in message
+        assert message.startswith(f"state store {untrusted}: ")
+    with pytest.raises(StoreError, match="does not support SSL|server does not support"):
+        open_store(f"{url}?sslmode=require")  # off again: sslmode=require will not do without
+
+
 # --- locks by session ------------------------------------------------------------------------
 
 def test_the_same_work_is_refused_naming_its_holder_and_other_work_runs_beside_it(

@@ -131,7 +131,7 @@ def _check_default_target(default_target: str | None) -> str | None:
         return None
     value = default_target.strip().lower()
     if value not in TARGETS:
-        raise UsageError(f"default target {default_target!r}: expected job or client")
+        raise UsageError(f"default target {default_target!r}: expected {' or '.join(TARGETS)}")
     return value
 
 

@@ -29,9 +29,9 @@ from batch_toggle.errors import UsageError
 from batch_toggle.input.columns import ColumnMap, MapGiven, parse_column_map
 from batch_toggle.send.proxies import normalise_proxy_url, read_proxy_auth_file
 from batch_toggle.state.location import normalise
+from batch_toggle.vocab import TARGETS
 
 Namer = Callable[[str], str]
-_TARGETS = ("job", "client")
 _PLAN_NUMBERS = {"max_invalid": float}
 _SEND_NUMBERS = {"max_rps": float, "concurrency": int, "timeout": float, "max_attempts": int,
                  "daily_limit": int, "max_requests": int, "halt_after": int, "canary": int}
@@ -87,7 +87,7 @@ def job_config(command: str, inputs: Sequence[str], options: Mapping[str, Any],
     load = LoadOptions(
         column_map=column_map(o.get("map"), name), encoding=o.get("encoding"),
         set_state=_state(o.get("set_state"), name),
-        default_target=_choice(o.get("default_target"), _TARGETS, "default_target", name),
+        default_target=_choice(o.get("default_target"), TARGETS, "default_target", name),
         sheet=_sheet(o.get("sheet"), name))
     for key, (low, high) in OPTION_RANGES.items():
         if key in o and not low <= float(o[key]) <= high:

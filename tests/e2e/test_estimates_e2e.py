@@ -157,4 +157,11 @@ def test_a_server_that_answers_in_50_ms_a_resume_expects_the_latency_it_measured
     said_at, resume = promised(tmp_path, "resume")
     assert resume["latency_source"] == "earlier replies"
     assert 0.05 <= resume["latency_s"] < 0.2
-    check(resume["estimated_duration_s"], finished_at(server) - said_at)
+    # The latency comes from the first slice; the resume's own replies may come faster or
+    # slower on a machine whose load changed meanwhile (a test suite's other workers): the
+    # estimate is held to half the measured time, which the old formula misses by far.
+    measured = finished_at(server) - said_at
+    old_formula = 190 / 100
+    assert abs(resume["estimated_duration_s"] - measured) <= max(2.0, measured / 2), (
+        f"estimated {resume['estimated_duration_s']:.2f} s, measured {measured:.2f} s")
+    assert abs(old_formula - measured) > max(2.0, measured / 2)
