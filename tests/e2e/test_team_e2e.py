@@ -118,6 +118,27 @@ def test_two_hosts_with_one_key_share_its_window_and_never_meet_a_429(
         assert store.ledger_table(confirmed_only=True).num_rows == 2 * rows
 
 
+def test_the_daily_limit_is_shared_by_two_hosts_with_one_key(
+        sandbox_server: Any, pg_database: Any, tmp_path: Path) -> None:
+    """Each host alone would send its 8 rows under --daily-limit 10; together they may send 10
+    in the day, and the two hosts' local windows cannot see each other: the store's can."""
+    srv = sandbox_server
+    daily, rows = 10, 8
+    flags = ("--daily-limit", str(daily), "--timeout", "2", "--stop-after", "4s")
+    a = write_input(tmp_path / "a.csv", flip_rows(srv.jobs[:rows]))
+    b = write_input(tmp_path / "b.csv", flip_rows(srv.jobs[rows:2 * rows]))
+    before = len(srv.requests())
+    hosts = [start_host(srv, tmp_path, pg_database.dsn, pg_database.password, source, *flags)
+             for source in (a, b)]
+    done = [finish(host) for host in hosts]
+    assert sorted(code for code, _ in done) in ([0, 4], [4, 4]), done
+    puts = [r for r in srv.requests(before) if r["method"] == "PUT"]
+    assert len(puts) == daily and all(r["status"] == 200 for r in puts)
+    reports = [read_report(tmp_path / f"{s.stem}.report.csv") for s in (a, b)]
+    assert [len(r) for r in reports] == [rows, rows]  # every row once, sent or waiting
+    assert sum(r["status"] == "updated" for report in reports for r in report) == daily
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
