@@ -3,9 +3,11 @@ URL's rules (no password in it; the client as an extra) hold before anything is 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -62,6 +64,42 @@ def test_the_cli_refuses_a_password_in_the_url_with_exit_2(command: list[str]) -
     assert result.exit_code == 2, result.output
     assert SECRET not in result.output
     assert "password in the URL is refused" in result.output
+
+
+def _given(how: str, url: str, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """`status` with the store at `url`, given the way `how` says: (argv, environment)."""
+    if how == "flag":
+        return ["status", "--state", url], {}
+    if how == "env":
+        return ["status"], {"BATCH_TOGGLE_STATE": url}
+    config = tmp_path / "batch-toggle.toml"
+    config.write_text(f'state = "{url}"\n', encoding="utf-8")
+    return ["--config", str(config), "status"], {}
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "config"])
+def test_a_password_in_the_url_is_refused_however_the_url_is_given(
+        how: str, tmp_path: Path) -> None:
+    argv, env = _given(how, f"postgresql://u:{SECRET}@127.0.0.1:1/db", tmp_path)
+    result = CliRunner().invoke(main, argv, env=env)
+    assert result.exit_code == 2, result.output
+    assert SECRET not in result.output
+    assert "password in the URL is refused" in result.output
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "config"])
+def test_a_postgres_url_is_the_store_however_it_is_given(
+        how: str, tmp_path: Path, pg_database: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGPASSWORD", pg_database.password)
+    with open_store(pg_database.dsn) as store:
+        store.create_run("r-team", command="run", inputs=[("in.csv", "0" * 64)],
+                         plan_key="k", options={}, total_rows=1, started_at="t")
+    argv, env = _given(how, pg_database.dsn, tmp_path)
+    result = CliRunner().invoke(main, [*argv, "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.output)["runs"]
+    assert [run["run_id"] for run in runs] == ["r-team"]
+    assert pg_database.password not in result.output
 
 
 def test_without_the_extra_a_postgres_url_says_what_to_install(tmp_path: Path) -> None:
