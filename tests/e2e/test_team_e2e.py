@@ -139,6 +139,44 @@ def test_the_daily_limit_is_shared_by_two_hosts_with_one_key(
     assert sum(r["status"] == "updated" for report in reports for r in report) == daily
 
 
+def test_two_runs_that_touch_one_unit_at_once_each_report_what_they_did(
+        sandbox_server: Any, pg_database: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two hosts' files both turn one job's SMS off, at the same moment. Whether the second
+    sent it too or found the first's confirmation already in the ledger, each report says
+    what its own run did: a report says `updated` exactly when its run sent the PUT."""
+    srv = sandbox_server
+    shared_job = srv.jobs[0]
+    a = write_input(tmp_path / "a.csv", [[shared_job.job_id, shared_job.review_key, "false",
+                                         "job"], *flip_rows(srv.jobs[1:6])])
+    b = write_input(tmp_path / "b.csv", [*flip_rows(srv.jobs[6:11]),
+                                         [shared_job.job_id, shared_job.review_key, "false",
+                                          "job"]])
+    before = len(srv.requests())
+    hosts = [start_host(srv, tmp_path, pg_database.dsn, pg_database.password, source,
+                        "--concurrency", "2")
+             for source in (a, b)]
+    done = [finish(host) for host in hosts]
+    assert [code for code, _ in done] == [0, 0], done
+    sent = [r for r in srv.requests(before)
+            if r["method"] == "PUT" and r["job_id"] == shared_job.job_id]
+    said = {}
+    for source in (a, b):
+        (row,) = [r for r in read_report(tmp_path / f"{source.stem}.report.csv")
+                  if r["job_id"] == shared_job.job_id]
+        said[source.stem] = row["status"]
+    assert set(said.values()) <= {"updated", "unchanged"}
+    assert sum(status == "updated" for status in said.values()) == len(sent) >= 1
+    monkeypatch.setenv("PGPASSWORD", pg_database.password)
+    with open_store(pg_database.dsn, readonly=True) as store:
+        ledger = store.ledger_table(confirmed_only=True).to_pylist()
+        (unit,) = [u for u in ledger if u["job_id"] == shared_job.job_id]
+        assert unit["do_notify_sms"] is False
+        senders = {r.run_id for r in store.list_runs()
+                   if said[Path(r.input_names[0]).stem] == "updated"}
+        assert unit["run_id"] in senders  # the later of the confirmations, if both sent
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
