@@ -44,23 +44,27 @@ def read_report(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def host_env(srv: Any, password: str) -> dict[str, str]:
-    """A host's environment: the team's key, and the database password where libpq reads it."""
+def host_env(srv: Any, password: str, api_key: str | None = None) -> dict[str, str]:
+    """A host's environment: the team's key (or `api_key`), and the database password where
+    libpq reads it."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("LOGIS_", "PG")) and k not in NETWORK_ENV}
-    env["LOGIS_API_KEY"] = srv.api_key
+    env["LOGIS_API_KEY"] = api_key or srv.api_key
     env["PGPASSWORD"] = password
     return env
 
 
 def start_host(srv: Any, tmp: Path, url: str, password: str, source: Path,
-               *extra: str) -> subprocess.Popen[str]:
+               *extra: str, command: str = "run",
+               api_key: str | None = None) -> subprocess.Popen[str]:
+    """`batch-toggle <command> SOURCE` on the shared store, its report at
+    `<tmp>/<stem>.report.csv`; the team's key unless `api_key` names another."""
     report = tmp / f"{source.stem}.report.csv"
     return subprocess.Popen(
-        [sys.executable, "-m", "batch_toggle", "run", str(source), "--base-url", srv.base_url,
+        [sys.executable, "-m", "batch_toggle", command, str(source), "--base-url", srv.base_url,
          *tls_args(srv), "--state", url, "--report", str(report), "--no-progress",
          "--max-rps", "500", *extra],
-        env=host_env(srv, password), cwd=tmp, text=True, stdin=subprocess.DEVNULL,
+        env=host_env(srv, password, api_key), cwd=tmp, text=True, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -186,8 +190,8 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def run_host(srv: Any, tmp: Path, url: str, password: str, source: Path,
-             *extra: str) -> tuple[int, str, list[dict[str, str]]]:
-    code, err = finish(start_host(srv, tmp, url, password, source, *extra))
+             *extra: str, command: str = "run") -> tuple[int, str, list[dict[str, str]]]:
+    code, err = finish(start_host(srv, tmp, url, password, source, *extra, command=command))
     report = tmp / f"{source.stem}.report.csv"
     return code, err, read_report(report) if report.exists() else []
 
