@@ -153,8 +153,8 @@ def test_the_store_loads_and_prunes_by_exactly_the_rule_the_budget_uses(
     are held: the SQL and the Python are one rule, to the last bit."""
     entries = data.draw(st.lists(logged(origin, mono_origin), max_size=12))
     now = Reading(origin + data.draw(TIMES), mono_origin + data.draw(TIMES), boot)
-    expected = sorted((LoggedSend(*e[1:]) for e in entries
-                       if still_held(LoggedSend(*e[1:]), now, keep, timeout)), key=repr)
+    expected = sorted((LoggedSend(*e[1:6]) for e in entries
+                       if still_held(LoggedSend(*e[1:6]), now, keep, timeout)), key=repr)
     with StateStore.open(tmp_path_factory.mktemp("log") / "s.sqlite") as store:
         store.record_sends(entries)
         assert sorted(store.recent_sends(now, keep, timeout), key=repr) == expected

@@ -249,7 +249,7 @@ def test_a_schema_3_store_is_read_as_is_and_migrated_in_place_when_opened_to_wri
         store.record_sends([SendEntry("t", 1100.0, None, "boot-1", 105.0)])
         assert store.send_log()[-1] == LoggedSend(1100.0, None, "boot-1", 105.0, None)
     conn = sqlite3.connect(store_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     conn.close()
 
 
@@ -547,10 +547,32 @@ def test_a_batch_of_send_records_ends_as_if_upserted_one_by_one(
 
 def test_a_request_sent_and_answered_within_one_batch_is_one_record() -> None:
     assert merged_sends([("a", 1.0, None), ("b", 2.0, None), ("a", 1.0, 1.5), ("b", 2.0, None)]) \
-        == [("a", 1.0, 1.5, None, None, None), ("b", 2.0, None, None, None, None)]
+        == [SendEntry("a", 1.0, 1.5), SendEntry("b", 2.0, None)]
     assert merged_sends([SendEntry("a", 1.0, None, "boot", 5.0),
                          SendEntry("a", 1.0, 1.5, None, None, 6.0)]) \
         == [SendEntry("a", 1.0, 1.5, "boot", 5.0, 6.0)]
+
+
+def test_each_api_keys_sends_count_only_against_its_own_budget(store: StateStore) -> None:
+    """Two keys on one store: a run with key A counts A's sends and those that name no key
+    (an older version's, anyone's), never B's; a record's reply keeps its key."""
+    key_a = store.api_key_fingerprint(API_KEY)
+    key_b = store.api_key_fingerprint(API_KEY + "-other")
+    assert key_a != key_b and API_KEY not in key_a + key_b
+    assert store.api_key_fingerprint(API_KEY) == key_a
+    store.record_sends([SendEntry("a1", 1000.0, None, key=key_a),
+                        SendEntry("b1", 1000.5, 1001.5, key=key_b),
+                        SendEntry("old", 1000.2, 1001.2)])
+    store.record_sends([SendEntry("a1", 1000.0, 1001.0)])  # the reply: no key on it
+    now = Reading(1002.0, 0.0, None)
+    assert store.recent_sends(now, 60.0, 30.0, key=key_a) == [
+        LoggedSend(1000.0, 1001.0), LoggedSend(1000.2, 1001.2)]
+    assert store.recent_sends(now, 60.0, 30.0, key=key_b) == [
+        LoggedSend(1000.2, 1001.2), LoggedSend(1000.5, 1001.5)]
+    assert len(store.recent_sends(now, 60.0, 30.0)) == 3  # every key's: status, doctor
+    assert store.oldest_send(1000.3, key=key_a) is None
+    assert store.oldest_send(1000.3, key=key_b) == 1000.5
+    assert store.oldest_send(1000.1, key=key_a) == 1000.2
 
 
 def test_send_log_is_shared_by_every_handle_on_the_store(store: StateStore,

@@ -92,8 +92,28 @@ def test_a_store_from_a_newer_version_is_refused(url: str, pg_database: Any) -> 
     open_store(url).close()
     pg_database.execute("UPDATE batch_toggle.meta SET value = convert_to('99', 'UTF8')"
                         " WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match=r"newer batch-toggle \(schema 99, this one knows 1\)"):
+    with pytest.raises(StoreError, match=r"newer batch-toggle \(schema 99, this one knows 2\)"):
         open_store(url)
+
+
+def test_a_store_of_schema_1_gains_the_send_logs_key_and_its_old_sends_count_for_every_key(
+        url: str, pg_database: Any) -> None:
+    from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry
+
+    with open_store(url) as store:
+        store.record_sends([SendEntry("old", 1000.0, 1001.0)])
+    pg_database.execute("ALTER TABLE batch_toggle.sends DROP COLUMN key_fp")
+    pg_database.execute("UPDATE batch_toggle.meta SET value = convert_to('1', 'UTF8')"
+                        " WHERE key = 'schema_version'")
+    with open_store(url) as store:  # upgraded on opening
+        key = store.api_key_fingerprint(API_KEY)
+        store.record_sends([SendEntry("new", 1000.5, 1001.5, key=key)])
+        other = store.api_key_fingerprint(API_KEY + "-other")
+        now = Reading(1002.0, 0.0, None)
+        assert store.recent_sends(now, 60.0, 30.0, key=other) == [LoggedSend(1000.0, 1001.0)]
+        assert len(store.recent_sends(now, 60.0, 30.0, key=key)) == 2
+    assert pg_database.execute("SELECT convert_from(value, 'UTF8') FROM batch_toggle.meta"
+                               " WHERE key = 'schema_version'") == [("2",)]
 
 
 # --- credentials -----------------------------------------------------------------------------

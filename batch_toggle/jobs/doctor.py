@@ -289,7 +289,7 @@ def _store_check(path: Path | str | None, send: SendOptions) -> Check:
     except (StoreError, UsageError) as exc:
         return Check("state store", False, str(exc),
                      "give another --state, or move the file away if it is not a state store")
-    budget = f"budget: {used:,} of {send.rate} used in the last window"
+    budget = f"budget: {used:,} of {send.rate} used in the last window (every key on it)"
     if isinstance(store_path, str):
         # A shared database: other files' runs go beside these ones; only the same work waits.
         running = "; ".join(f"{h.get('run_id')} (pid {h.get('pid')} on {h.get('host')})"

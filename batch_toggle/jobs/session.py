@@ -280,7 +280,8 @@ def seeded_budget(config: JobConfig, store: Store | None, hooks: Hooks = SILENT)
             # holds what the gate cannot know (sends migrated from a SQLite store), and what
             # it holds twice only makes the first window more careful.
             budget.share(gate)
-        sends = store.recent_sends(now, budget.hold, timeout)
+        # This key's sends only: another key's requests spend another budget.
+        sends = store.recent_sends(now, budget.hold, timeout, key=key_of(store, config))
         moved = wall_clock_moved(sends, now)
         if moved > 0:
             hooks.notice(f"warning: the state store's send log has requests dated up to "
@@ -290,6 +291,13 @@ def seeded_budget(config: JobConfig, store: Store | None, hooks: Hooks = SILENT)
                          "up to one window longer than it needs")
         budget.seed(sends, now=now, timeout=timeout)
     return budget
+
+
+def key_of(store: Store | None, config: JobConfig) -> str | None:
+    """How the store knows this job's API key (its fingerprint), for the send log."""
+    if store is None or not config.api_key:
+        return None
+    return store.api_key_fingerprint(config.api_key)
 
 
 async def send_units(config: JobConfig, hooks: Hooks, store: Store | None, prepared: Prepared,
@@ -333,7 +341,8 @@ async def send_units(config: JobConfig, hooks: Hooks, store: Store | None, prepa
             hooks.progress(runner.progress_snapshot())
 
     committer = Committer(store, prepared.run_id, on_committed=committed,
-                          outage_limit=config.send.outage_limit, mono=config.clock.mono)
+                          outage_limit=config.send.outage_limit, mono=config.clock.mono,
+                          key=key_of(store, config))
     route = _route_or_sandbox(config)
     async with make_client(config, transport) as client:
         runner = Runner(sent, client=client, clock=config.clock,

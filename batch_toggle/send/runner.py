@@ -552,7 +552,7 @@ class Runner:
         store = self.committer.store
         if store is not None:
             with contextlib.suppress(StoreError):
-                logged = store.oldest_send(now_wall - DAY)
+                logged = store.oldest_send(now_wall - DAY, key=self.committer.key)
                 if logged is not None:
                     oldest = logged if oldest is None else min(oldest, logged)
         return oldest

@@ -72,8 +72,9 @@ class Committer:
     def __init__(self, store: Store | None, run_id: str,
                  on_committed: Callable[[Finished], None] = lambda _f: None, *,
                  mono: Monotonic = time.monotonic, boot: str | None = None,
-                 outage_limit: float = DEFAULT_OUTAGE_LIMIT) -> None:
+                 outage_limit: float = DEFAULT_OUTAGE_LIMIT, key: str | None = None) -> None:
         self.store = store
+        self.key = key  # the API key's fingerprint: whose budget the logged sends spent
         # A database that cannot be reached (StoreUnavailable) is retried this long: the
         # workers wait on their outcomes meanwhile, so sending pauses; then the run stops.
         self.outage_limit = outage_limit
@@ -135,7 +136,7 @@ class Committer:
             raise self.error
         send_id = f"{self._send_prefix}{next(self._send_ids)}"
         mono = self._sent_mono[send_id] = self._mono()
-        entry = SendEntry(send_id, wall, None, self._boot, mono)
+        entry = SendEntry(send_id, wall, None, self._boot, mono, key=self.key)
         if wait:  # with whatever is queued (reply times, records waiting for a round)
             pending, self._sends = self._sends, []
             try:
@@ -160,7 +161,7 @@ class Committer:
         if self.store is not None and send_id is not None:
             sent_mono = self._sent_mono.pop(send_id, None)
             self._sends.append(SendEntry(send_id, sent, done, self._boot, sent_mono,
-                                         self._mono()))
+                                         self._mono(), self.key))
             self._in_flight -= 1
             if self._in_flight == 0 and self._quiet is not None:
                 _let_go([self._quiet])

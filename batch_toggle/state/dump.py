@@ -15,7 +15,7 @@ OUTCOME_FIELDS = ("run_id", "row", "status", "error_code", "error_message", "ret
 LEDGER_FIELDS = ("job_id", "update_target", "client_id", "conf_state", "conf_hash",
                  "conf_entity", "conf_at", "conf_run", "conf_seq", "obs_state", "obs_entity",
                  "obs_at", "obs_run")
-SEND_FIELDS = ("send_id", "sent", "done", "boot", "sent_mono", "done_mono")
+SEND_FIELDS = ("send_id", "sent", "done", "boot", "sent_mono", "done_mono", "key_fp")
 ENDPOINT_FIELDS = ("endpoint", "first_answered_at", "last_answered_at")
 
 

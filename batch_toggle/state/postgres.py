@@ -93,7 +93,7 @@ from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry
 from batch_toggle.vocab import RESUMABLE_EXIT_CODES
 
 SCHEMA = "batch_toggle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sends.key_fp
 APPLICATION = b"batch-toggle state store"
 LOCK_CLASS = 0x4254  # the advisory locks' first key: 'BT', so that ours never meet another's
 _CREATE_LOCK = 0  # the advisory lock (LOCK_CLASS, 0) serialises creating the schema
@@ -153,7 +153,8 @@ CREATE TABLE {SCHEMA}.sends (
     done      DOUBLE PRECISION,
     boot      TEXT,
     sent_mono DOUBLE PRECISION,
-    done_mono DOUBLE PRECISION
+    done_mono DOUBLE PRECISION,
+    key_fp    TEXT              -- the API key's fingerprint (keys.py), NULL: any key's
 );
 CREATE INDEX sends_by_time ON {SCHEMA}.sends (sent);
 CREATE TABLE {SCHEMA}.ledger (
@@ -708,24 +709,31 @@ class PostgresStore:
             cur.executemany(_SENDS_UPSERT, _merged(entries))
 
     @_translated
-    def recent_sends(self, now: Reading, keep: float, timeout: float) -> list[LoggedSend]:
+    def recent_sends(self, now: Reading, keep: float, timeout: float,
+                     key: str | None = None) -> list[LoggedSend]:
         if not self.exists:
             return []
         with self._lock:
             rows = self._connection().execute(
                 f"SELECT sent, done, boot, sent_mono, done_mono FROM {SCHEMA}.sends"
-                f" WHERE {_HELD} ORDER BY sent", _held_args(now, keep, timeout)).fetchall()
+                f" WHERE {_HELD}{_OF_KEY if key is not None else ''} ORDER BY sent",
+                {**_held_args(now, keep, timeout), "key": key}).fetchall()
         return [LoggedSend(*row) for row in rows]
 
     @_translated
-    def oldest_send(self, since_wall: float) -> float | None:
+    def oldest_send(self, since_wall: float, key: str | None = None) -> float | None:
         if not self.exists:
             return None
         with self._lock:
             row = self._connection().execute(
-                f"SELECT min(sent) FROM {SCHEMA}.sends WHERE sent >= %s",
-                (since_wall,)).fetchone()
+                f"SELECT min(sent) FROM {SCHEMA}.sends WHERE sent >= %(since)s"
+                f"{_OF_KEY if key is not None else ''}",
+                {"since": since_wall, "key": key}).fetchone()
         return None if row is None or row[0] is None else float(row[0])
+
+    def api_key_fingerprint(self, api_key: str) -> str:
+        """How this store knows an API key (keys.py): never the key itself."""
+        return self._hasher.api_key_fingerprint(api_key)
 
     @_translated
     def prune_sends(self, now: Reading, keep: float, timeout: float) -> None:
@@ -865,9 +873,13 @@ def _held_args(now: Reading, keep: float, timeout: float) -> dict[str, Any]:
             "keep": float(keep), "timeout": float(timeout)}
 
 
+# A send record of one key (parameter key), or of none (an older version's: anyone's).
+_OF_KEY = " AND (key_fp IS NULL OR key_fp = %(key)s::text)"
+
 _SENDS_UPSERT = (
-    f"INSERT INTO {SCHEMA}.sends (send_id, sent, done, boot, sent_mono, done_mono)"
-    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (send_id) DO UPDATE SET sent = excluded.sent,"
+    f"INSERT INTO {SCHEMA}.sends (send_id, sent, done, boot, sent_mono, done_mono, key_fp)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (send_id) DO UPDATE SET"
+    " sent = excluded.sent, key_fp = COALESCE(excluded.key_fp, sends.key_fp),"
     " done = COALESCE(excluded.done, sends.done), boot = COALESCE(excluded.boot, sends.boot),"
     " sent_mono = COALESCE(excluded.sent_mono, sends.sent_mono),"
     " done_mono = COALESCE(excluded.done_mono, sends.done_mono)")
@@ -877,7 +889,8 @@ def _merged(entries: Sequence[SendEntry | tuple[Any, ...]]) -> list[tuple[Any, .
     """One record per request (rows.merged_sends), in PostgreSQL's types."""
     return [(e.send_id, float(e.sent), None if e.done is None else float(e.done), e.boot,
              None if e.sent_mono is None else float(e.sent_mono),
-             None if e.done_mono is None else float(e.done_mono)) for e in merged_sends(entries)]
+             None if e.done_mono is None else float(e.done_mono), e.key)
+            for e in merged_sends(entries)]
 
 
 # A confirmation replaces the unit's confirmation and clears an older observation; an
@@ -977,7 +990,9 @@ def _ensure_schema(conn: psycopg.Connection[Any], shown: str) -> bytes:
     """Create the schema on first use (once, however many hosts start together) and return
     the store's secret; refuse a foreign or newer one."""
     if _schema_exists(conn):
-        return _check_ours(_meta(conn), shown)
+        secret = _check_ours(_meta(conn), shown)
+        _upgrade(conn)
+        return secret
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, _CREATE_LOCK))
         if _schema_exists(conn):  # another host created it while this one waited
@@ -993,6 +1008,24 @@ def _ensure_schema(conn: psycopg.Connection[Any], shown: str) -> bytes:
                      " ('schema_version', %s), ('hmac_secret', %s), ('ledger_seq', %s)",
                      (APPLICATION, str(SCHEMA_VERSION).encode(), secret, b"0"))
     return secret
+
+
+def _upgrade(conn: psycopg.Connection[Any]) -> None:
+    """Bring an older schema of ours to this version, step by step, once (under the lock that
+    serialises creating it, however many hosts open it together)."""
+    meta = _meta(conn) or {}
+    if int(meta.get("schema_version", b"0")) >= SCHEMA_VERSION:
+        return
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, _CREATE_LOCK))
+        (version,) = conn.execute(
+            f"SELECT convert_from(value, 'UTF8')::int FROM {SCHEMA}.meta"
+            " WHERE key = 'schema_version'").fetchone() or (0,)
+        if version < 2:
+            # Send records already there name no key: they keep counting for every key.
+            conn.execute(f"ALTER TABLE {SCHEMA}.sends ADD COLUMN key_fp TEXT")
+        conn.execute(f"UPDATE {SCHEMA}.meta SET value = %s WHERE key = 'schema_version'",
+                     (str(SCHEMA_VERSION).encode(),))
 
 
 def _copy_out(conn: psycopg.Connection[Any], columns: Sequence[tuple[str, str, pa.DataType]],

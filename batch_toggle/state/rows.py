@@ -164,7 +164,7 @@ def merged_sends(entries: Sequence[SendEntry | tuple[Any, ...]]) -> list[SendEnt
         if earlier is not None:
             entry = entry._replace(**{
                 name: getattr(earlier, name) for name in ("done", "boot", "sent_mono",
-                                                          "done_mono")
+                                                          "done_mono", "key")
                 if getattr(entry, name) is None})
         merged[entry.send_id] = entry
     return list(merged.values())

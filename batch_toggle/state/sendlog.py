@@ -132,7 +132,10 @@ def wall_clock_moved(sends: Iterable[LoggedSend], now: Reading) -> float:
 class SendEntry(NamedTuple):
     """A record for the send log: a request as it leaves (`done` None), or again under the same
     `send_id` once its reply (or timeout) came. `boot`, `sent_mono` and `done_mono` are the
-    monotonic side (see `Reading`); a record without them is placed by the wall clock alone."""
+    monotonic side (see `Reading`); a record without them is placed by the wall clock alone.
+    `key` is the API key's fingerprint under the store's secret (never the key): the log keeps
+    every key's requests, and each key's budget counts only its own (and the records that
+    name no key: written by an older batch-toggle, they may be anyone's)."""
 
     send_id: str
     sent: float
@@ -140,3 +143,4 @@ class SendEntry(NamedTuple):
     boot: str | None = None
     sent_mono: float | None = None
     done_mono: float | None = None
+    key: str | None = None

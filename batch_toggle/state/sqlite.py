@@ -100,7 +100,7 @@ from batch_toggle.state.rows import (
 from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry
 from batch_toggle.vocab import RESUMABLE_EXIT_CODES
 
-SCHEMA_VERSION = 5  # 2: runs.units; 3: runs.resume_after; 4: ledger.conf_seq, sends' clocks;
+SCHEMA_VERSION = 6  # 2: runs.units; 3: runs.resume_after; 4: ledger.conf_seq, sends' clocks;
 # 5: endpoints, runs.stopped
 # 'BTgl': marks the file as a batch-toggle state store (PRAGMA application_id).
 APPLICATION_ID = 0x4254676C
@@ -170,7 +170,8 @@ CREATE TABLE sends (
     done      REAL,           -- wall clock when its response (or timeout) came, NULL in flight
     boot      TEXT,           -- /proc/sys/kernel/random/boot_id of the sender, NULL if unknown
     sent_mono REAL,           -- CLOCK_MONOTONIC of that boot when the request left
-    done_mono REAL            -- CLOCK_MONOTONIC when its response came, NULL in flight
+    done_mono REAL,           -- CLOCK_MONOTONIC when its response came, NULL in flight
+    key_fp    TEXT            -- the API key's fingerprint (keys.py), NULL: any key's
 );
 CREATE INDEX sends_by_time ON sends (sent);
 
@@ -253,6 +254,7 @@ class SqliteStore:
             send_names = {r[1] for r in self._sends_conn.execute("PRAGMA table_info(sends)")}
         self._send_columns = ", ".join(c if c in send_names else "NULL" for c in _SEND_FIELDS)
         self._held_sql = _held_sql(send_names)
+        self._sends_keyed = "key_fp" in send_names  # not in a read-only view of an older file
         with self._lock:
             ledger_names = {r[1] for r in conn.execute("PRAGMA table_info(ledger)")}
         self._ledger_has_seq = "conf_seq" in ledger_names
@@ -740,23 +742,38 @@ class SqliteStore:
             self._sends_conn.executemany(_SENDS_UPSERT, merged_sends(entries))
 
     @_translated
-    def recent_sends(self, now: Reading, keep: float, timeout: float) -> list[LoggedSend]:
+    def recent_sends(self, now: Reading, keep: float, timeout: float,
+                     key: str | None = None) -> list[LoggedSend]:
         """The requests that still hold a slot at `now` in a window whose slots are held `keep`
-        seconds after the reply (`sendlog.still_held`), oldest first."""
+        seconds after the reply (`sendlog.still_held`), oldest first. With `key` (an API key's
+        fingerprint, `api_key_fingerprint`), only that key's (and those that name none)."""
         with self._sends_lock:
             rows = self._sends_conn.execute(
                 f"SELECT {self._send_columns} FROM sends WHERE {self._held_sql}"
-                " ORDER BY sent", _held_args(now, keep, timeout)).fetchall()
+                f"{self._of_key(key)} ORDER BY sent",
+                {**_held_args(now, keep, timeout), "key": key}).fetchall()
         return [LoggedSend(*row) for row in rows]
 
     @_translated
-    def oldest_send(self, since_wall: float) -> float | None:
-        """The wall time of the oldest request sent at or after `since_wall`, or None: where a
-        daily window that a 429 says is full frees its first slot."""
+    def oldest_send(self, since_wall: float, key: str | None = None) -> float | None:
+        """The wall time of the oldest request sent at or after `since_wall` (with `key`: of
+        that key, as `recent_sends`), or None: where a daily window that a 429 says is full
+        frees its first slot."""
         with self._sends_lock:
-            row = self._sends_conn.execute("SELECT min(sent) FROM sends WHERE sent >= ?",
-                                           (since_wall,)).fetchone()
+            row = self._sends_conn.execute(
+                f"SELECT min(sent) FROM sends WHERE sent >= :since{self._of_key(key)}",
+                {"since": since_wall, "key": key}).fetchone()
         return None if row is None or row[0] is None else float(row[0])
+
+    def _of_key(self, key: str | None) -> str:
+        """The send log's condition for one key's records (parameter :key), or none."""
+        if key is None or not self._sends_keyed:
+            return ""
+        return " AND (key_fp IS NULL OR key_fp = :key)"
+
+    def api_key_fingerprint(self, api_key: str) -> str:
+        """How this store knows an API key (keys.py): never the key itself."""
+        return self._hasher.api_key_fingerprint(api_key)
 
     @_translated
     def prune_sends(self, now: Reading, keep: float, timeout: float) -> None:
@@ -826,11 +843,12 @@ _EXIT = RUN_COLUMNS.index("exit_code")
 # A send-log record: a later record of the same send adds its reply time (and monotonic
 # readings), never removes them.
 _SENDS_UPSERT = (
-    "INSERT INTO sends (send_id, sent, done, boot, sent_mono, done_mono)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (send_id) DO UPDATE SET sent = excluded.sent,"
+    "INSERT INTO sends (send_id, sent, done, boot, sent_mono, done_mono, key_fp)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (send_id) DO UPDATE SET sent = excluded.sent,"
     " done = COALESCE(excluded.done, done), boot = COALESCE(excluded.boot, boot),"
     " sent_mono = COALESCE(excluded.sent_mono, sent_mono),"
-    " done_mono = COALESCE(excluded.done_mono, done_mono)")
+    " done_mono = COALESCE(excluded.done_mono, done_mono),"
+    " key_fp = COALESCE(excluded.key_fp, key_fp)")
 _SEND_FIELDS = ("sent", "done", "boot", "sent_mono", "done_mono")  # LoggedSend's, in order
 
 
@@ -979,6 +997,12 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
                              " first_answered_at TEXT NOT NULL, last_answered_at TEXT NOT NULL)"
                              " WITHOUT ROWID")
                 conn.execute("PRAGMA user_version=5")
+    if version < 6:
+        with _transaction(conn):
+            if conn.execute("PRAGMA user_version").fetchone()[0] < 6:
+                # Records already there name no key: they keep counting for every key.
+                conn.execute("ALTER TABLE sends ADD COLUMN key_fp TEXT")
+                conn.execute("PRAGMA user_version=6")
 
 
 def _migrate_to_4(conn: sqlite3.Connection) -> None:

@@ -329,6 +329,31 @@ def test_back_to_back_runs_and_a_resume_after_a_kill_never_see_a_429(sandbox_ser
     assert count_429(srv) == 0
 
 
+def test_a_run_with_another_key_does_not_wait_for_the_window_the_first_key_filled(
+        sandbox_server: Any, tmp_path: Path) -> None:
+    """Two keys take turns on one SQLite store: the second key's run starts at once, its own
+    window empty, while a run with the first key again waits for that key's window."""
+    srv = sandbox_server
+    other = "second-sandbox-key-9c1d"
+    srv.set_key(other)
+    limit, window = 10, 4.0
+    srv.set_limits(hourly_limit=limit, window=window)
+    rate = ("--rate", f"{limit}/{window:g}s", "--timeout", "2")
+    a = write_input(tmp_path / "a.csv", flip_rows(srv.jobs[:limit]))
+    b = write_input(tmp_path / "b.csv", flip_rows(srv.jobs[limit:2 * limit]))
+    c = write_input(tmp_path / "c.csv", flip_rows(srv.jobs[2 * limit:3 * limit]))
+
+    assert run_cli(srv, tmp_path, [a], *rate).code == 0  # fills the first key's window
+    second = run_cli(srv, tmp_path, [b], *rate, report="b.report.csv", key=other)
+    assert second.code == 0, second.stderr
+    third = run_cli(srv, tmp_path, [c], *rate, report="c.report.csv")
+    assert third.code == 0, third.stderr
+    times = [r["t"] for r in puts(srv)]
+    assert len(times) == 3 * limit and count_429(srv) == 0
+    assert times[limit] - times[0] < window  # the other key's first request: no wait
+    assert times[2 * limit] - times[0] >= window  # the first key's again: its window held
+
+
 def test_max_requests_slices_until_done(sandbox_server: Any, tmp_path: Path) -> None:
     srv = sandbox_server
     src = write_input(tmp_path / "big.csv", flip_rows(srv.jobs[:12]))

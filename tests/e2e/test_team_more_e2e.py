@@ -280,10 +280,6 @@ def test_two_api_keys_on_one_store_each_keep_a_window_of_their_own(
     assert srv.api_key not in stored and SECOND_KEY not in stored
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "state/postgres.py: the send log (batch_toggle.sends) has no key column, and "
-    "jobs/session.seeded_budget seeds a run's own windows from every recent send of the "
-    "store: a run with key B waits for the window key A filled"))
 def test_a_key_whose_window_another_key_just_filled_sends_at_once(
         sandbox_server: Any, pg_database: Any, tmp_path: Path) -> None:
     """Key A fills its window; a run with key B, started inside that window, must not wait for
