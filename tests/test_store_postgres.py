@@ -344,6 +344,18 @@ def test_a_cut_lock_session_is_found_by_the_heartbeat_or_within_a_second_of_send
             gate.reserve(WINDOW)
 
 
+def test_a_connection_an_outage_left_in_pipeline_mode_is_replaced(url: str) -> None:
+    """A server that goes away in the middle of a batch (executemany runs in pipeline mode)
+    can leave the connection in pipeline mode without marking it broken: every later query
+    then failed with "PQsendQuery not allowed in pipeline mode", and the run stayed paused
+    until its outage limit (seen once in the 20 s outage e2e)."""
+    with open_store(url) as store:
+        store.create_run("r1", **RUN_ARGS)
+        store._conn.pgconn.enter_pipeline_mode()  # type: ignore[union-attr] # that state
+        store.record_outcomes("r1", [(0, FULL, None)])
+        assert store.load_outcomes("r1") == {0: FULL}
+
+
 # --- the budget shared live ------------------------------------------------------------------
 
 def test_one_keys_slots_are_reserved_atomically_across_handles_and_keys_are_apart(

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import secrets
 import socket
@@ -49,6 +50,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pcsv
+from psycopg import pq
 
 from batch_toggle.clock import utc_text
 from batch_toggle.errors import (
@@ -91,6 +93,10 @@ from batch_toggle.state.rows import (
 )
 from batch_toggle.state.sendlog import LoggedSend, Reading, SendEntry
 from batch_toggle.vocab import RESUMABLE_EXIT_CODES
+
+# psycopg logs a warning for each rollback that fails on a dropped connection; with no logging
+# set up, Python prints them on stderr, a line each, beside the one StoreError that says it.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 SCHEMA = "batch_toggle"
 SCHEMA_VERSION = 2  # 2: sends.key_fp
@@ -205,6 +211,9 @@ def _translated(
         try:
             return method(self, *args, **kwargs)
         except psycopg.OperationalError as exc:  # the server is away: try again later
+            # On a new connection: one the server dropped mid-batch can be left in pipeline
+            # mode, not marked broken, refusing every later query.
+            self._drop_connection()
             raise StoreUnavailable(f"state store {self.location}: {_said(exc)}") from exc
         except psycopg.Error as exc:
             raise StoreError(f"state store {self.location}: {_said(exc)}") from exc
@@ -294,10 +303,19 @@ class PostgresStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _drop_connection(self) -> None:
+        """Forget the store's connection (closed): the next call makes a new one."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
     def _connection(self) -> psycopg.Connection[Any]:
         """The store's connection, made again if the server dropped it (an outage)."""
         conn = self._conn
-        if conn is None or conn.closed or conn.broken:
+        if (conn is None or conn.closed or conn.broken
+                or conn.pgconn.pipeline_status != pq.PipelineStatus.OFF):
             if conn is not None:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()
