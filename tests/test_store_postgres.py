@@ -5,6 +5,7 @@ server that goes away and comes back. The contract both backends share is tests/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -354,6 +355,107 @@ def test_a_connection_an_outage_left_in_pipeline_mode_is_replaced(url: str) -> N
         store._conn.pgconn.enter_pipeline_mode()  # type: ignore[union-attr] # that state
         store.record_outcomes("r1", [(0, FULL, None)])
         assert store.load_outcomes("r1") == {0: FULL}
+
+
+def cut_lock_session(pg_database: Any, store: Any) -> None:
+    """End the lock's session on the server, as a restart or a dropped connection does, and
+    wait (boundedly) until the server has let go of its lock."""
+    cut = pg_database.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                              " WHERE application_name = 'batch-toggle lock'")
+    assert cut == [(True,)]
+    deadline = time.monotonic() + 10
+    while store.lock_holder() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_run_whose_lock_went_unnoticed_to_a_resume_leaves_that_runs_record_alone(
+        url: str, pg_database: Any) -> None:
+    """The lock's session ends after the run's last request, so nothing checks it again: a
+    resume elsewhere takes the work over. The first run's end (its finish, an interrupt, its
+    late outcomes) must not overwrite the run the resume is still sending."""
+    with open_store(url) as a, open_store(url) as b:
+        a.create_run("r1", **RUN_ARGS)
+        a.acquire_lock("r1", "alice", scope="the work")
+        a.record_outcomes("r1", [(0, FULL, None)])
+        gate = a.slot_gate(API_KEY, timeout=5.0)
+        assert gate is not None and gate.reserve(WINDOW)[0] is not None  # its last request
+        cut_lock_session(pg_database, a)
+        b.acquire_lock("r1", "bob", scope="the work")  # `run --resume` on another host
+        b.mark_resumed("r1", resumed_at="2026-11-01T00:30:00Z")
+        b.record_outcomes("r1", [(1, FULL, None)])
+        late = Outcome("failed", "timeout", "no response", True, None, 2, None, None, None, None)
+        a.record_outcomes("r1", [(1, late, None), (2, FULL, None)])
+        a.finish_run("r1", exit_code=0, finished_at="2026-11-01T01:00:00Z", counts={})
+        a.record_interrupted("r1", "2026-11-01T01:00:01Z")
+        record = b.get_run("r1")
+        assert record is not None and record.exit_code is None  # bob's run goes on
+        assert b.load_outcomes("r1") == {0: FULL, 1: FULL, 2: FULL}  # alice's adds, not over
+        with pytest.raises(StoreLockLost):
+            a.check_lock()
+
+
+class CuttableProxy:
+    """A loopback TCP relay whose `cut()` drops the client's side of every connection and
+    keeps the server's side open and silent: a Wi-Fi or VPN drop the server has not noticed
+    (it would hold the session, and its locks, until its TCP keepalive gives up: hours)."""
+
+    def __init__(self, port: int) -> None:
+        self._target = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._kept: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._target))
+            self._pairs.append((client, server))
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+
+    def cut(self) -> None:
+        pairs, self._pairs = self._pairs, []
+        for client, server in pairs:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+            client.close()
+            self._kept.append(server)
+
+    def close(self) -> None:
+        self._listener.close()
+        for client, server in self._pairs:
+            client.close()
+            server.close()
+        for server in self._kept:
+            server.close()
+
+
+def test_a_network_drop_the_server_has_not_noticed_is_not_a_lock_lost_to_another_run(
+        url: str) -> None:
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    proxy = CuttableProxy(port)
+    try:
+        with open_store(url.replace(f":{port}/", f":{proxy.port}/")) as a, \
+                open_store(url) as b:
+            a.create_run("r1", **RUN_ARGS)
+            a.acquire_lock("r1", "alice", scope="the work")
+            proxy.cut()  # the old session lives on in the server, holding the lock
+            a.check_lock(verify=True)  # its own ghost ended, the lock taken back
+            with pytest.raises(StoreLocked, match="alice"):
+                b.acquire_lock("r2", "bob", scope="the work")
+    finally:
+        proxy.close()
 
 
 # --- the budget shared live ------------------------------------------------------------------

@@ -104,6 +104,7 @@ APPLICATION = b"batch-toggle state store"
 LOCK_CLASS = 0x4254  # the advisory locks' first key: 'BT', so that ours never meet another's
 _CREATE_LOCK = 0  # the advisory lock (LOCK_CLASS, 0) serialises creating the schema
 CONNECT_TIMEOUT = 10  # seconds
+GHOST_WAIT = 5.0  # seconds for this run's own old session to let go of the lock once ended
 LOCK_CHECK_EVERY = 1.0  # seconds between two checks that a sending run still holds its lock
 
 _TABLES = f"""
@@ -247,6 +248,7 @@ class PostgresStore:
         self._held_scope: int | None = None
         self._lock_row: tuple[Any, ...] | None = None  # what acquire_lock wrote in `locks`
         self._lost: str | None = None  # why the lock is gone to another run (StoreLockLost)
+        self._lock_backend: int | None = None  # the server process of the lock's session
         self._verified_at = -LOCK_CHECK_EVERY  # time.monotonic() of the last `_hold_again`
         self._run_seqs: dict[str, int] = {}
         self._gates: list[PostgresSlotGate] = []
@@ -368,6 +370,7 @@ class PostgresStore:
                 " pid = excluded.pid, host = excluded.host, since = excluded.since,"
                 " alive_at = excluded.alive_at", (key, *row, now))
             self._held_scope, self._lock_row, self._lost = key, row, None
+            self._lock_backend = conn.info.backend_pid  # to tell its own old session apart
 
     def check_lock(self, *, verify: bool = False) -> None:
         """StoreLockLost when this run's lock has gone to another run (a no-op without a lock).
@@ -384,6 +387,16 @@ class PostgresStore:
                     raise StoreError(f"state store {self.location}: {_said(exc)}") from exc
         if self._lost is not None:
             raise StoreLockLost(self._lost)
+
+    def _still_ours(self) -> tuple[str, tuple[Any, ...]]:
+        """A condition for writing the run's end (and its parameters): the lock's row is still
+        this run's, i.e. no other run took the work since, even if this one never noticed its
+        lock go (a session cut after its last request). Empty without a lock."""
+        if self._held_scope is None or self._lock_row is None:
+            return "", ()
+        return (f"EXISTS (SELECT 1 FROM {SCHEMA}.locks WHERE scope_key = %s"
+                " AND run_id = %s AND owner = %s AND pid = %s AND host = %s AND since = %s)",
+                (self._held_scope, *self._lock_row))
 
     def _hold_again(self) -> None:
         """Make sure the lock's session still lives; if it ended, take the lock again on a new
@@ -404,11 +417,11 @@ class PostgresStore:
                 conn.close()
         self._lock_conn = None
         conn = self._lock_conn = _connect(self.url, readonly=False, name="batch-toggle lock")
-        (got,) = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                              (LOCK_CLASS, key)).fetchone() or (False,)
+        got = self._take_back(conn, key)
         row = conn.execute(f"SELECT run_id, owner, pid, host, since FROM {SCHEMA}.locks"
                            " WHERE scope_key = %s", (key,)).fetchone()
         if got and row is not None and tuple(row) == self._lock_row:
+            self._lock_backend = conn.info.backend_pid
             return  # nobody took it meanwhile: held again
         if got:
             conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_CLASS, key))
@@ -419,6 +432,33 @@ class PostgresStore:
                       f"session (a server restart or a cut connection), and meanwhile "
                       f"{taken}; this run sends nothing more, so that the two never send the "
                       "same rows (`batch-toggle status` shows where the work stands)")
+
+    def _take_back(self, conn: psycopg.Connection[Any], key: int) -> bool:
+        """Take the lock on a new session. When the one holding it is this run's own old
+        session (the connection broke on the client's side, a Wi-Fi or VPN drop, and the
+        server has not noticed yet: it would keep the lock until its TCP keepalive gives up,
+        hours), end that session first: it is no other run."""
+        (got,) = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                              (LOCK_CLASS, key)).fetchone() or (False,)
+        if got or self._lock_backend is None:
+            return bool(got)
+        holder = conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND classid::bigint = %s AND objsubid = 2 AND objid::bigint = %s",
+            (LOCK_CLASS, key & 0xFFFFFFFF)).fetchone()
+        if holder is None or holder[0] != self._lock_backend:
+            return False
+        conn.execute("SELECT pg_terminate_backend(%s)", (self._lock_backend,))
+        deadline = time.monotonic() + GHOST_WAIT
+        while True:  # the ended session lets go of its locks as its process exits
+            (got,) = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                  (LOCK_CLASS, key)).fetchone() or (False,)
+            if got or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if got:
+            self._lock_backend = conn.info.backend_pid
+        return bool(got)
 
     def _locked_message(self, conn: psycopg.Connection[Any], key: int) -> str:
         return f"state store {self.location}: {_in_use_by(conn, key)}"
@@ -540,13 +580,23 @@ class PostgresStore:
         self._writable()
         if self._lost is not None:
             return  # the run that took the work over writes how it ends
+        ours, mine = self._still_ours()
         with self._transaction() as conn:
             cur = conn.execute(
                 f"UPDATE {SCHEMA}.runs SET exit_code = %s, finished_at = %s, counts = %s,"
-                " resume_after = %s, stopped = %s WHERE run_id = %s",
-                finished_values(run_id, exit_code, finished_at, counts, resume_after, stopped))
-            if cur.rowcount != 1:
-                raise StoreError(f"state store {self.location}: no run {run_id}")
+                f" resume_after = %s, stopped = %s WHERE run_id = %s"
+                f"{' AND ' + ours if ours else ''}",
+                (*finished_values(run_id, exit_code, finished_at, counts, resume_after,
+                                  stopped), *mine))
+            if cur.rowcount == 1:
+                return
+            if ours and self._run_seq(conn, run_id) is not None:
+                # The lock went with its session, unnoticed, and another run took the work
+                # over since: its record is that run's to end.
+                self._lost = (f"state store {self.location}: another run took this run's "
+                              "work over while its lock was gone")
+                return
+            raise StoreError(f"state store {self.location}: no run {run_id}")
 
     @_translated
     def list_runs(self, limit: int = 20) -> list[RunRecord]:
@@ -564,14 +614,16 @@ class PostgresStore:
         whose lock went to another run."""
         if self._lost is not None:
             return
+        ours, mine = self._still_ours()
         try:
             with psycopg.connect(self.url, autocommit=True,
                                  connect_timeout=max(1, round(timeout)),
                                  options=f"-c statement_timeout={int(timeout * 1000)}",
                                  application_name="batch-toggle") as conn:
                 conn.execute(f"UPDATE {SCHEMA}.runs SET exit_code = %s, finished_at = %s"
-                             " WHERE run_id = %s AND exit_code IS NULL",
-                             (int(ExitCode.INTERRUPTED), finished_at, run_id))
+                             f" WHERE run_id = %s AND exit_code IS NULL"
+                             f"{' AND ' + ours if ours else ''}",
+                             (int(ExitCode.INTERRUPTED), finished_at, run_id, *mine))
         except psycopg.Error as exc:
             raise StoreError(f"state store {self.location}: {_said(exc)}") from exc
 
@@ -604,6 +656,7 @@ class PostgresStore:
             self.record_sends(sends)
             return
         rows, ledger_rows = outcome_rows(items, lambda flag: flag)
+        ours, mine = self._still_ours()
         with self._transaction() as conn:
             seq = self._run_seq(conn, run_id)
             if seq is None:
@@ -613,8 +666,11 @@ class PostgresStore:
                     f"INSERT INTO {SCHEMA}.outcomes (run, row, {', '.join(OUTCOME_VALUES)})"
                     f" VALUES ({seq}, %s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
                     " ON CONFLICT (run, row) DO UPDATE SET "
-                    + ", ".join(f"{f} = excluded.{f}" for f in OUTCOME_VALUES),
-                    rows)
+                    + ", ".join(f"{f} = excluded.{f}" for f in OUTCOME_VALUES)
+                    # A run whose work another took over adds what it learnt, but never
+                    # overwrites that run's outcomes.
+                    + (f" WHERE {ours}" if ours else ""),
+                    [(*r, *mine) for r in rows] if ours else rows)
                 if ledger_rows:
                     _number_confirmations(conn, ledger_rows)
                     # In item order: a later update of the same unit wins.
