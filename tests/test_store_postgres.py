@@ -458,6 +458,21 @@ def test_a_network_drop_the_server_has_not_noticed_is_not_a_lock_lost_to_another
         proxy.close()
 
 
+def test_every_session_has_keepalives_unless_the_url_sets_its_own(url: str) -> None:
+    """A silent network shows as an error within about a minute, not the kernel's 15."""
+    with open_store(url) as store:
+        store.acquire_lock("r1", scope="the work")
+        gate = store.slot_gate(API_KEY, timeout=5.0)
+        assert gate is not None and gate.reserve(WINDOW)[0] is not None
+        sessions = [store._conn, store._lock_conn, gate._conn]  # noqa: SLF001 - what they are
+        for conn in sessions:
+            assert conn is not None
+            settings = conn.info.get_parameters()
+            assert (settings["keepalives_idle"], settings["keepalives_count"]) == ("30", "3")
+    with open_store(f"{url}?keepalives_idle=7") as store:
+        assert store._conn.info.get_parameters()["keepalives_idle"] == "7"  # type: ignore
+
+
 # --- the budget shared live ------------------------------------------------------------------
 
 def test_one_keys_slots_are_reserved_atomically_across_handles_and_keys_are_apart(

@@ -71,6 +71,7 @@ from batch_toggle.state.dump import (
 )
 from batch_toggle.state.keys import KeyHasher
 from batch_toggle.state.location import redact
+from batch_toggle.state.pg_connect import connect
 from batch_toggle.state.postgres_budget import PostgresSlotGate, schema_statements
 from batch_toggle.state.records import LedgerUpdates, RunRecord
 from batch_toggle.state.rows import (
@@ -103,7 +104,6 @@ SCHEMA_VERSION = 2  # 2: sends.key_fp
 APPLICATION = b"batch-toggle state store"
 LOCK_CLASS = 0x4254  # the advisory locks' first key: 'BT', so that ours never meet another's
 _CREATE_LOCK = 0  # the advisory lock (LOCK_CLASS, 0) serialises creating the schema
-CONNECT_TIMEOUT = 10  # seconds
 GHOST_WAIT = 5.0  # seconds for this run's own old session to let go of the lock once ended
 LOCK_CHECK_EVERY = 1.0  # seconds between two checks that a sending run still holds its lock
 
@@ -616,10 +616,9 @@ class PostgresStore:
             return
         ours, mine = self._still_ours()
         try:
-            with psycopg.connect(self.url, autocommit=True,
-                                 connect_timeout=max(1, round(timeout)),
-                                 options=f"-c statement_timeout={int(timeout * 1000)}",
-                                 application_name="batch-toggle") as conn:
+            with connect(self.url, name="batch-toggle",
+                         connect_timeout=max(1, round(timeout)),
+                         options=f"-c statement_timeout={int(timeout * 1000)}") as conn:
                 conn.execute(f"UPDATE {SCHEMA}.runs SET exit_code = %s, finished_at = %s"
                              f" WHERE run_id = %s AND exit_code IS NULL"
                              f"{' AND ' + ours if ours else ''}",
@@ -1019,10 +1018,8 @@ def _number_confirmations(conn: psycopg.Connection[Any],
 
 
 def _connect(url: str, *, readonly: bool, name: str = "batch-toggle") -> psycopg.Connection[Any]:
-    """A connection in autocommit (transactions are explicit), read-only when asked; `name`
-    is what pg_stat_activity shows of it."""
-    conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                           application_name=name)
+    """A session (pg_connect.connect), read-only when asked."""
+    conn = connect(url, name=name)
     if readonly:
         conn.execute("SET default_transaction_read_only = on")
     return conn

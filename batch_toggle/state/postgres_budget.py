@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 
 from batch_toggle.errors import StoreError, StoreUnavailable
+from batch_toggle.state.pg_connect import connect
 
 # Slots are kept this long after their reply (the longest hold, a day, and a margin).
 KEEP = 86400.0 + 3600.0
@@ -181,5 +182,4 @@ class PostgresSlotGate:
 
 
 def _connect(url: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(url, autocommit=True, connect_timeout=10,
-                           application_name="batch-toggle budget")
+    return connect(url, name="batch-toggle budget")
