@@ -17,7 +17,10 @@ How the examples are run, and why each liberty is taken:
   `<!-- example: server -->` is the guide's "leave the sandbox running in a second terminal":
   the test's server takes its place.
 * BATCH_TOGGLE_MAX_RPS=1000: pacing is not what an example shows, and at the default 10 a
-  second the guides would take many minutes (flags the blocks give still win).
+  second the guides would take many minutes (flags the blocks give still win). The library
+  reads no BATCH_TOGGLE_ variable, so a Python block starts with `PACE`, which gives its
+  `batch_toggle.run` and `audit` calls the same `max_rps=1000` (arguments the block gives still
+  win): the README's and library.md's first examples took 28 s each at 10 a second.
 * `batch-toggle` examples that serve (`batch-toggle sandbox ...`) are started on a free port,
   checked to answer, and stopped with Ctrl-C (SIGINT).
 
@@ -58,6 +61,13 @@ SHIPPED = ["sample_data", "Makefile", "pyproject.toml"]
 BLOCK_TIMEOUT = 240.0  # the longest guide takes about 40 s
 VENV = Path(sys.prefix)
 SHELLS = {"sh", "bash", "shell", "console"}
+# Put before every Python block (see the module docstring): the library's own pace, as fast as
+# BATCH_TOGGLE_MAX_RPS makes the CLI's. Call keywords override a partial's, so a block's own
+# max_rps still wins.
+PACE = ("import functools as _bt_ft, batch_toggle as _bt\n"
+        "for _bt_name in ('run', 'audit'):\n"
+        "    setattr(_bt, _bt_name, _bt_ft.partial(getattr(_bt, _bt_name), max_rps=1000))\n"
+        "del _bt_ft, _bt, _bt_name\n")
 FENCE = re.compile(r"^(\s*)```\s*([\w.+-]*)\s*$")
 MARKER = re.compile(r"^<!--\s*example:\s*(.*?)\s*-->$")
 # Help examples that cannot run here, and why (the test fails if one disappears from --help).
@@ -235,7 +245,7 @@ def test_every_block_of_the_document_runs(doc: Path, tmp_path: Path,
                        f"chmod +x {name}"]
             continue
         if block.lang == "python":
-            script += ["python - <<'__BT_PY_EOF'", text.rstrip("\n"), "__BT_PY_EOF"]
+            script += ["python - <<'__BT_PY_EOF'", PACE + text.rstrip("\n"), "__BT_PY_EOF"]
         else:
             script.append(text.rstrip("\n"))
         codes = re.findall(r"\d+", block.marker) if block.marker.startswith("exit") else []
