@@ -271,13 +271,19 @@ def after_outage(call: Any, *args: Any, **kwargs: Any) -> Any:
         return call(*args, **kwargs)
 
 
+def sending_under_lock(store: Any) -> Any:
+    """A run "r1" under its lock, one slot of the shared budget reserved: its budget's gate."""
+    store.create_run("r1", **RUN_ARGS)
+    store.acquire_lock("r1", "alice", scope="the work")
+    gate = store.slot_gate(API_KEY, timeout=5.0)
+    assert gate is not None and gate.reserve(WINDOW)[0] is not None
+    return gate
+
+
 def test_a_restart_ends_the_lock_and_the_run_takes_it_again_when_nobody_else_did(
         url: str, pg_server: Any) -> None:
     with open_store(url) as a, open_store(url) as b:
-        a.create_run("r1", **RUN_ARGS)
-        a.acquire_lock("r1", "alice", scope="the work")
-        gate = a.slot_gate(API_KEY, timeout=5.0)
-        assert gate is not None and gate.reserve(WINDOW)[0] is not None
+        gate = sending_under_lock(a)
         pg_server.stop()
         pg_server.start()
         assert after_outage(gate.reserve, WINDOW)[0] is not None  # the lock verified, held again
@@ -291,10 +297,7 @@ def test_a_restart_ends_the_lock_and_the_run_takes_it_again_when_nobody_else_did
 def test_a_lock_taken_by_another_run_during_a_restart_stops_the_sending_of_the_first(
         url: str, pg_server: Any) -> None:
     with open_store(url) as a, open_store(url) as b, open_store(url) as c:
-        a.create_run("r1", **RUN_ARGS)
-        a.acquire_lock("r1", "alice", scope="the work")
-        gate = a.slot_gate(API_KEY, timeout=5.0)
-        assert gate is not None and gate.reserve(WINDOW)[0] is not None
+        gate = sending_under_lock(a)
         pg_server.stop()
         pg_server.start()
         b.acquire_lock("r1", "bob", scope="the work")  # a resume of the same work, elsewhere
@@ -332,13 +335,7 @@ def test_a_cut_lock_session_is_found_by_the_heartbeat_or_within_a_second_of_send
         a.acquire_lock("r1", "alice", scope="the work")
         gate = a.slot_gate(API_KEY, timeout=5.0)
         assert gate is not None and gate.reserve(WINDOW)[0] is not None
-        cut = pg_database.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = 'batch-toggle lock'")
-        assert cut == [(True,)]  # only the lock's session: the budget's lives on
-        deadline = time.monotonic() + 10
-        while a.lock_holder() is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        cut_lock_session(pg_database, a)  # only the lock's session: the budget's lives on
         b.acquire_lock("r1", "bob", scope="the work")
         a.heartbeat()  # the watchdog's thread, every few seconds
         with pytest.raises(StoreLockLost, match="bob"):

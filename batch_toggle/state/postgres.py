@@ -318,10 +318,7 @@ class PostgresStore:
         conn = self._conn
         if (conn is None or conn.closed or conn.broken
                 or conn.pgconn.pipeline_status != pq.PipelineStatus.OFF):
-            if conn is not None:
-                with contextlib.suppress(psycopg.Error):
-                    conn.close()
-            self._conn = None
+            self._drop_connection()
             conn = self._conn = _connect(self.url, readonly=self.readonly)
         return conn
 
@@ -357,9 +354,7 @@ class PostgresStore:
             if conn is None or conn.closed or conn.broken:
                 conn = self._lock_conn = _connect(self.url, readonly=False,
                                                   name="batch-toggle lock")
-            (got,) = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                                  (LOCK_CLASS, key)).fetchone() or (False,)
-            if not got:
+            if not _try_lock(conn, key):
                 raise StoreLocked(self._locked_message(conn, key))
             now = utc_text()
             row = (run_id, owner, os.getpid(), socket.gethostname(), now)
@@ -372,19 +367,15 @@ class PostgresStore:
             self._held_scope, self._lock_row, self._lost = key, row, None
             self._lock_backend = conn.info.backend_pid  # to tell its own old session apart
 
+    @_translated
     def check_lock(self, *, verify: bool = False) -> None:
         """StoreLockLost when this run's lock has gone to another run (a no-op without a lock).
         With `verify`, ask the server first (after a reconnection: a restart ends every
         session and the lock with it), taking the lock again if nobody took it meanwhile."""
         if verify and self._held_scope is not None and self._lost is None:
             with self._lock_conn_lock:
-                try:
-                    self._hold_again()
-                    self._verified_at = time.monotonic()
-                except psycopg.OperationalError as exc:
-                    raise StoreUnavailable(f"state store {self.location}: {_said(exc)}") from exc
-                except psycopg.Error as exc:
-                    raise StoreError(f"state store {self.location}: {_said(exc)}") from exc
+                self._hold_again()
+                self._verified_at = time.monotonic()
         if self._lost is not None:
             raise StoreLockLost(self._lost)
 
@@ -418,10 +409,7 @@ class PostgresStore:
         self._lock_conn = None
         conn = self._lock_conn = _connect(self.url, readonly=False, name="batch-toggle lock")
         got = self._take_back(conn, key)
-        row = conn.execute(f"SELECT run_id, owner, pid, host, since FROM {SCHEMA}.locks"
-                           " WHERE scope_key = %s", (key,)).fetchone()
-        if got and row is not None and tuple(row) == self._lock_row:
-            self._lock_backend = conn.info.backend_pid
+        if got and _lock_row_of(conn, key) == self._lock_row:
             return  # nobody took it meanwhile: held again
         if got:
             conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_CLASS, key))
@@ -438,27 +426,17 @@ class PostgresStore:
         session (the connection broke on the client's side, a Wi-Fi or VPN drop, and the
         server has not noticed yet: it would keep the lock until its TCP keepalive gives up,
         hours), end that session first: it is no other run."""
-        (got,) = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                              (LOCK_CLASS, key)).fetchone() or (False,)
-        if got or self._lock_backend is None:
-            return bool(got)
-        holder = conn.execute(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND classid::bigint = %s AND objsubid = 2 AND objid::bigint = %s",
-            (LOCK_CLASS, key & 0xFFFFFFFF)).fetchone()
-        if holder is None or holder[0] != self._lock_backend:
-            return False
-        conn.execute("SELECT pg_terminate_backend(%s)", (self._lock_backend,))
-        deadline = time.monotonic() + GHOST_WAIT
-        while True:  # the ended session lets go of its locks as its process exits
-            (got,) = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                                  (LOCK_CLASS, key)).fetchone() or (False,)
-            if got or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        got = _try_lock(conn, key)
+        if not got and self._lock_backend is not None \
+                and _holder_pid(conn, key) == self._lock_backend:
+            conn.execute("SELECT pg_terminate_backend(%s)", (self._lock_backend,))
+            deadline = time.monotonic() + GHOST_WAIT
+            # The ended session lets go of its locks as its process exits.
+            while not (got := _try_lock(conn, key)) and time.monotonic() < deadline:
+                time.sleep(0.05)
         if got:
             self._lock_backend = conn.info.backend_pid
-        return bool(got)
+        return got
 
     def _locked_message(self, conn: psycopg.Connection[Any], key: int) -> str:
         return f"state store {self.location}: {_in_use_by(conn, key)}"
@@ -929,10 +907,32 @@ _HELD = (
     "            ELSE LEAST(done, %(wall)s) END) > %(wall)s - %(keep)s END")
 
 
-def _in_use_by(conn: psycopg.Connection[Any], key: int) -> str:
-    """Who holds the lock on the work `key`, from its row in `locks`."""
+def _try_lock(conn: psycopg.Connection[Any], key: int) -> bool:
+    """Take the lock on the work `key` for `conn`'s session if nobody holds it."""
+    (got,) = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                          (LOCK_CLASS, key)).fetchone() or (False,)
+    return bool(got)
+
+
+def _holder_pid(conn: psycopg.Connection[Any], key: int) -> int | None:
+    """The server process whose session holds the lock on the work `key`, if any."""
+    row = conn.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                       " AND classid::bigint = %s AND objsubid = 2 AND objid::bigint = %s",
+                       (LOCK_CLASS, key & 0xFFFFFFFF)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _lock_row_of(conn: psycopg.Connection[Any], key: int) -> tuple[Any, ...] | None:
+    """The holder the `locks` table names for the work `key`: (run_id, owner, pid, host,
+    since), as `acquire_lock` wrote it, or None."""
     row = conn.execute(f"SELECT run_id, owner, pid, host, since FROM {SCHEMA}.locks"
                        " WHERE scope_key = %s", (key,)).fetchone()
+    return None if row is None else tuple(row)
+
+
+def _in_use_by(conn: psycopg.Connection[Any], key: int) -> str:
+    """Who holds the lock on the work `key`, from its row in `locks`."""
+    row = _lock_row_of(conn, key)
     if row is None:
         return "the same inputs and plan options are in use by another run (holder unknown)"
     run_id, owner, pid, host, since = row

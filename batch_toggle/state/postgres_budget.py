@@ -112,8 +112,7 @@ class PostgresSlotGate:
         with self._lock:
             try:
                 self._listening()  # before the count: no release between the two is missed
-                reconnected = self._conn is None or self._conn.closed or self._conn.broken
-                conn = self._connection()
+                conn, reconnected = self._connection()
                 if self._guard is not None:
                     self._guard(reconnected)
                 row = conn.execute(
@@ -144,7 +143,7 @@ class PostgresSlotGate:
     def release(self, slot: int) -> None:
         with self._lock:
             try:
-                conn = self._connection()
+                conn, _ = self._connection()
                 with conn.transaction():
                     conn.execute(f"UPDATE {self._schema}.slots SET done ="
                                  " extract(epoch FROM clock_timestamp())"
@@ -162,11 +161,13 @@ class PostgresSlotGate:
                     with contextlib.suppress(psycopg.Error):
                         conn.close()
 
-    def _connection(self) -> psycopg.Connection[Any]:
+    def _connection(self) -> tuple[psycopg.Connection[Any], bool]:
+        """The reservations' connection, and whether it was made just now (after an outage)."""
         conn = self._conn
-        if conn is None or conn.closed or conn.broken:
-            conn = self._conn = _connect(self._url)
-        return conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn, False
+        conn = self._conn = _connect(self._url)
+        return conn, True
 
     def _listening(self) -> psycopg.Connection[Any]:
         listener = self._listener

@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +27,7 @@ import pytest
 
 from batch_toggle.state.sqlite import StateStore
 
-from . import NETWORK_ENV, tls_args
+from . import NETWORK_ENV, tls_args, wait_until, write_input
 
 CLI_TIMEOUT = 60.0
 FAST = ("--max-rps", "1000")
@@ -90,14 +90,6 @@ def status_cli(tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=CLI_TIMEOUT)
 
 
-def write_input(path: Path, rows: Sequence[Sequence[str]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["job_id", "review_key", "do_notify_sms", "update_target"])
-        writer.writerows(rows)
-    return path
-
-
 def flip_rows(jobs: Sequence[Any], target: str = "job") -> list[list[str]]:
     """One row per job asking for the opposite of its seeded state (so a change is visible)."""
     return [[j.job_id, j.review_key, str(not j.do_notify_sms).lower(), target] for j in jobs]
@@ -105,14 +97,6 @@ def flip_rows(jobs: Sequence[Any], target: str = "job") -> list[list[str]]:
 
 def puts(srv: Any, since: int = 0) -> list[dict[str, Any]]:
     return [r for r in srv.requests(since) if r["method"] == "PUT"]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def only_run(tmp: Path) -> Any:

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +22,9 @@ import pytest
 
 from batch_toggle.state import open_store
 
-from . import NETWORK_ENV, tls_args
+from . import NETWORK_ENV, max_in_window, tls_args, wait_until, write_input
 
 CLI_TIMEOUT = 120.0
-
-
-def write_input(path: Path, rows: Sequence[Sequence[str]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["job_id", "review_key", "do_notify_sms", "update_target"])
-        writer.writerows(rows)
-    return path
 
 
 def flip_rows(jobs: Sequence[Any]) -> list[list[str]]:
@@ -78,17 +70,6 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def most_in_any_window(times: Sequence[float], window: float) -> int:
-    """The most requests any half-open window (t - window, t] of the server's clock held."""
-    ordered = sorted(times)
-    most, start = 0, 0
-    for end, t in enumerate(ordered):
-        while ordered[start] <= t - window:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
-
-
 @pytest.mark.parametrize("round_", [1, 2, 3])
 def test_two_hosts_with_one_key_share_its_window_and_never_meet_a_429(
         sandbox_server: Any, pg_database: Any, tmp_path: Path, round_: int,
@@ -110,7 +91,7 @@ def test_two_hosts_with_one_key_share_its_window_and_never_meet_a_429(
     assert sum(1 for r in received if r["status"] == 429) == 0
     counted = [r["t"] for r in received if r["counted"]]
     assert len(counted) >= 2 * rows
-    assert most_in_any_window(counted, window) <= limit  # on the server's own clock
+    assert max_in_window(counted, window) <= limit  # on the server's own clock
     for source in (a, b):
         report = read_report(tmp_path / f"{source.stem}.report.csv")
         assert len(report) == rows and {r["status"] for r in report} == {"updated"}
@@ -179,14 +160,6 @@ def test_two_runs_that_touch_one_unit_at_once_each_report_what_they_did(
         senders = {r.run_id for r in store.list_runs()
                    if said[Path(r.input_names[0]).stem] == "updated"}
         assert unit["run_id"] in senders  # the later of the confirmations, if both sent
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def run_host(srv: Any, tmp: Path, url: str, password: str, source: Path,
@@ -288,7 +261,8 @@ def test_a_run_killed_beside_another_leaves_it_going_and_resumes_without_resendi
 
 
 def test_a_database_outage_of_20_s_pauses_the_run_which_then_finishes(
-        sandbox_server: Any, pg_database: Any, pg_server: Any, tmp_path: Path) -> None:
+        sandbox_server: Any, pg_database: Any, pg_server: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     srv = sandbox_server
     rows, concurrency = 30, 2
     pace = ("--rate", "10/1s", "--timeout", "2", "--concurrency", str(concurrency))
@@ -319,17 +293,15 @@ def test_a_database_outage_of_20_s_pauses_the_run_which_then_finishes(
     twice = [job for job in jobs if sent.count(job) > 1]
     assert len(twice) <= concurrency  # at most the units in flight when it went away
     assert sum(1 for r in srv.requests(before) if r["status"] == 429) == 0
-    os.environ["PGPASSWORD"] = pg_database.password
-    try:
-        with open_store(pg_database.dsn, readonly=True) as store:
-            (record,) = store.list_runs()
-            assert record.exit_code == 0 and record.final_outcomes == rows  # none lost
-    finally:
-        del os.environ["PGPASSWORD"]
+    monkeypatch.setenv("PGPASSWORD", pg_database.password)
+    with open_store(pg_database.dsn, readonly=True) as store:
+        (record,) = store.list_runs()
+        assert record.exit_code == 0 and record.final_outcomes == rows  # none lost
 
 
 def test_a_run_that_slept_through_losing_its_lock_stops_and_leaves_the_work_to_its_successor(
-        sandbox_server: Any, pg_database: Any, tmp_path: Path) -> None:
+        sandbox_server: Any, pg_database: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A laptop's lid closes mid-run: its database sessions end (and the run's lock with them),
     and a resume from another host takes the work over and finishes it. When the laptop wakes,
     its run must not send the rows again: it finds its lock gone and stops (exit 4)."""
@@ -347,12 +319,9 @@ def test_a_run_that_slept_through_losing_its_lock_stops_and_leaves_the_work_to_i
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE application_name LIKE 'batch-toggle%%' AND datname = current_database()")
         assert cut and all(ok for (ok,) in cut)
-        os.environ["PGPASSWORD"] = pg_database.password
-        try:
-            with open_store(pg_database.dsn, readonly=True) as view:
-                wait_until(lambda: view.lock_holder() is None, 10, "the lock to be freed")
-        finally:
-            del os.environ["PGPASSWORD"]
+        monkeypatch.setenv("PGPASSWORD", pg_database.password)
+        with open_store(pg_database.dsn, readonly=True) as view:
+            wait_until(lambda: view.lock_holder() is None, 10, "the lock to be freed")
 
         successor = subprocess.run(
             [sys.executable, "-m", "batch_toggle", "run", str(source), "--resume",
@@ -382,14 +351,10 @@ def test_a_run_that_slept_through_losing_its_lock_stops_and_leaves_the_work_to_i
     # The sleeper's workers each held at most one unit when the lid closed; nothing after.
     assert len([r for r in puts if r["at"] > woke_at]) <= concurrency
     assert len([job for job in jobs if sent.count(job) > 1]) <= concurrency
-    os.environ["PGPASSWORD"] = pg_database.password
-    try:
-        with open_store(pg_database.dsn, readonly=True) as store:
-            (record,) = store.list_runs()
-            assert record.exit_code == 0 and record.final_outcomes == rows  # the successor's
-            assert store.lock_holder() is None
-    finally:
-        del os.environ["PGPASSWORD"]
+    with open_store(pg_database.dsn, readonly=True) as store:
+        (record,) = store.list_runs()
+        assert record.exit_code == 0 and record.final_outcomes == rows  # the successor's
+        assert store.lock_holder() is None
 
 
 def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -484,4 +449,4 @@ def test_a_run_on_a_store_just_migrated_honours_the_sends_the_sqlite_store_made(
     assert {r["status"] for r in rows} == {"updated"}
     received = srv.requests(before)
     assert sum(1 for r in received if r["status"] == 429) == 0
-    assert most_in_any_window([r["t"] for r in received if r["counted"]], window) <= limit
+    assert max_in_window([r["t"] for r in received if r["counted"]], window) <= limit

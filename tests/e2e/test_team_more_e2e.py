@@ -23,17 +23,15 @@ import pytest
 import batch_toggle
 from batch_toggle.state import open_store
 
-from . import NETWORK_ENV, tls_args
+from . import NETWORK_ENV, max_in_window, tls_args, write_input
 from .test_team_e2e import (
     CLI_TIMEOUT,
     finish,
     flip_rows,
     host_env,
-    most_in_any_window,
     read_report,
     same_client_jobs,
     start_host,
-    write_input,
 )
 
 pytestmark = pytest.mark.e2e
@@ -134,7 +132,7 @@ def test_a_run_and_an_audit_with_one_key_share_its_window_and_never_meet_a_429(
     assert sorted(r["method"] for r in received) == ["GET"] * rows + ["PUT"] * rows
     counted = [r["t"] for r in received if r["counted"]]
     assert len(counted) == 2 * rows
-    assert most_in_any_window(counted, window) <= limit  # on the server's own clock
+    assert max_in_window(counted, window) <= limit  # on the server's own clock
     assert {r["status"] for r in read_report(tmp_path / "run.report.csv")} == {"updated"}
     assert {r["status"] for r in read_report(tmp_path / "audit.report.csv")} == {"would_change"}
     # Every request, the audit's reads too, took its slot in the key's shared budget.
@@ -266,9 +264,9 @@ def test_two_api_keys_on_one_store_each_keep_a_window_of_their_own(
     assert sum(1 for r in received if r["status"] == 429) == 0
     per_key = [key_times(received, key) for key in (srv.api_key, SECOND_KEY)]
     assert [len(times) for times in per_key] == [rows, rows]
-    assert all(most_in_any_window(times, window) <= limit for times in per_key)
+    assert all(max_in_window(times, window) <= limit for times in per_key)
     # Together they went past one key's window: they were not throttled as one budget.
-    assert most_in_any_window(per_key[0] + per_key[1], window) > limit
+    assert max_in_window(per_key[0] + per_key[1], window) > limit
     for source in (a, b):
         assert {r["status"] for r in read_report(tmp_path / f"{source.stem}.report.csv")} == {
             "updated"}
@@ -304,4 +302,4 @@ def test_a_key_whose_window_another_key_just_filled_sends_at_once(
     a_times, b_times = (key_times(received, key) for key in (srv.api_key, SECOND_KEY))
     assert (len(a_times), len(b_times)) == (limit, limit)
     assert min(b_times) < min(a_times) + window  # B did not wait for A's window
-    assert most_in_any_window(a_times + b_times, window) == 2 * limit
+    assert max_in_window(a_times + b_times, window) == 2 * limit
